@@ -1,0 +1,175 @@
+//! The `meshwork` command line.
+
+mod admin;
+mod app;
+mod config;
+mod envoy;
+mod inspect;
+mod proxy;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "meshwork",
+    version,
+    about = "Service-mesh data-plane extensions: a proxy-wasm host in a fast proxy, and tools around it"
+)]
+struct Cli {
+    /// Log level for meshwork itself (error, warn, info, debug, trace); RUST_LOG overrides.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with proxy-wasm filters.
+    Run {
+        /// meshwork's own YAML configuration.
+        #[arg(
+            long,
+            conflicts_with = "envoy_config",
+            required_unless_present = "envoy_config"
+        )]
+        config: Option<PathBuf>,
+        /// An Envoy static bootstrap (YAML or JSON) using envoy.filters.http.wasm.
+        #[arg(long)]
+        envoy_config: Option<PathBuf>,
+        /// With --envoy-config: warn about unsupported Envoy fields instead of refusing them.
+        #[arg(long)]
+        allow_unsupported: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// Run the instrumented sample upstream (the demo and test workload).
+    Upstream {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Reported in every response's x-upstream-name header.
+        #[arg(long, default_value = "upstream")]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Work with proxy-wasm filter modules.
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// Show a module's ABI version, callbacks, imports, and what this host lacks for it.
+    Inspect {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            config,
+            envoy_config,
+            allow_unsupported,
+            output,
+        } => {
+            let config = match (config, envoy_config) {
+                (Some(path), _) => config::ProxyConfig::load(&path)?,
+                (None, Some(path)) => envoy::load(&path, allow_unsupported)?,
+                (None, None) => anyhow::bail!("give --config or --envoy-config"),
+            };
+            let workers = config.workers;
+            let filters: Vec<String> = config
+                .filters
+                .iter()
+                .map(|f| f.plugin.name.clone())
+                .collect();
+            let addresses = proxy::start(config)?;
+            let mut stdout = std::io::stdout();
+            match output {
+                OutputFormat::Json => writeln!(
+                    stdout,
+                    "{}",
+                    serde_json::json!({
+                        "event": "ready",
+                        "listen": addresses.listen.to_string(),
+                        "admin": addresses.admin.map(|a| a.to_string()),
+                        "workers": workers,
+                        "filters": filters,
+                    })
+                )?,
+                OutputFormat::Text => writeln!(
+                    stdout,
+                    "meshwork: listening on http://{} with {workers} worker(s), filters [{}]{}",
+                    addresses.listen,
+                    filters.join(", "),
+                    addresses
+                        .admin
+                        .map(|a| format!(", admin on http://{a}"))
+                        .unwrap_or_default()
+                )?,
+            }
+            stdout.flush()?;
+            proxy::wait_for_shutdown()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Upstream {
+            listen,
+            name,
+            threads,
+        } => {
+            app::serve(listen, name, threads)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Filter {
+            command: FilterCommand::Inspect { file, output },
+        } => {
+            let report = inspect::inspect(&file)?;
+            match output {
+                OutputFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&report.json(&file))?)
+                }
+                OutputFormat::Text => print!("{}", report.text(&file)),
+            }
+            Ok(if report.problems().is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+    }
+}

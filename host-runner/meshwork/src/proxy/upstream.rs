@@ -1,0 +1,243 @@
+//! Upstream clusters of one worker: HTTP/1.1 connection pools per endpoint, round robin.
+//!
+//! A connection goes back to its pool only after its response body has been read to the end,
+//! so a pooled connection is always idle. Everything here is single-threaded (one worker).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use super::body::{BoxError, ProxyBody};
+
+/// Why an upstream request produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connection to {0} failed: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("connection to {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("upstream {0} reset the request: {1}")]
+    Reset(SocketAddr, hyper::Error),
+}
+
+impl UpstreamError {
+    /// Envoy's response code details for the local reply this error becomes.
+    pub fn details(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(..) | UpstreamError::ConnectTimeout(_) => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            UpstreamError::Reset(..) => "upstream_reset_before_response_started{remote_reset}",
+        }
+    }
+
+    /// Envoy's local reply body text.
+    pub fn body(&self) -> String {
+        match self {
+            UpstreamError::Connect(..) | UpstreamError::ConnectTimeout(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure".into()
+            }
+            UpstreamError::Reset(..) => "upstream connect error or disconnect/reset before headers. reset reason: remote reset".into(),
+        }
+    }
+}
+
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    idle: RefCell<Vec<SendRequest<ProxyBody>>>,
+}
+
+pub struct Cluster {
+    pub name: String,
+    endpoints: Vec<Rc<Endpoint>>,
+    next: Cell<usize>,
+    connect_timeout: Duration,
+}
+
+/// Headers HTTP/1.1 uses per connection; a proxy must not forward them (RFC 9110 7.6.1).
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    if let Some(listed) = headers
+        .get(http::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
+        for name in listed.split(',') {
+            headers.remove(name.trim());
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+impl Cluster {
+    pub fn new(name: String, endpoints: &[SocketAddr], connect_timeout: Duration) -> Cluster {
+        Cluster {
+            name,
+            endpoints: endpoints
+                .iter()
+                .map(|addr| {
+                    Rc::new(Endpoint {
+                        addr: *addr,
+                        idle: RefCell::default(),
+                    })
+                })
+                .collect(),
+            next: Cell::new(0),
+            connect_timeout,
+        }
+    }
+
+    fn pick(&self) -> Rc<Endpoint> {
+        let i = self.next.get();
+        self.next.set(i.wrapping_add(1));
+        self.endpoints[i % self.endpoints.len()].clone()
+    }
+
+    /// Sends `request` to the next endpoint, reusing an idle connection when there is one.
+    pub async fn send(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<(Response<PooledBody>, SocketAddr), UpstreamError> {
+        let endpoint = self.pick();
+        let mut sender = self.checkout(&endpoint).await?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| UpstreamError::Reset(endpoint.addr, e))?;
+        let (parts, body) = response.into_parts();
+        let mut pooled = PooledBody {
+            body,
+            pool: Some((endpoint.clone(), sender)),
+        };
+        if pooled.body.is_end_stream() {
+            pooled.release();
+        }
+        Ok((Response::from_parts(parts, pooled), endpoint.addr))
+    }
+
+    async fn checkout(&self, endpoint: &Endpoint) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        loop {
+            let Some(mut sender) = endpoint.idle.borrow_mut().pop() else {
+                break;
+            };
+            if sender.is_closed() {
+                continue;
+            }
+            // The previous response was read to the end; the connection task may need a turn
+            // to notice, so wait for it rather than open another connection.
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        self.connect(endpoint.addr).await
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        let stream =
+            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout(addr))?
+                .map_err(|e| UpstreamError::Connect(addr, e))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .max_headers(super::MAX_HEADERS)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Reset(addr, e))?;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, "upstream connection closed: {e}");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// An upstream response body that gives its connection back to the pool at its end.
+pub struct PooledBody {
+    body: Incoming,
+    pool: Option<(Rc<Endpoint>, SendRequest<ProxyBody>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((endpoint, sender)) = self.pool.take()
+            && !sender.is_closed()
+        {
+            endpoint.idle.borrow_mut().push(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let result = match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        match &result {
+            None => this.release(),
+            Some(Ok(_)) if this.body.is_end_stream() => this.release(),
+            Some(Err(_)) => this.pool = None,
+            _ => {}
+        }
+        Poll::Ready(result.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Every cluster of a worker, by name.
+pub struct Upstreams {
+    clusters: std::collections::HashMap<String, Rc<Cluster>>,
+}
+
+impl Upstreams {
+    pub fn new(clusters: impl IntoIterator<Item = Cluster>) -> Upstreams {
+        Upstreams {
+            clusters: clusters
+                .into_iter()
+                .map(|c| (c.name.clone(), Rc::new(c)))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Rc<Cluster>> {
+        self.clusters.get(name).cloned()
+    }
+}

@@ -1,0 +1,176 @@
+//! The data each VM's store carries: its contexts, the effective context, and the effects its
+//! callbacks produced for the proxy to carry out (HTTP callouts, timer changes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime::StoreLimits;
+
+use crate::abi::{AbiVersion, Status};
+use crate::headers::HeaderMap;
+use crate::memory::GuestExports;
+use crate::metrics::Metric;
+use crate::plugin::{PluginConfig, Services};
+use crate::shared::QueueOwner;
+use crate::stream_data::SharedStream;
+
+/// A context of this VM.
+#[derive(Clone)]
+pub enum Ctx {
+    /// The plugin (root) context.
+    Root,
+    /// A stream context: stage `stage` of the stream's filter chain.
+    Stream { stream: SharedStream, stage: usize },
+}
+
+/// An HTTP callout a filter dispatched; the proxy sends it and reports back with the token.
+#[derive(Debug)]
+pub struct HttpCallRequest {
+    pub token: u32,
+    pub cluster: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: HeaderMap,
+    /// None: no timeout (Envoy treats 0 ms as "no timeout").
+    pub timeout: Option<Duration>,
+}
+
+/// The answer to a callout, lent to the VM during `proxy_on_http_call_response`.
+#[derive(Debug, Default)]
+pub struct HttpCallResponse {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: HeaderMap,
+}
+
+/// What callbacks asked the proxy to do; drained after every VM call.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub http_calls: Vec<HttpCallRequest>,
+    /// A new tick period (zero stops the timer).
+    pub tick_period: Option<Duration>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.http_calls.is_empty() && self.tick_period.is_none()
+    }
+}
+
+pub struct HostState {
+    pub plugin: Arc<PluginConfig>,
+    pub services: Arc<Services>,
+    pub abi: AbiVersion,
+    pub exports: Option<GuestExports>,
+    pub limits: StoreLimits,
+    pub contexts: HashMap<u32, Ctx>,
+    pub root_context_id: u32,
+    next_context_id: u32,
+    /// The context the host entered the VM with.
+    pub current_context: u32,
+    /// Set by `proxy_set_effective_context`; 0 means "the current context".
+    pub effective_context: u32,
+    /// The plugin configuration is readable only during start-up callbacks (as in Envoy).
+    pub plugin_config_readable: bool,
+    pub effects: Effects,
+    /// Lent during `proxy_on_http_call_response`.
+    pub callout_response: Option<HttpCallResponse>,
+    /// The root context's status for `proxy_get_status` (code, message).
+    pub root_status: (u32, Bytes),
+    /// Metric ids carry their type in the low two bits, as in Envoy (4, 8… counters).
+    pub metrics: HashMap<u32, Arc<Metric>>,
+    next_metric_seq: u32,
+    next_callout_seq: u32,
+    /// The root context returned false from `proxy_on_done` and waits for `proxy_done`.
+    pub root_done_pending: bool,
+    pub call_data: Bytes,
+    pub queue_owner: Arc<dyn QueueOwner>,
+    /// Hostcalls that Envoy answers in a surprising way we reproduce (e.g. malformed pairs
+    /// clearing a map); counted so a filter author can see them.
+    pub abi_warnings: u64,
+}
+
+impl HostState {
+    pub fn new(
+        plugin: Arc<PluginConfig>,
+        services: Arc<Services>,
+        abi: AbiVersion,
+        limits: StoreLimits,
+        queue_owner: Arc<dyn QueueOwner>,
+    ) -> HostState {
+        HostState {
+            plugin,
+            services,
+            abi,
+            exports: None,
+            limits,
+            contexts: HashMap::new(),
+            root_context_id: 0,
+            next_context_id: 1,
+            current_context: 0,
+            effective_context: 0,
+            plugin_config_readable: false,
+            effects: Effects::default(),
+            callout_response: None,
+            root_status: (0, Bytes::new()),
+            metrics: HashMap::new(),
+            next_metric_seq: 1,
+            next_callout_seq: 1,
+            root_done_pending: false,
+            call_data: Bytes::new(),
+            queue_owner,
+            abi_warnings: 0,
+        }
+    }
+
+    pub fn new_context_id(&mut self) -> u32 {
+        let id = self.next_context_id;
+        self.next_context_id = self.next_context_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// The context hostcalls act on.
+    pub fn context_id(&self) -> u32 {
+        if self.effective_context != 0 && self.contexts.contains_key(&self.effective_context) {
+            self.effective_context
+        } else {
+            self.current_context
+        }
+    }
+
+    pub fn context(&self) -> Option<&Ctx> {
+        self.contexts.get(&self.context_id())
+    }
+
+    /// The stream and stage of the effective context, or `NotFound`-style absence.
+    pub fn stream(&self) -> Option<(SharedStream, usize)> {
+        match self.context()? {
+            Ctx::Stream { stream, stage } => Some((stream.clone(), *stage)),
+            Ctx::Root => None,
+        }
+    }
+
+    pub fn define_metric(&mut self, kind: crate::abi::MetricType, name: &str) -> u32 {
+        let metric = self.services.metrics.define(kind, name);
+        let id = (self.next_metric_seq << 2) | kind as u32;
+        self.next_metric_seq += 1;
+        self.metrics.insert(id, metric);
+        id
+    }
+
+    pub fn metric(&self, id: u32) -> Result<&Arc<Metric>, Status> {
+        if id & 3 == 3 {
+            return Err(Status::BadArgument);
+        }
+        self.metrics.get(&id).ok_or(Status::NotFound)
+    }
+
+    /// Callout tokens are 4, 8, 12… per VM, as in Envoy.
+    pub fn next_callout_token(&mut self) -> u32 {
+        let token = self.next_callout_seq << 2;
+        self.next_callout_seq = self.next_callout_seq.wrapping_add(1).max(1);
+        token
+    }
+}

@@ -1,0 +1,144 @@
+//! Buffers: bodies, callout responses, configurations, call data.
+
+use bytes::{Bytes, BytesMut};
+use wasmtime::{Caller, Linker};
+
+use crate::abi::{BufferType, Status};
+use crate::host_state::HostState;
+use crate::memory::{Hc, copy_out, finish, read, write_u32};
+
+/// A buffer's bytes as the effective context sees them. `None` is Envoy's "not available"
+/// (NotFound); bodies outside their callbacks read as empty, as in Envoy.
+fn snapshot(state: &HostState, t: BufferType) -> Option<Bytes> {
+    match t {
+        BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
+            let Some((stream, stage)) = state.stream() else {
+                return Some(Bytes::new());
+            };
+            let data = stream.borrow();
+            let s = &data.stages[stage];
+            Some(match t {
+                BufferType::HttpRequestBody if s.access.request_body => {
+                    Bytes::copy_from_slice(&s.request_body)
+                }
+                BufferType::HttpResponseBody if s.access.response_body => {
+                    Bytes::copy_from_slice(&s.response_body)
+                }
+                _ => Bytes::new(),
+            })
+        }
+        BufferType::DownstreamData | BufferType::UpstreamData | BufferType::GrpcReceiveBuffer => {
+            Some(Bytes::new())
+        }
+        BufferType::HttpCallResponseBody => state.callout_response.as_ref().map(|r| r.body.clone()),
+        BufferType::VmConfiguration => Some(state.plugin.vm_configuration.clone()),
+        BufferType::PluginConfiguration => state
+            .plugin_config_readable
+            .then(|| state.plugin.configuration.clone()),
+        BufferType::CallData => Some(state.call_data.clone()),
+    }
+}
+
+fn buffer_type(raw: u32) -> Hc<BufferType> {
+    BufferType::from_raw(raw).ok_or(Status::BadArgument.into())
+}
+
+/// Envoy's `copyFrom` on a body: start 0 drains `length` bytes then prepends; start at or past
+/// the end appends; anything in between is refused.
+fn edit(buf: &mut BytesMut, start: u32, length: u32, data: &[u8]) -> Result<(), Status> {
+    let (start, length) = (start as usize, length as usize);
+    if start == 0 {
+        let drained = length.min(buf.len());
+        let rest = buf.split_off(drained);
+        buf.clear();
+        buf.extend_from_slice(data);
+        buf.extend_from_slice(&rest);
+        Ok(())
+    } else if start >= buf.len() {
+        buf.extend_from_slice(data);
+        Ok(())
+    } else {
+        Err(Status::BadArgument)
+    }
+}
+
+pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_buffer_bytes",
+        |mut c: Caller<'_, HostState>, t: u32, start: u32, max: u32, pp: u32, sp: u32| {
+            finish((|| {
+                let t = buffer_type(t)?;
+                let bytes = snapshot(c.data(), t).ok_or(Status::NotFound)?;
+                // Out-of-range requests are clamped, never refused.
+                let start = (start as usize).min(bytes.len());
+                let end = start.saturating_add(max as usize).min(bytes.len());
+                copy_out(&mut c, &bytes[start..end], pp, sp)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_buffer_status",
+        |mut c: Caller<'_, HostState>, t: u32, lp: u32, fp: u32| {
+            finish((|| {
+                let t = buffer_type(t)?;
+                let len = snapshot(c.data(), t).ok_or(Status::NotFound)?.len();
+                write_u32(&mut c, lp, len as u32)?;
+                write_u32(&mut c, fp, 0)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_buffer_bytes",
+        |c: Caller<'_, HostState>, t: u32, start: u32, length: u32, dp: u32, ds: u32| {
+            finish((|| {
+                let t = buffer_type(t)?;
+                snapshot(c.data(), t).ok_or(Status::NotFound)?;
+                let data = read(&c, dp, ds)?;
+                let state = c.data();
+                let Some((stream, stage)) = state.stream() else {
+                    return Err(Status::BadArgument.into());
+                };
+                let mut s = stream.borrow_mut();
+                let s = &mut *s;
+                let st = &mut s.stages[stage];
+                match t {
+                    BufferType::HttpRequestBody if st.access.request_body => {
+                        edit(&mut st.request_body, start, length, &data)?;
+                        s.request_body_rewritten = true;
+                    }
+                    BufferType::HttpResponseBody if st.access.response_body => {
+                        edit(&mut st.response_body, start, length, &data)?;
+                        s.response_body_rewritten = true;
+                    }
+                    _ => return Err(Status::BadArgument.into()),
+                }
+                Ok(())
+            })())
+        },
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_follow_envoy_copy_from() {
+        let mut b = BytesMut::from(&b"hello"[..]);
+        edit(&mut b, 0, 0, b">").unwrap();
+        assert_eq!(&b[..], b">hello");
+        edit(&mut b, 0, 1, b"").unwrap();
+        assert_eq!(&b[..], b"hello");
+        edit(&mut b, 0, 2, b"J").unwrap();
+        assert_eq!(&b[..], b"Jllo");
+        edit(&mut b, u32::MAX, 0, b"!").unwrap();
+        assert_eq!(&b[..], b"Jllo!");
+        edit(&mut b, 0, 100, b"all new").unwrap();
+        assert_eq!(&b[..], b"all new");
+        assert_eq!(edit(&mut b, 3, 1, b"x"), Err(Status::BadArgument));
+    }
+}

@@ -1,0 +1,55 @@
+//! Properties and foreign functions.
+
+use wasmtime::{Caller, Linker};
+
+use crate::abi::Status;
+use crate::host_state::HostState;
+use crate::memory::{copy_out, finish, read};
+use crate::properties;
+
+pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_property",
+        |mut c: Caller<'_, HostState>, pp: u32, ps: u32, vpp: u32, vsp: u32| {
+            finish((|| {
+                let path = read(&c, pp, ps)?;
+                let state = c.data();
+                let stream = state.stream();
+                let value = {
+                    let data = stream.as_ref().map(|(s, _)| s.borrow());
+                    properties::get(&state.plugin, &state.services, data.as_deref(), &path)?
+                        .serialise()?
+                };
+                copy_out(&mut c, &value, vpp, vsp)
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_property",
+        |c: Caller<'_, HostState>, pp: u32, ps: u32, vp: u32, vs: u32| {
+            finish((|| {
+                let path = read(&c, pp, ps)?;
+                let value = read(&c, vp, vs)?;
+                let stream = c.data().stream();
+                let mut data = stream.as_ref().map(|(s, _)| s.borrow_mut());
+                Ok(properties::set(data.as_deref_mut(), &path, &value)?)
+            })())
+        },
+    )?;
+    // No foreign functions are registered (Envoy's are compress, uncompress,
+    // set_envoy_filter_state, declare_property and CEL expressions).
+    linker.func_wrap(
+        "env",
+        "proxy_call_foreign_function",
+        |c: Caller<'_, HostState>, np: u32, ns: u32, ap: u32, as_: u32, _rpp: u32, _rsp: u32| {
+            finish((|| {
+                read(&c, np, ns)?;
+                read(&c, ap, as_)?;
+                Err(Status::NotFound.into())
+            })())
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Stream control: continue, close, local replies. Each only records an action; the engine
+//! carries it out after the VM call returns, as Envoy defers them.
+
+use bytes::Bytes;
+use wasmtime::{Caller, Linker};
+
+use crate::abi::{Status, StreamType};
+use crate::headers::decode_pairs;
+use crate::host_state::HostState;
+use crate::memory::{Hc, finish, read};
+use crate::stream_data::LocalReply;
+
+fn stream_type(raw: u32) -> Hc<StreamType> {
+    StreamType::from_raw(raw).ok_or(Status::BadArgument.into())
+}
+
+pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |c: Caller<'_, HostState>, t: u32| {
+            finish((|| {
+                match stream_type(t)? {
+                    StreamType::Upstream => return Err(Status::Unimplemented.into()),
+                    StreamType::Downstream => return Ok(()),
+                    t => {
+                        let Some((stream, stage)) = c.data().stream() else {
+                            return Ok(());
+                        };
+                        let mut s = stream.borrow_mut();
+                        // Envoy drops its request-side map pointers on either continue.
+                        let access = &mut s.stages[stage].access;
+                        access.request_headers = false;
+                        access.request_trailers = false;
+                        access.request_body = false;
+                        s.act(stage, |a| match t {
+                            StreamType::HttpRequest => a.continue_request = true,
+                            _ => a.continue_response = true,
+                        });
+                    }
+                }
+                Ok(())
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_close_stream",
+        |c: Caller<'_, HostState>, t: u32| {
+            finish((|| {
+                if let StreamType::HttpRequest | StreamType::HttpResponse = stream_type(t)?
+                    && let Some((stream, stage)) = c.data().stream()
+                {
+                    stream.borrow_mut().act(stage, |a| a.close = true);
+                }
+                Ok(())
+            })())
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        |c: Caller<'_, HostState>,
+         code: u32,
+         dp: u32,
+         ds: u32,
+         bp: u32,
+         bs: u32,
+         hp: u32,
+         hs: u32,
+         grpc: u32| {
+            finish((|| {
+                let details = read(&c, dp, ds)?;
+                let body = read(&c, bp, bs)?;
+                let headers = read(&c, hp, hs)?;
+                let Some((stream, stage)) = c.data().stream() else {
+                    return Ok(());
+                };
+                let headers = decode_pairs(&headers)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
+                    .collect();
+                let reply = LocalReply {
+                    status: code,
+                    details: String::from_utf8_lossy(&details).replace(' ', "_"),
+                    body: Bytes::from(body),
+                    headers,
+                    grpc_status: (grpc <= 16).then_some(grpc),
+                };
+                stream
+                    .borrow_mut()
+                    .act(stage, |a| a.local_reply = Some(reply));
+                Ok(())
+            })())
+        },
+    )?;
+    Ok(())
+}

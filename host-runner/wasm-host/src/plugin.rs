@@ -1,0 +1,103 @@
+//! What a filter instance is configured with, and the process-wide services every VM uses.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::abi::LogLevel;
+use crate::metrics::MetricsRegistry;
+use crate::shared::{SharedData, SharedQueues};
+
+/// One configured filter (Envoy: one `envoy.filters.http.wasm` entry).
+#[derive(Clone, Debug)]
+pub struct PluginConfig {
+    /// `plugin_name`: names the filter in logs and metrics.
+    pub name: String,
+    pub root_id: String,
+    /// Scope of shared data and shared queues.
+    pub vm_id: String,
+    /// Passed to `proxy_on_configure` as `PLUGIN_CONFIGURATION`.
+    pub configuration: Bytes,
+    /// Passed to `proxy_on_vm_start` as `VM_CONFIGURATION`.
+    pub vm_configuration: Bytes,
+    /// WASI environment variables (Envoy: vm_config.environment_variables).
+    pub env: Vec<(String, String)>,
+    /// On failure: skip the filter (true) or answer 503 (false).
+    pub fail_open: bool,
+    pub limits: VmLimits,
+    /// Messages below this level are dropped; `proxy_get_log_level` reports it.
+    pub log_level: LogLevel,
+}
+
+impl PluginConfig {
+    pub fn new(name: impl Into<String>) -> PluginConfig {
+        let name = name.into();
+        PluginConfig {
+            root_id: String::new(),
+            vm_id: String::new(),
+            configuration: Bytes::new(),
+            vm_configuration: Bytes::new(),
+            env: Vec::new(),
+            fail_open: false,
+            limits: VmLimits::default(),
+            log_level: LogLevel::Info,
+            name,
+        }
+    }
+}
+
+/// Sandbox limits of one VM.
+#[derive(Clone, Copy, Debug)]
+pub struct VmLimits {
+    /// Largest linear memory; growing past it traps the VM.
+    pub max_memory_bytes: usize,
+    /// Longest a stream or timer callback may run before it is interrupted.
+    pub callback_timeout: Duration,
+    /// Longest start-up (`_initialize`, `on_vm_start`, `on_configure`) may run.
+    pub startup_timeout: Duration,
+    /// Most VM rebuilds per minute after failures; past it the filter stays failed (fail policy
+    /// applies) until the window passes, so a crash loop cannot eat the proxy.
+    pub max_restarts_per_minute: u32,
+}
+
+impl Default for VmLimits {
+    fn default() -> Self {
+        VmLimits {
+            max_memory_bytes: 128 << 20,
+            callback_timeout: Duration::from_millis(100),
+            startup_timeout: Duration::from_secs(5),
+            max_restarts_per_minute: 30,
+        }
+    }
+}
+
+/// The proxy's own identity, for `xds.node.*` properties.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    pub id: String,
+    pub cluster: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Process-wide state shared by every VM of every worker.
+#[derive(Debug, Default)]
+pub struct Services {
+    pub shared_data: SharedData,
+    pub queues: SharedQueues,
+    pub metrics: MetricsRegistry,
+    /// Names `proxy_http_call` may target.
+    pub clusters: HashSet<String>,
+    pub node: NodeInfo,
+}
+
+impl Services {
+    pub fn new(clusters: impl IntoIterator<Item = String>, node: NodeInfo) -> Arc<Services> {
+        Arc::new(Services {
+            clusters: clusters.into_iter().collect(),
+            node,
+            ..Services::default()
+        })
+    }
+}

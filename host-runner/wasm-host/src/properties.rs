@@ -1,0 +1,401 @@
+//! `proxy_get_property` / `proxy_set_property` with Envoy's attribute paths and wire encoding.
+//!
+//! Paths are segments separated by NUL. Values reach the guest as Envoy serialises them: strings
+//! raw, integers as 8 little-endian bytes, bools as one byte, timestamps and durations as i64
+//! nanoseconds, maps in the header-pairs encoding. meshwork answers both the current `xds.*`
+//! names and the top-level names Envoy had before 1.33 (`route_name`, `node`, ...).
+
+use std::net::SocketAddr;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+
+use crate::abi::Status;
+use crate::headers::{HeaderMap, encode_pairs};
+use crate::plugin::{PluginConfig, Services};
+use crate::stream_data::StreamData;
+
+/// A property value before serialisation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Str(Bytes),
+    Int(i64),
+    UInt(u64),
+    Bool(bool),
+    /// Nanoseconds.
+    Duration(i64),
+    /// Nanoseconds since the Unix epoch.
+    Timestamp(i64),
+    Map(Vec<(Bytes, Value)>),
+    /// A structured value Envoy cannot serialise whole (request, response, ...).
+    Unserialisable,
+}
+
+impl Value {
+    fn str(s: impl AsRef<[u8]>) -> Value {
+        Value::Str(Bytes::copy_from_slice(s.as_ref()))
+    }
+
+    pub fn serialise(&self) -> Result<Vec<u8>, Status> {
+        Ok(match self {
+            Value::Str(b) => b.to_vec(),
+            Value::Int(i) | Value::Duration(i) | Value::Timestamp(i) => i.to_le_bytes().to_vec(),
+            Value::UInt(u) => u.to_le_bytes().to_vec(),
+            Value::Bool(b) => vec![*b as u8],
+            Value::Map(pairs) => {
+                let values: Vec<(Bytes, Vec<u8>)> = pairs
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), v.serialise()?)))
+                    .collect::<Result<_, Status>>()?;
+                encode_pairs(
+                    &values
+                        .iter()
+                        .map(|(k, v)| (k.as_ref(), v.as_slice()))
+                        .collect::<Vec<_>>(),
+                )
+            }
+            Value::Unserialisable => return Err(Status::SerializationFailure),
+        })
+    }
+}
+
+/// Splits a NUL-separated path; one trailing NUL (the C++ SDK's form) is ignored.
+pub fn split_path(path: &[u8]) -> Vec<&[u8]> {
+    let path = path.strip_suffix(b"\0").unwrap_or(path);
+    path.split(|b| *b == 0).collect()
+}
+
+fn headers_map(h: &HeaderMap) -> Value {
+    Value::Map(
+        h.iter()
+            .map(|(k, v)| (Bytes::copy_from_slice(k), Value::str(v)))
+            .collect(),
+    )
+}
+
+fn header_value(h: &HeaderMap, name: &[u8]) -> Option<Value> {
+    h.get(name).map(Value::str)
+}
+
+fn addr(a: Option<SocketAddr>, field: &[u8]) -> Option<Value> {
+    let a = a?;
+    match field {
+        b"address" => Some(Value::str(a.to_string())),
+        b"port" => Some(Value::Int(a.port() as i64)),
+        _ => None,
+    }
+}
+
+/// Resolves `path` for a context. `stream` is `None` in a root context, where only plugin and
+/// node attributes exist.
+pub fn get(
+    plugin: &PluginConfig,
+    services: &Services,
+    stream: Option<&StreamData>,
+    path: &[u8],
+) -> Result<Value, Status> {
+    let segments = split_path(path);
+    let (first, rest) = segments.split_first().ok_or(Status::SerializationFailure)?;
+    let (mut value, used_next) = top_level(plugin, services, stream, first, rest.first().copied())?;
+    // Segments the top-level lookup did not use walk into maps.
+    for seg in rest.iter().skip(used_next as usize) {
+        value = match value {
+            Value::Map(pairs) => pairs
+                .into_iter()
+                .find(|(k, _)| k.as_ref() == *seg)
+                .map(|(_, v)| v)
+                .ok_or(Status::NotFound)?,
+            _ => return Err(Status::NotFound),
+        };
+    }
+    Ok(value)
+}
+
+/// The value of a top-level name; the bool says whether it already used the next segment.
+fn top_level(
+    plugin: &PluginConfig,
+    services: &Services,
+    stream: Option<&StreamData>,
+    name: &[u8],
+    next: Option<&[u8]>,
+) -> Result<(Value, bool), Status> {
+    let node = || {
+        let n = &services.node;
+        Value::Map(vec![
+            (Bytes::from_static(b"id"), Value::str(&n.id)),
+            (Bytes::from_static(b"cluster"), Value::str(&n.cluster)),
+            (
+                Bytes::from_static(b"metadata"),
+                Value::Map(
+                    n.metadata
+                        .iter()
+                        .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), Value::str(v)))
+                        .collect(),
+                ),
+            ),
+        ])
+    };
+    match name {
+        b"plugin_name" => return Ok((Value::str(&plugin.name), false)),
+        b"plugin_root_id" => return Ok((Value::str(&plugin.root_id), false)),
+        b"plugin_vm_id" => return Ok((Value::str(&plugin.vm_id), false)),
+        b"node" => return Ok((node(), false)),
+        b"xds" => {
+            let Some(field) = next else {
+                return Ok((Value::Unserialisable, false));
+            };
+            let v = match field {
+                b"node" => node(),
+                b"route_name" => Value::str(&stream.ok_or(Status::NotFound)?.info.route_name),
+                b"cluster_name" => Value::str(&stream.ok_or(Status::NotFound)?.info.cluster_name),
+                b"listener_direction" => Value::Int(0),
+                b"filter_chain_name" | b"virtual_host_name" => Value::str(""),
+                _ => return Err(Status::NotFound),
+            };
+            return Ok((v, true));
+        }
+        _ => {}
+    }
+    let s = stream.ok_or(Status::NotFound)?;
+    let info = &s.info;
+    let leaf = |v: Option<Value>| v.map(|v| (v, true)).ok_or(Status::NotFound);
+    match name {
+        b"route_name" => Ok((Value::str(&info.route_name), false)),
+        b"cluster_name" => Ok((Value::str(&info.cluster_name), false)),
+        b"listener_direction" => Ok((Value::Int(0), false)),
+        b"connection_id" => Ok((Value::UInt(info.connection_id), false)),
+        b"request" => {
+            let Some(field) = next else {
+                return Ok((Value::Unserialisable, false));
+            };
+            let h = &s.request_headers;
+            let path = h.get(b":path").unwrap_or_default();
+            leaf(match field {
+                b"path" => Some(Value::str(path)),
+                b"url_path" => Some(Value::str(
+                    path.split(|b| *b == b'?').next().unwrap_or_default(),
+                )),
+                b"query" => Some(Value::str(
+                    path.splitn(2, |b| *b == b'?').nth(1).map_or(&b""[..], |q| {
+                        q.split(|b| *b == b'#').next().unwrap_or_default()
+                    }),
+                )),
+                b"host" => header_value(h, b":authority"),
+                b"scheme" => header_value(h, b":scheme"),
+                b"method" => header_value(h, b":method"),
+                b"headers" => Some(headers_map(h)),
+                b"headers_bytes" => Some(Value::Int(h.byte_size() as i64)),
+                b"referer" => header_value(h, b"referer"),
+                b"useragent" => header_value(h, b"user-agent"),
+                b"id" => header_value(h, b"x-request-id"),
+                b"time" => Some(Value::Timestamp(
+                    info.start_time
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i64),
+                )),
+                b"protocol" => Some(Value::str(info.protocol)),
+                b"duration" => info
+                    .request_duration
+                    .map(|d| Value::Duration(d.as_nanos() as i64)),
+                b"size" => Some(Value::Int(
+                    h.get_str("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(info.request_body_bytes as i64),
+                )),
+                b"total_size" => Some(Value::Int(
+                    (info.request_body_bytes as usize + h.byte_size()) as i64,
+                )),
+                _ => None,
+            })
+        }
+        b"response" => {
+            let Some(field) = next else {
+                return Ok((Value::Unserialisable, false));
+            };
+            let h = &s.response_headers;
+            leaf(match field {
+                b"code" => info.response_code.map(|c| Value::Int(c as i64)),
+                b"code_details" => info.response_code_details.as_ref().map(Value::str),
+                b"flags" => Some(Value::Int(0)),
+                b"grpc_status" => h
+                    .get_str("grpc-status")
+                    .and_then(|v| v.parse().ok())
+                    .map(Value::Int),
+                b"headers" => Some(headers_map(h)),
+                b"headers_bytes" => Some(Value::Int(h.byte_size() as i64)),
+                b"trailers" => Some(
+                    s.response_trailers
+                        .as_ref()
+                        .map_or(Value::Map(vec![]), headers_map),
+                ),
+                b"size" => Some(Value::Int(info.response_body_bytes as i64)),
+                b"total_size" => Some(Value::Int(
+                    (info.response_body_bytes as usize + h.byte_size()) as i64,
+                )),
+                _ => None,
+            })
+        }
+        b"source" => match next {
+            Some(f) => leaf(addr(info.source, f)),
+            None => Ok((Value::Unserialisable, false)),
+        },
+        b"destination" => match next {
+            Some(f) => leaf(addr(info.destination, f)),
+            None => Ok((Value::Unserialisable, false)),
+        },
+        b"upstream" => match next {
+            Some(b"local_address") => leaf(info.upstream_local.map(|a| Value::str(a.to_string()))),
+            Some(f) => leaf(addr(info.upstream, f)),
+            None => Ok((Value::Unserialisable, false)),
+        },
+        b"connection" => {
+            let Some(field) = next else {
+                return Ok((Value::Unserialisable, false));
+            };
+            // Listeners are plain text: TLS attributes are absent, as in Envoy without TLS.
+            leaf(match field {
+                b"id" => Some(Value::UInt(info.connection_id)),
+                b"mtls" => Some(Value::Bool(false)),
+                b"requested_server_name" => Some(Value::str("")),
+                _ => None,
+            })
+        }
+        b"filter_state" => {
+            let Some(key) = next else {
+                return Ok((
+                    Value::Map(
+                        s.filter_state
+                            .iter()
+                            .map(|(k, v)| (Bytes::copy_from_slice(k), Value::Str(v.clone())))
+                            .collect(),
+                    ),
+                    false,
+                ));
+            };
+            leaf(s.filter_state.get(key).map(|v| Value::Str(v.clone())))
+        }
+        _ => {
+            // Anything else is a value a filter stored with proxy_set_property.
+            let key = [b"wasm.".as_slice(), name].concat();
+            s.filter_state
+                .get(&key)
+                .map(|v| (Value::Str(v.clone()), false))
+                .ok_or(Status::NotFound)
+        }
+    }
+}
+
+/// Stores a value for later filters of the stream, under `wasm.<raw path>` as Envoy does.
+pub fn set(stream: Option<&mut StreamData>, path: &[u8], value: &[u8]) -> Result<(), Status> {
+    let s = stream.ok_or(Status::NotFound)?;
+    s.filter_state.insert(
+        [b"wasm.".as_slice(), path].concat(),
+        Bytes::copy_from_slice(value),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream_data::StreamInfo;
+
+    fn stream() -> StreamData {
+        let mut h = HeaderMap::new();
+        h.add(b":method", b"POST").unwrap();
+        h.add(b":path", b"/api/x?a=1#f").unwrap();
+        h.add(b":authority", b"svc").unwrap();
+        h.add(b"x-request-id", b"rid").unwrap();
+        let info = StreamInfo {
+            source: Some("10.0.0.1:5555".parse().unwrap()),
+            route_name: "r1".into(),
+            response_code: Some(503),
+            ..StreamInfo::default()
+        };
+        StreamData::new(h, info, 1)
+    }
+
+    fn plugin() -> PluginConfig {
+        let mut p = PluginConfig::new("measure");
+        p.root_id = "root".into();
+        p
+    }
+
+    fn get_bytes(s: Option<&StreamData>, path: &[u8]) -> Result<Vec<u8>, Status> {
+        get(&plugin(), &Services::default(), s, path)?.serialise()
+    }
+
+    #[test]
+    fn request_attributes() {
+        let s = stream();
+        assert_eq!(
+            get_bytes(Some(&s), b"request\0path").unwrap(),
+            b"/api/x?a=1#f"
+        );
+        assert_eq!(
+            get_bytes(Some(&s), b"request\0url_path\0").unwrap(),
+            b"/api/x"
+        );
+        assert_eq!(get_bytes(Some(&s), b"request\0query").unwrap(), b"a=1");
+        assert_eq!(get_bytes(Some(&s), b"request\0method").unwrap(), b"POST");
+        assert_eq!(get_bytes(Some(&s), b"request\0id").unwrap(), b"rid");
+        assert_eq!(
+            get_bytes(Some(&s), b"request\0headers\0:authority").unwrap(),
+            b"svc"
+        );
+        assert_eq!(get_bytes(Some(&s), b"request\0time").unwrap().len(), 8);
+        assert_eq!(
+            get_bytes(Some(&s), b"request\0duration"),
+            Err(Status::NotFound)
+        );
+        assert_eq!(
+            get_bytes(Some(&s), b"request"),
+            Err(Status::SerializationFailure)
+        );
+        assert_eq!(get_bytes(Some(&s), b"request\0nope"), Err(Status::NotFound));
+    }
+
+    #[test]
+    fn typed_values_use_envoy_encoding() {
+        let s = stream();
+        assert_eq!(
+            get_bytes(Some(&s), b"response\0code").unwrap(),
+            503i64.to_le_bytes()
+        );
+        assert_eq!(
+            get_bytes(Some(&s), b"source\0port").unwrap(),
+            5555i64.to_le_bytes()
+        );
+        assert_eq!(
+            get_bytes(Some(&s), b"source\0address").unwrap(),
+            b"10.0.0.1:5555"
+        );
+        assert_eq!(get_bytes(Some(&s), b"connection\0mtls").unwrap(), [0]);
+        let headers = get_bytes(Some(&s), b"request\0headers").unwrap();
+        assert_eq!(crate::headers::decode_pairs(&headers).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn plugin_and_route_names_and_root_contexts() {
+        let s = stream();
+        assert_eq!(get_bytes(None, b"plugin_root_id").unwrap(), b"root");
+        assert_eq!(get_bytes(None, b"plugin_name").unwrap(), b"measure");
+        assert_eq!(get_bytes(Some(&s), b"xds\0route_name").unwrap(), b"r1");
+        assert_eq!(get_bytes(Some(&s), b"route_name").unwrap(), b"r1");
+        assert_eq!(get_bytes(None, b"request\0path"), Err(Status::NotFound));
+        assert_eq!(get_bytes(None, b"xds\0node\0id").unwrap(), b"");
+    }
+
+    #[test]
+    fn set_property_is_read_back_by_name() {
+        let mut s = stream();
+        set(Some(&mut s), b"my.key", b"v1").unwrap();
+        assert_eq!(get_bytes(Some(&s), b"my.key").unwrap(), b"v1");
+        assert_eq!(
+            get_bytes(Some(&s), b"filter_state\0wasm.my.key").unwrap(),
+            b"v1"
+        );
+        assert_eq!(set(None, b"k", b"v"), Err(Status::NotFound));
+        assert_eq!(get_bytes(Some(&s), b"unknown"), Err(Status::NotFound));
+    }
+}

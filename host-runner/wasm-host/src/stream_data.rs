@@ -1,0 +1,160 @@
+//! One HTTP stream's state as every filter of its chain sees it through hostcalls.
+//!
+//! The engine owns the flow of a stream; hostcalls reach this shared part through the context
+//! id. Borrows of it are short and never held across a call into a VM.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::headers::HeaderMap;
+
+/// What the proxy knows about a stream, for properties.
+#[derive(Clone, Debug)]
+pub struct StreamInfo {
+    pub start_time: SystemTime,
+    pub protocol: &'static str,
+    pub source: Option<SocketAddr>,
+    pub destination: Option<SocketAddr>,
+    pub connection_id: u64,
+    pub route_name: String,
+    pub cluster_name: String,
+    pub upstream: Option<SocketAddr>,
+    pub upstream_local: Option<SocketAddr>,
+    pub response_code: Option<u32>,
+    pub response_code_details: Option<String>,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    pub request_duration: Option<Duration>,
+}
+
+impl Default for StreamInfo {
+    fn default() -> Self {
+        StreamInfo {
+            start_time: SystemTime::now(),
+            protocol: "HTTP/1.1",
+            source: None,
+            destination: None,
+            connection_id: 0,
+            route_name: String::new(),
+            cluster_name: String::new(),
+            upstream: None,
+            upstream_local: None,
+            response_code: None,
+            response_code_details: None,
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            request_duration: None,
+        }
+    }
+}
+
+/// A reply a filter asked for with `proxy_send_local_response`.
+#[derive(Clone, Debug)]
+pub struct LocalReply {
+    pub status: u32,
+    pub details: String,
+    pub body: Bytes,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub grpc_status: Option<u32>,
+}
+
+/// Things a filter asked for during a callback. Envoy runs them after the VM call returns.
+#[derive(Clone, Debug, Default)]
+pub struct Actions {
+    pub continue_request: bool,
+    pub continue_response: bool,
+    pub close: bool,
+    pub local_reply: Option<LocalReply>,
+}
+
+impl Actions {
+    pub fn is_empty(&self) -> bool {
+        !self.continue_request
+            && !self.continue_response
+            && !self.close
+            && self.local_reply.is_none()
+    }
+}
+
+/// Which maps and buffers a filter may touch right now (Envoy drops its pointers to a map as
+/// soon as the callback that owns it continues).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Access {
+    pub request_headers: bool,
+    pub request_trailers: bool,
+    pub request_body: bool,
+    pub response_headers: bool,
+    pub response_trailers: bool,
+    pub response_body: bool,
+    /// In the last request body chunk without trailers: request trailers may be added.
+    pub may_add_request_trailers: bool,
+    pub may_add_response_trailers: bool,
+}
+
+/// The part of a stream that belongs to one filter of the chain.
+#[derive(Debug, Default)]
+pub struct StageData {
+    /// The filter's context id in its VM; 0 until `proxy_on_context_create` ran.
+    pub context_id: u32,
+    pub access: Access,
+    /// Body bytes held at this filter (paused or buffering), readable as HTTP_*_BODY.
+    pub request_body: BytesMut,
+    pub response_body: BytesMut,
+    pub actions: Actions,
+}
+
+/// Shared per-stream state.
+#[derive(Debug, Default)]
+pub struct StreamData {
+    pub request_headers: HeaderMap,
+    pub request_trailers: Option<HeaderMap>,
+    pub response_headers: HeaderMap,
+    pub response_trailers: Option<HeaderMap>,
+    pub info: StreamInfo,
+    /// Values set with `proxy_set_property`, readable by every filter of the stream.
+    pub filter_state: HashMap<Vec<u8>, Bytes>,
+    pub stages: Vec<StageData>,
+    /// The access-log phase: maps are read-only and request trailers are gone.
+    pub in_log: bool,
+    /// A filter changed the request/response body: a Content-Length from the origin no longer
+    /// holds, so the proxy drops it (if the headers have not left yet).
+    pub request_body_rewritten: bool,
+    pub response_body_rewritten: bool,
+    waker: Option<Waker>,
+}
+
+pub type SharedStream = Rc<RefCell<StreamData>>;
+
+impl StreamData {
+    pub fn new(request_headers: HeaderMap, info: StreamInfo, stages: usize) -> StreamData {
+        StreamData {
+            request_headers,
+            info,
+            stages: (0..stages).map(|_| StageData::default()).collect(),
+            ..StreamData::default()
+        }
+    }
+
+    pub fn set_waker(&mut self, waker: &Waker) {
+        match &self.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => self.waker = Some(waker.clone()),
+        }
+    }
+
+    /// Records actions from a callback and wakes whoever drives the stream.
+    pub fn act(&mut self, stage: usize, f: impl FnOnce(&mut Actions)) {
+        if let Some(s) = self.stages.get_mut(stage) {
+            f(&mut s.actions);
+        }
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+}
