@@ -109,34 +109,18 @@ pub struct FilterStream {
 
 impl std::fmt::Debug for FilterStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilterStream")
-            .field("filters", &self.stages.len())
-            .field("reset", &self.reset)
-            .finish()
+        f.debug_struct("FilterStream").field("filters", &self.stages.len()).field("reset", &self.reset).finish()
     }
 }
 
 impl FilterStream {
-    pub fn new(
-        vms: Vec<Rc<PluginVm>>,
-        request_headers: HeaderMap,
-        info: StreamInfo,
-    ) -> FilterStream {
+    pub fn new(vms: Vec<Rc<PluginVm>>, request_headers: HeaderMap, info: StreamInfo) -> FilterStream {
         let n = vms.len();
-        let data = Rc::new(std::cell::RefCell::new(StreamData::new(
-            request_headers,
-            info,
-            n,
-        )));
+        let data = Rc::new(std::cell::RefCell::new(StreamData::new(request_headers, info, n)));
         FilterStream {
             stages: vms
                 .into_iter()
-                .map(|vm| Stage {
-                    vm,
-                    created: false,
-                    skip: false,
-                    flows: Default::default(),
-                })
+                .map(|vm| Stage { vm, created: false, skip: false, flows: Default::default() })
                 .collect(),
             data,
             out: Default::default(),
@@ -200,9 +184,7 @@ impl FilterStream {
         {
             let mut d = self.data.borrow_mut();
             d.info.response_code = headers.get_str(":status").and_then(|s| s.parse().ok());
-            d.info
-                .response_code_details
-                .get_or_insert_with(|| "via_upstream".into());
+            d.info.response_code_details.get_or_insert_with(|| "via_upstream".into());
             d.response_headers = headers;
         }
         self.run_headers(Dir::Response, 0, end_stream);
@@ -397,9 +379,27 @@ impl FilterStream {
         }
     }
 
-    fn run_data(&mut self, d: Dir, from: usize, mut chunk: Bytes, mut eos: bool) {
-        let generation = self.response_generation;
+    fn run_data(&mut self, d: Dir, from: usize, chunk: Bytes, eos: bool) {
         let mut trailers_added_at = None;
+        self.pass_data(d, from, chunk, eos, &mut trailers_added_at);
+        // Trailers a filter added to the last chunk follow that chunk, even when a later filter
+        // holds the data: they reach it and release what it holds.
+        if let Some(p) = trailers_added_at {
+            self.run_trailers(d, p + 1);
+        }
+    }
+
+    /// Moves one chunk down the chain from position `from` until a filter holds it or it
+    /// leaves the chain.
+    fn pass_data(
+        &mut self,
+        d: Dir,
+        from: usize,
+        mut chunk: Bytes,
+        mut eos: bool,
+        trailers_added_at: &mut Option<usize>,
+    ) {
+        let generation = self.response_generation;
         for p in from..self.stages.len() {
             if self.halted(d, generation) {
                 return;
@@ -435,11 +435,7 @@ impl FilterStream {
                 Step::Stop { drop_data } => {
                     let flow = self.flow(d, f);
                     flow.eos_held = eos;
-                    flow.hold = if drop_data {
-                        Hold::NoBuffer
-                    } else {
-                        Hold::Buffer
-                    };
+                    flow.hold = if drop_data { Hold::NoBuffer } else { Hold::Buffer };
                     if drop_data {
                         self.with_buffer(d, f, BytesMut::clear);
                     }
@@ -448,18 +444,8 @@ impl FilterStream {
                 Step::Abort => return,
             }
         }
-        if self.halted(d, generation) {
-            return;
-        }
-        self.emit(
-            d,
-            Output::Data {
-                bytes: chunk,
-                end_stream: eos,
-            },
-        );
-        if let Some(p) = trailers_added_at {
-            self.run_trailers(d, p + 1);
+        if !self.halted(d, generation) {
+            self.emit(d, Output::Data { bytes: chunk, end_stream: eos });
         }
     }
 
@@ -504,9 +490,7 @@ impl FilterStream {
 
     /// Releases what filter `f` holds in direction `d` (its `proxy_continue_stream`).
     fn resume(&mut self, d: Dir, f: usize) {
-        let p = (0..self.stages.len())
-            .find(|p| self.position(d, *p) == f)
-            .unwrap_or(0);
+        let p = (0..self.stages.len()).find(|p| self.position(d, *p) == f).unwrap_or(0);
         let flow = *self.flow(d, f);
         match (flow.headers, flow.hold) {
             (HeadersAt::Stopped, _) => {
@@ -558,11 +542,7 @@ impl FilterStream {
     fn ensure_context(&mut self, f: usize) -> Result<u32, Failure> {
         if self.stages[f].created {
             let id = self.data.borrow().stages[f].context_id;
-            return if id == 0 {
-                Err(Failure::VmFailed)
-            } else {
-                Ok(id)
-            };
+            return if id == 0 { Err(Failure::VmFailed) } else { Ok(id) };
         }
         self.stages[f].created = true;
         let vm = self.stages[f].vm.clone();
@@ -714,14 +694,7 @@ impl FilterStream {
                 (Dir::Response, CallbackKind::Body) => "proxy_on_response_body",
                 (Dir::Response, CallbackKind::Trailers) => "proxy_on_response_trailers",
             };
-            return self.failure(
-                d,
-                f,
-                Failure::BadReturn {
-                    callback,
-                    value: raw,
-                },
-            );
+            return self.failure(d, f, Failure::BadReturn { callback, value: raw });
         };
         let continued_here = match d {
             Dir::Request => actions.continue_request,
@@ -737,12 +710,7 @@ impl FilterStream {
         }
     }
 
-    fn put_back_other_direction(
-        &mut self,
-        d: Dir,
-        f: usize,
-        actions: &crate::stream_data::Actions,
-    ) {
+    fn put_back_other_direction(&mut self, d: Dir, f: usize, actions: &crate::stream_data::Actions) {
         let other = match d.other() {
             Dir::Request => actions.continue_request,
             Dir::Response => actions.continue_response,
@@ -763,10 +731,7 @@ impl FilterStream {
         tracing::warn!(filter = %name, fail_open = vm.plugin.fail_open, "filter failed: {failure}");
         vm.services
             .metrics
-            .counter(&format!(
-                "meshwork_filter_failures_total;.;filter=.={name};.;kind=.={}",
-                failure.kind()
-            ))
+            .counter(&format!("meshwork_filter_failures_total;.;filter=.={name};.;kind=.={}", failure.kind()))
             .increment(1)
             .ok();
     }
@@ -838,24 +803,14 @@ impl FilterStream {
         }
         {
             let mut data = self.data.borrow_mut();
-            let grpc = data
-                .request_headers
-                .get_str("content-type")
-                .is_some_and(|c| c.starts_with("application/grpc"));
+            let grpc = data.request_headers.get_str("content-type").is_some_and(|c| c.starts_with("application/grpc"));
             let mut headers = HeaderMap::new();
             let body_len = reply.body.len().to_string();
-            let status = if grpc && reply.grpc_status.is_some() {
-                200
-            } else {
-                reply.status
-            };
+            let status = if grpc && reply.grpc_status.is_some() { 200 } else { reply.status };
             let status_text = status.to_string();
             let mut add = |k: &[u8], v: &[u8]| {
                 if headers.add(k, v).is_err() {
-                    tracing::warn!(
-                        "dropping an invalid local reply header {:?}",
-                        String::from_utf8_lossy(k)
-                    );
+                    tracing::warn!("dropping an invalid local reply header {:?}", String::from_utf8_lossy(k));
                 }
             };
             add(b":status", status_text.as_bytes());
@@ -870,10 +825,7 @@ impl FilterStream {
             for (k, v) in &reply.headers {
                 // Filter-supplied headers replace the defaults above (content-type, say).
                 if headers.replace(k, v).is_err() {
-                    tracing::warn!(
-                        "dropping an invalid local reply header {:?}",
-                        String::from_utf8_lossy(k)
-                    );
+                    tracing::warn!("dropping an invalid local reply header {:?}", String::from_utf8_lossy(k));
                 }
             }
             data.response_headers = headers;
@@ -899,13 +851,7 @@ impl FilterStream {
             // A reply to a reply: sent as is, so two filters cannot bounce replies forever.
             self.emit_headers(Dir::Response, body.is_empty());
             if !body.is_empty() {
-                self.emit(
-                    Dir::Response,
-                    Output::Data {
-                        bytes: body,
-                        end_stream: true,
-                    },
-                );
+                self.emit(Dir::Response, Output::Data { bytes: body, end_stream: true });
             }
         }
     }
@@ -917,10 +863,7 @@ impl FilterStream {
             // A filter rewrote the body before the headers left: the origin's length is wrong.
             let (rewritten, headers) = match d {
                 Dir::Request => (data.request_body_rewritten, &mut data.request_headers),
-                Dir::Response => (
-                    data.response_body_rewritten && !self.local_reply_active,
-                    &mut data.response_headers,
-                ),
+                Dir::Response => (data.response_body_rewritten && !self.local_reply_active, &mut data.response_headers),
             };
             if rewritten {
                 headers.remove(b"content-length");
