@@ -9,8 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use meshwork_filter_support::{
-    ConfigDuration, MetricCache, SharedSlots, fingerprint, now_ns, property_string, route_name,
-    tagged,
+    ConfigDuration, MetricCache, SharedSlots, fingerprint, now_ns, property_string, route_name, tagged,
 };
 use meshwork_token_bucket::Limit;
 use meshwork_token_bucket::table::{self, Outcome};
@@ -89,37 +88,23 @@ fn log(level: LogLevel, message: &str) {
 
 impl RateLimitRoot {
     fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let config: Config =
-            serde_json::from_slice(bytes).map_err(|e| format!("bad configuration: {e}"))?;
-        let period_ns = u64::try_from(config.period.0.as_nanos())
-            .map_err(|_| "period is too long".to_string())?;
-        let limit = Limit::new(config.rate, period_ns, config.burst.unwrap_or(config.rate))
-            .map_err(|e| e.to_string())?;
+        let config: Config = serde_json::from_slice(bytes).map_err(|e| format!("bad configuration: {e}"))?;
+        let period_ns = u64::try_from(config.period.0.as_nanos()).map_err(|_| "period is too long".to_string())?;
+        let limit =
+            Limit::new(config.rate, period_ns, config.burst.unwrap_or(config.rate)).map_err(|e| e.to_string())?;
         if config.max_keys == 0 {
             return Err("max_keys must be at least 1".into());
         }
         if !(200..=599).contains(&config.status) {
-            return Err(format!(
-                "status {} is not an HTTP status code",
-                config.status
-            ));
+            return Err(format!("status {} is not an HTTP status code", config.status));
         }
         let plugin = property_string(&["plugin_name"]).unwrap_or_else(|| "local-rate-limit".into());
         // A new configuration gets fresh buckets: the namespace includes its fingerprint.
-        let slots_prefix = format!(
-            "meshwork.local-rate-limit.{plugin}.{:016x}",
-            fingerprint(bytes)
-        );
+        let slots_prefix = format!("meshwork.local-rate-limit.{plugin}.{:016x}", fingerprint(bytes));
         SharedSlots::new(slots_prefix.clone())
             .create(config.max_keys)
             .map_err(|s| format!("cannot create shared-data slots: {s:?}"))?;
-        self.limiter = Some(Rc::new(Limiter {
-            config,
-            limit,
-            slots_prefix,
-            metrics: MetricCache::default(),
-            plugin,
-        }));
+        self.limiter = Some(Rc::new(Limiter { config, limit, slots_prefix, metrics: MetricCache::default(), plugin }));
         Ok(())
     }
 }
@@ -139,10 +124,7 @@ impl RootContext for RateLimitRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(RateLimit {
-            limiter: self.limiter.clone()?,
-            allowed: None,
-        }))
+        Some(Box::new(RateLimit { limiter: self.limiter.clone()?, allowed: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -160,19 +142,14 @@ impl RateLimit {
     fn key(&self) -> String {
         match &self.limiter.config.key {
             KeyConfig::Route => route_name().unwrap_or_default(),
-            KeyConfig::Header(name) => self
-                .get_http_request_header(name)
-                .unwrap_or_else(|| "-".into()),
+            KeyConfig::Header(name) => self.get_http_request_header(name).unwrap_or_else(|| "-".into()),
         }
     }
 
     fn count(&self, outcome: &str) {
         let l = &self.limiter;
         l.metrics.increment(
-            &tagged(
-                "meshwork_local_rate_limit_requests_total",
-                &[("plugin", &l.plugin), ("outcome", outcome)],
-            ),
+            &tagged("meshwork_local_rate_limit_requests_total", &[("plugin", &l.plugin), ("outcome", outcome)]),
             1,
         );
     }
@@ -182,10 +159,7 @@ fn headers(limit: &Limit, remaining: u64, reset_ns: u64) -> Vec<(&'static str, S
     vec![
         ("x-ratelimit-limit", limit.burst.to_string()),
         ("x-ratelimit-remaining", remaining.to_string()),
-        (
-            "x-ratelimit-reset",
-            reset_ns.div_ceil(1_000_000_000).to_string(),
-        ),
+        ("x-ratelimit-reset", reset_ns.div_ceil(1_000_000_000).to_string()),
     ]
 }
 
@@ -196,24 +170,14 @@ impl HttpContext for RateLimit {
         let limiter = Rc::clone(&self.limiter);
         let key = self.key();
         let mut store = SharedSlots::new(limiter.slots_prefix.clone());
-        let outcome = table::take(
-            &mut store,
-            limiter.config.max_keys,
-            MAX_PROBE,
-            key.as_bytes(),
-            &limiter.limit,
-            now_ns(),
-            1,
-        );
+        let outcome =
+            table::take(&mut store, limiter.config.max_keys, MAX_PROBE, key.as_bytes(), &limiter.limit, now_ns(), 1);
         let decision = match outcome {
             Outcome::Decided(d) => d,
             other => {
                 // The limiter cannot decide (table full, never created, extreme contention):
                 // let the request through and say so, rather than refuse traffic blindly.
-                log(
-                    LogLevel::Warn,
-                    &format!("local-rate-limit: {other:?} for key {key:?}; allowing"),
-                );
+                log(LogLevel::Warn, &format!("local-rate-limit: {other:?} for key {key:?}; allowing"));
                 self.count("undecided");
                 return Action::Continue;
             }
@@ -221,24 +185,13 @@ impl HttpContext for RateLimit {
         if decision.allowed {
             self.count("allowed");
             if limiter.config.headers_on_success {
-                self.allowed = Some(headers(
-                    &limiter.limit,
-                    decision.remaining,
-                    decision.reset_ns,
-                ));
+                self.allowed = Some(headers(&limiter.limit, decision.remaining, decision.reset_ns));
             }
             return Action::Continue;
         }
         self.count("limited");
         let mut reply = headers(&limiter.limit, 0, decision.reset_ns);
-        reply.push((
-            "retry-after",
-            decision
-                .retry_after_ns
-                .div_ceil(1_000_000_000)
-                .max(1)
-                .to_string(),
-        ));
+        reply.push(("retry-after", decision.retry_after_ns.div_ceil(1_000_000_000).max(1).to_string()));
         reply.push(("content-type", "text/plain".into()));
         let reply: Vec<(&str, &str)> = reply.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.send_http_response(limiter.config.status, reply, Some(b"rate limited\n"));

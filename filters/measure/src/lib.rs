@@ -9,9 +9,7 @@ use std::collections::HashSet;
 use std::rc::Rc;
 
 use meshwork_filter_support::{MetricCache, now_ns, property_i64, route_name, tagged};
-use meshwork_measure_core::{
-    PrefixRoute, StatusClass, StreamTimes, route_for_path, write_server_timing,
-};
+use meshwork_measure_core::{PrefixRoute, StatusClass, StreamTimes, route_for_path, write_server_timing};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use serde::Deserialize;
@@ -97,20 +95,12 @@ impl RootContext for MeasureRoot {
             match serde_json::from_slice::<Config>(&bytes) {
                 Ok(c) => c,
                 Err(e) => {
-                    proxy_wasm::hostcalls::log(
-                        LogLevel::Error,
-                        &format!("measure: bad configuration: {e}"),
-                    )
-                    .ok();
+                    proxy_wasm::hostcalls::log(LogLevel::Error, &format!("measure: bad configuration: {e}")).ok();
                     return false;
                 }
             }
         };
-        self.shared = Some(Rc::new(Shared {
-            config,
-            metrics: MetricCache::default(),
-            labels: RefCell::default(),
-        }));
+        self.shared = Some(Rc::new(Shared { config, metrics: MetricCache::default(), labels: RefCell::default() }));
         true
     }
 
@@ -152,14 +142,8 @@ impl Measure {
         if config.routes.is_empty() {
             return fallback;
         }
-        let routes: Vec<PrefixRoute<'_>> = config
-            .routes
-            .iter()
-            .map(|r| PrefixRoute {
-                name: &r.name,
-                prefix: &r.prefix,
-            })
-            .collect();
+        let routes: Vec<PrefixRoute<'_>> =
+            config.routes.iter().map(|r| PrefixRoute { name: &r.name, prefix: &r.prefix }).collect();
         let path = self.get_http_request_header(":path").unwrap_or_default();
         route_for_path(&routes, &path, &fallback).to_owned()
     }
@@ -183,9 +167,7 @@ impl HttpContext for Measure {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.times.response_start = Some(now_ns());
-        self.status = self
-            .get_http_response_header(":status")
-            .and_then(|s| s.parse().ok());
+        self.status = self.get_http_response_header(":status").and_then(|s| s.parse().ok());
         if self.shared.config.server_timing {
             let mut value = String::new();
             if write_server_timing(&mut value, &self.times).is_ok() && !value.is_empty() {
@@ -203,28 +185,13 @@ impl HttpContext for Measure {
     fn on_log(&mut self) {
         let shared = &self.shared;
         let route = self.route.as_str();
-        let status = self
-            .status
-            .or_else(|| property_i64(&["response", "code"]).map(|c| c as u32))
-            .unwrap_or(0);
+        let status = self.status.or_else(|| property_i64(&["response", "code"]).map(|c| c as u32)).unwrap_or(0);
         let class = StatusClass::of(status).as_str();
-        shared.metrics.increment(
-            &shared.metric("requests_total", &[("route", route), ("class", class)]),
-            1,
-        );
+        shared.metrics.increment(&shared.metric("requests_total", &[("route", route), ("class", class)]), 1);
         if let Some(ns) = self.times.upstream_latency_ns() {
-            shared.metrics.record(
-                &shared.metric("upstream_latency_us", &[("route", route)]),
-                ns / 1_000,
-            );
+            shared.metrics.record(&shared.metric("upstream_latency_us", &[("route", route)]), ns / 1_000);
         }
-        shared.metrics.record(
-            &shared.metric("request_body_bytes", &[("route", route)]),
-            self.request_bytes,
-        );
-        shared.metrics.record(
-            &shared.metric("response_body_bytes", &[("route", route)]),
-            self.response_bytes,
-        );
+        shared.metrics.record(&shared.metric("request_body_bytes", &[("route", route)]), self.request_bytes);
+        shared.metrics.record(&shared.metric("response_body_bytes", &[("route", route)]), self.response_bytes);
     }
 }

@@ -23,9 +23,7 @@ impl ConfigDuration {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m or h)"))?;
         let (number, unit) = text.split_at(split);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("duration {text:?} does not start with a number"))?;
+        let value: f64 = number.parse().map_err(|_| format!("duration {text:?} does not start with a number"))?;
         let scale = match unit {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -34,13 +32,10 @@ impl ConfigDuration {
             "m" => 60.0,
             "h" => 3600.0,
             other => {
-                return Err(format!(
-                    "duration {text:?} has unknown unit {other:?} (use ms, s, m or h)"
-                ));
+                return Err(format!("duration {text:?} has unknown unit {other:?} (use ms, s, m or h)"));
             }
         };
-        Duration::try_from_secs_f64(value * scale)
-            .map_err(|_| format!("duration {text:?} is out of range"))
+        Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration {text:?} is out of range"))
     }
 }
 
@@ -54,9 +49,7 @@ impl<'de> Deserialize<'de> for ConfigDuration {
         }
         match Raw::deserialize(d)? {
             Raw::Millis(ms) => Ok(ConfigDuration(Duration::from_millis(ms))),
-            Raw::Text(t) => ConfigDuration::parse(&t)
-                .map(ConfigDuration)
-                .map_err(serde::de::Error::custom),
+            Raw::Text(t) => ConfigDuration::parse(&t).map(ConfigDuration).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -78,9 +71,7 @@ pub fn property_string(path: &[&str]) -> Option<String> {
 /// The route's name: `xds.route_name` (Envoy 1.33 and later), else the older top-level
 /// `route_name`, else `None`.
 pub fn route_name() -> Option<String> {
-    property_string(&["xds", "route_name"])
-        .or_else(|| property_string(&["route_name"]))
-        .filter(|r| !r.is_empty())
+    property_string(&["xds", "route_name"]).or_else(|| property_string(&["route_name"])).filter(|r| !r.is_empty())
 }
 
 /// An integer property (Envoy serialises int64/uint64 attributes as 8 little-endian bytes).
@@ -193,25 +184,12 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            ConfigDuration::parse("250ms"),
-            Ok(Duration::from_millis(250))
-        );
-        assert_eq!(
-            ConfigDuration::parse("1.5s"),
-            Ok(Duration::from_millis(1500))
-        );
+        assert_eq!(ConfigDuration::parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(ConfigDuration::parse("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(ConfigDuration::parse("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(
-            ConfigDuration::parse("100us"),
-            Ok(Duration::from_micros(100))
-        );
+        assert_eq!(ConfigDuration::parse("100us"), Ok(Duration::from_micros(100)));
         assert!(ConfigDuration::parse("10").unwrap_err().contains("no unit"));
-        assert!(
-            ConfigDuration::parse("10 parsecs")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
+        assert!(ConfigDuration::parse("10 parsecs").unwrap_err().contains("unknown unit"));
         assert!(ConfigDuration::parse("s").unwrap_err().contains("number"));
         let d: ConfigDuration = serde_json_from_str("1500");
         assert_eq!(d.0, Duration::from_millis(1500));

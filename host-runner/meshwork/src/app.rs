@@ -44,19 +44,9 @@ struct Ask {
 }
 
 fn param(query: &[(String, String)], headers: &http::HeaderMap, name: &str) -> Vec<String> {
-    let mut values: Vec<String> = query
-        .iter()
-        .filter(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .collect();
+    let mut values: Vec<String> = query.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect();
     let header = format!("x-upstream-{name}");
-    values.extend(
-        headers
-            .get_all(header.as_str())
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned),
-    );
+    values.extend(headers.get_all(header.as_str()).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned));
     values
 }
 
@@ -68,10 +58,7 @@ fn decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
                     Ok(b) => {
                         out.push(b);
                         i += 2;
@@ -115,20 +102,13 @@ impl Ask {
             None => Duration::ZERO,
         };
         let size = one("size")
-            .map(|s| {
-                s.parse::<usize>()
-                    .map_err(|_| format!("size {s:?} is not a number of bytes"))
-            })
+            .map(|s| s.parse::<usize>().map_err(|_| format!("size {s:?} is not a number of bytes")))
             .transpose()?;
         let mut extra = Vec::new();
         for h in param(&query, headers, "header") {
-            let (k, v) = h
-                .split_once(':')
-                .ok_or(format!("header {h:?} is not name:value"))?;
-            let name = HeaderName::from_bytes(k.trim().as_bytes())
-                .map_err(|_| format!("bad header name {k:?}"))?;
-            let value =
-                HeaderValue::from_str(v.trim()).map_err(|_| format!("bad header value {v:?}"))?;
+            let (k, v) = h.split_once(':').ok_or(format!("header {h:?} is not name:value"))?;
+            let name = HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| format!("bad header name {k:?}"))?;
+            let value = HeaderValue::from_str(v.trim()).map_err(|_| format!("bad header value {v:?}"))?;
             extra.push((name, value));
         }
         Ok(Ask {
@@ -144,17 +124,10 @@ impl Ask {
 
 type AppBody = Full<Bytes>;
 
-fn respond(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<AppBody> {
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<AppBody> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type),
-    );
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -162,11 +135,7 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/stats") => {
             let counts = app.counts.lock().map_err(|_| "poisoned")?;
-            return Ok(respond(
-                StatusCode::OK,
-                "application/json",
-                serde_json::to_vec(&*counts).unwrap_or_default(),
-            ));
+            return Ok(respond(StatusCode::OK, "application/json", serde_json::to_vec(&*counts).unwrap_or_default()));
         }
         (&Method::POST, "/stats/reset") => {
             *app.counts.lock().map_err(|_| "poisoned")? = Counts::default();
@@ -174,47 +143,37 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
         }
         _ => {}
     }
-    let ask = match Ask::from(&request) {
-        Ok(a) => a,
-        Err(e) => {
-            return Ok(respond(
-                StatusCode::BAD_REQUEST,
-                "text/plain",
-                format!("{e}\n"),
-            ));
-        }
-    };
-    let method = request.method().to_string();
+    // Every request is counted, malformed ones (answered 400) included.
+    let ask = Ask::from(&request);
     let path = request.uri().path().to_owned();
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .map_or("/".into(), |p| p.to_string());
-    let mut echo_headers = BTreeMap::<String, String>::new();
-    for (k, v) in request.headers() {
-        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-        echo_headers
-            .entry(k.to_string())
-            .and_modify(|e| *e = format!("{e}, {v}"))
-            .or_insert(v);
-    }
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
     {
         let mut c = app.counts.lock().map_err(|_| "poisoned")?;
         c.requests_total += 1;
         *c.by_path.entry(path.clone()).or_default() += 1;
-        if !ask.reset {
-            *c.by_status.entry(ask.status.as_u16()).or_default() += 1;
-        }
-        if let Some(k) = &ask.key {
-            *c.by_key.entry(k.clone()).or_default() += 1;
+        match &ask {
+            Ok(ask) => {
+                if !ask.reset {
+                    *c.by_status.entry(ask.status.as_u16()).or_default() += 1;
+                }
+                if let Some(k) = &ask.key {
+                    *c.by_key.entry(k.clone()).or_default() += 1;
+                }
+            }
+            Err(_) => *c.by_status.entry(400).or_default() += 1,
         }
     }
+    let ask = match ask {
+        Ok(a) => a,
+        Err(e) => return Ok(respond(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n"))),
+    };
+    let method = request.method().to_string();
+    let path_and_query = request.uri().path_and_query().map_or("/".into(), |p| p.to_string());
+    let mut echo_headers = BTreeMap::<String, String>::new();
+    for (k, v) in request.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        echo_headers.entry(k.to_string()).and_modify(|e| *e = format!("{e}, {v}")).or_insert(v);
+    }
+    let body = request.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     if !ask.delay.is_zero() {
         tokio::time::sleep(ask.delay).await;
     }
@@ -232,18 +191,11 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
                 "body_bytes": body.len(),
                 "body": String::from_utf8_lossy(&body[..body.len().min(4096)]),
             });
-            respond(
-                ask.status,
-                "application/json",
-                serde_json::to_vec(&echo).unwrap_or_default(),
-            )
+            respond(ask.status, "application/json", serde_json::to_vec(&echo).unwrap_or_default())
         }
     };
     let headers = response.headers_mut();
-    headers.insert(
-        "x-upstream-name",
-        HeaderValue::from_str(&app.name).unwrap_or(HeaderValue::from_static("upstream")),
-    );
+    headers.insert("x-upstream-name", HeaderValue::from_str(&app.name).unwrap_or(HeaderValue::from_static("upstream")));
     for (k, v) in ask.headers {
         headers.append(k, v);
     }
@@ -252,35 +204,25 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
 
 /// Serves until the process ends. Prints the address it listens on once ready.
 pub fn serve(listen: SocketAddr, name: String, threads: usize) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr()?;
         println!("meshwork upstream {name}: listening on http://{local}");
         use std::io::Write;
         std::io::stdout().flush()?;
-        let app = Arc::new(App {
-            name,
-            counts: Mutex::default(),
-        });
+        let app = Arc::new(App { name, counts: Mutex::default() });
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
             let app = app.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |r| handle(app.clone(), r));
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 // Tests send many headers through filters; accept more than a proxy would.
                 builder.http1().max_headers(2000).max_buf_size(1 << 20);
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
             });
         }
     })

@@ -136,13 +136,9 @@ struct FileNode {
 /// Parses "250ms", "1.5s", "2m", "1h".
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .with_context(|| format!("{text:?} is not a duration like 250ms, 2s or 1m"))?;
+    let value: f64 = number.parse().with_context(|| format!("{text:?} is not a duration like 250ms, 2s or 1m"))?;
     let scale = match unit {
         "ns" => 1e-9,
         "us" | "µs" => 1e-6,
@@ -153,20 +149,15 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         "" => bail!("duration {text:?} needs a unit (ms, s, m or h)"),
         other => bail!("duration {text:?} has an unknown unit {other:?} (use ms, s, m or h)"),
     };
-    Duration::try_from_secs_f64(value * scale)
-        .with_context(|| format!("duration {text:?} is out of range"))
+    Duration::try_from_secs_f64(value * scale).with_context(|| format!("duration {text:?} is out of range"))
 }
 
 /// Parses "64MiB", "512KiB", "1GiB", "1048576".
 pub fn parse_size(text: &str) -> anyhow::Result<usize> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: usize = number
-        .parse()
-        .with_context(|| format!("{text:?} is not a size like 64MiB"))?;
+    let n: usize = number.parse().with_context(|| format!("{text:?} is not a size like 64MiB"))?;
     let scale = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" => 1 << 10,
@@ -174,14 +165,11 @@ pub fn parse_size(text: &str) -> anyhow::Result<usize> {
         "GiB" | "G" => 1 << 30,
         other => bail!("size {text:?} has an unknown unit {other:?} (use KiB, MiB or GiB)"),
     };
-    n.checked_mul(scale)
-        .with_context(|| format!("size {text:?} is too large"))
+    n.checked_mul(scale).with_context(|| format!("size {text:?} is too large"))
 }
 
 pub fn parse_addr(text: &str, what: &str) -> anyhow::Result<SocketAddr> {
-    text.parse().with_context(|| {
-        format!("{what} {text:?} is not an IP address with a port, like 127.0.0.1:8080")
-    })
+    text.parse().with_context(|| format!("{what} {text:?} is not an IP address with a port, like 127.0.0.1:8080"))
 }
 
 pub fn parse_log_level(text: &str) -> anyhow::Result<LogLevel> {
@@ -204,21 +192,17 @@ pub fn configuration_bytes(value: Option<&serde_yaml::Value>) -> anyhow::Result<
     Ok(match value {
         None | Some(serde_yaml::Value::Null) => Bytes::new(),
         Some(serde_yaml::Value::String(s)) => Bytes::from(s.clone()),
-        Some(other) => Bytes::from(
-            serde_json::to_vec(other).context("configuration cannot be written as JSON")?,
-        ),
+        Some(other) => Bytes::from(serde_json::to_vec(other).context("configuration cannot be written as JSON")?),
     })
 }
 
 impl ProxyConfig {
     pub fn load(path: &Path) -> anyhow::Result<ProxyConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let file: File = serde_yaml::from_str(&text)
-            .with_context(|| format!("config {} is not valid", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let file: File =
+            serde_yaml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        ProxyConfig::from_file(file, base)
-            .with_context(|| format!("config {} is not valid", path.display()))
+        ProxyConfig::from_file(file, base).with_context(|| format!("config {} is not valid", path.display()))
     }
 
     fn from_file(file: File, base: &Path) -> anyhow::Result<ProxyConfig> {
@@ -231,17 +215,9 @@ impl ProxyConfig {
                     .iter()
                     .map(|e| parse_addr(e, &format!("cluster {} endpoint", c.name)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                let connect_timeout = c
-                    .connect_timeout
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()?
-                    .unwrap_or(Duration::from_secs(5));
-                Ok(ClusterConfig {
-                    name: c.name,
-                    endpoints,
-                    connect_timeout,
-                })
+                let connect_timeout =
+                    c.connect_timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(5));
+                Ok(ClusterConfig { name: c.name, endpoints, connect_timeout })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut routes = Vec::new();
@@ -262,45 +238,36 @@ impl ProxyConfig {
             let mut plugin = PluginConfig::new(&f.name);
             plugin.root_id = f.root_id.unwrap_or_default();
             plugin.vm_id = f.vm_id.unwrap_or_default();
-            plugin.configuration = configuration_bytes(f.configuration.as_ref())
-                .with_context(|| format!("filter {}", f.name))?;
-            plugin.vm_configuration = configuration_bytes(f.vm_configuration.as_ref())
-                .with_context(|| format!("filter {}", f.name))?;
+            plugin.configuration =
+                configuration_bytes(f.configuration.as_ref()).with_context(|| format!("filter {}", f.name))?;
+            plugin.vm_configuration =
+                configuration_bytes(f.vm_configuration.as_ref()).with_context(|| format!("filter {}", f.name))?;
             plugin.fail_open = f.fail == FailPolicy::Open;
             plugin.env = f.env.into_iter().collect();
             if let Some(level) = f.log_level {
-                plugin.log_level =
-                    parse_log_level(&level).with_context(|| format!("filter {}", f.name))?;
+                plugin.log_level = parse_log_level(&level).with_context(|| format!("filter {}", f.name))?;
             }
             let mut limits = VmLimits::default();
             if let Some(m) = f.limits.memory {
-                limits.max_memory_bytes =
-                    parse_size(&m).with_context(|| format!("filter {} limits.memory", f.name))?;
+                limits.max_memory_bytes = parse_size(&m).with_context(|| format!("filter {} limits.memory", f.name))?;
             }
             if let Some(t) = f.limits.callback_timeout {
-                limits.callback_timeout = parse_duration(&t)
-                    .with_context(|| format!("filter {} limits.callback_timeout", f.name))?;
+                limits.callback_timeout =
+                    parse_duration(&t).with_context(|| format!("filter {} limits.callback_timeout", f.name))?;
             }
             if let Some(t) = f.limits.startup_timeout {
-                limits.startup_timeout = parse_duration(&t)
-                    .with_context(|| format!("filter {} limits.startup_timeout", f.name))?;
+                limits.startup_timeout =
+                    parse_duration(&t).with_context(|| format!("filter {} limits.startup_timeout", f.name))?;
             }
             if let Some(n) = f.limits.max_restarts_per_minute {
                 limits.max_restarts_per_minute = n;
             }
             plugin.limits = limits;
-            filters.push(FilterConfig {
-                module: base.join(&f.module),
-                plugin,
-            });
+            filters.push(FilterConfig { module: base.join(&f.module), plugin });
         }
         let config = ProxyConfig {
             listen: parse_addr(&file.listen, "listen")?,
-            admin: file
-                .admin
-                .as_deref()
-                .map(|a| parse_addr(a, "admin"))
-                .transpose()?,
+            admin: file.admin.as_deref().map(|a| parse_addr(a, "admin")).transpose()?,
             workers: file.workers,
             clusters,
             routes,
@@ -335,11 +302,7 @@ impl ProxyConfig {
         }
         for r in &self.routes {
             if !names.contains(r.cluster.as_str()) {
-                bail!(
-                    "route {:?} points at cluster {:?}, which is not defined",
-                    r.name,
-                    r.cluster
-                );
+                bail!("route {:?} points at cluster {:?}, which is not defined", r.name, r.cluster);
             }
             if !r.prefix.starts_with('/') {
                 bail!("route {:?} prefix {:?} must start with /", r.name, r.prefix);
@@ -348,10 +311,7 @@ impl ProxyConfig {
         let mut filter_names = std::collections::HashSet::new();
         for f in &self.filters {
             if !filter_names.insert(f.plugin.name.as_str()) {
-                bail!(
-                    "filter {:?} is defined twice; give each filter its own name",
-                    f.plugin.name
-                );
+                bail!("filter {:?} is defined twice; give each filter its own name", f.plugin.name);
             }
         }
         Ok(())
@@ -402,17 +362,13 @@ filters:
     #[test]
     fn errors_name_the_problem() {
         let err = |y: &str| format!("{:#}", parse(y).unwrap_err());
-        assert!(
-            err("listen: nowhere\nclusters: []\nroute: {cluster: a}")
-                .contains("listen \"nowhere\"")
-        );
+        assert!(err("listen: nowhere\nclusters: []\nroute: {cluster: a}").contains("listen \"nowhere\""));
         assert!(
             err("listen: 127.0.0.1:1\nclusters: []\nroute: {cluster: a}")
                 .contains("cluster \"a\", which is not defined")
         );
         assert!(
-            err("listen: 127.0.0.1:1\nclusters: []\nroute: {cluster: a}\nbogus: 1")
-                .contains("unknown field `bogus`")
+            err("listen: 127.0.0.1:1\nclusters: []\nroute: {cluster: a}\nbogus: 1").contains("unknown field `bogus`")
         );
         assert!(
             err("listen: 127.0.0.1:1\nclusters: [{name: a, endpoints: [\"127.0.0.1:2\"]}]\nroute: {cluster: a, timeout: 5 parsecs}")

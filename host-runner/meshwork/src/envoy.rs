@@ -19,24 +19,17 @@ use bytes::Bytes;
 use meshwork_wasm_host::{NodeInfo, PluginConfig};
 use serde_json::{Map, Value};
 
-use crate::config::{
-    ClusterConfig, FilterConfig, ProxyConfig, RouteConfig, parse_addr, parse_duration,
-};
+use crate::config::{ClusterConfig, FilterConfig, ProxyConfig, RouteConfig, parse_addr, parse_duration};
 
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
-const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 const BYTES_VALUE: &str = "type.googleapis.com/google.protobuf.BytesValue";
 
 /// Fields that only change what Envoy reports, not what it does to traffic.
-const OBSERVABILITY: &[&str] = &[
-    "access_log",
-    "access_log_path",
-    "stat_prefix",
-    "tracing",
-    "stats_config",
-    "layered_runtime",
-];
+const OBSERVABILITY: &[&str] =
+    &["access_log", "access_log_path", "stat_prefix", "tracing", "stats_config", "layered_runtime"];
 
 struct Walker {
     errors: Vec<String>,
@@ -45,27 +38,17 @@ struct Walker {
 
 impl Walker {
     /// Reads `value` at `path` as an object and reports every key not in `known`.
-    fn object<'a>(
-        &mut self,
-        value: &'a Value,
-        path: &str,
-        known: &[&str],
-    ) -> anyhow::Result<&'a Map<String, Value>> {
-        let map = value
-            .as_object()
-            .with_context(|| format!("{path} must be an object"))?;
+    fn object<'a>(&mut self, value: &'a Value, path: &str, known: &[&str]) -> anyhow::Result<&'a Map<String, Value>> {
+        let map = value.as_object().with_context(|| format!("{path} must be an object"))?;
         for key in map.keys() {
             if known.contains(&key.as_str()) {
                 continue;
             }
             let field = format!("{path}.{key}");
             if OBSERVABILITY.contains(&key.as_str()) {
-                self.warnings.push(format!(
-                    "{field}: ignored (observability only; meshwork exposes /stats instead)"
-                ));
+                self.warnings.push(format!("{field}: ignored (observability only; meshwork exposes /stats instead)"));
             } else {
-                self.errors
-                    .push(format!("{field}: not supported by meshwork"));
+                self.errors.push(format!("{field}: not supported by meshwork"));
             }
         }
         Ok(map)
@@ -77,59 +60,40 @@ impl Walker {
 }
 
 fn string<'a>(map: &'a Map<String, Value>, key: &str, path: &str) -> anyhow::Result<&'a str> {
-    map.get(key)
-        .and_then(Value::as_str)
-        .with_context(|| format!("{path}.{key} must be a string"))
+    map.get(key).and_then(Value::as_str).with_context(|| format!("{path}.{key} must be a string"))
 }
 
 fn array<'a>(map: &'a Map<String, Value>, key: &str, path: &str) -> anyhow::Result<&'a Vec<Value>> {
-    map.get(key)
-        .and_then(Value::as_array)
-        .with_context(|| format!("{path}.{key} must be a list"))
+    map.get(key).and_then(Value::as_array).with_context(|| format!("{path}.{key} must be a list"))
 }
 
-fn socket_address(
-    w: &mut Walker,
-    value: &Value,
-    path: &str,
-) -> anyhow::Result<std::net::SocketAddr> {
+fn socket_address(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<std::net::SocketAddr> {
     let address = w.object(value, path, &["socket_address"])?;
     let sa_path = format!("{path}.socket_address");
     let sa = w.object(
-        address
-            .get("socket_address")
-            .with_context(|| format!("{sa_path} is missing"))?,
+        address.get("socket_address").with_context(|| format!("{sa_path} is missing"))?,
         &sa_path,
         &["address", "port_value", "protocol"],
     )?;
     if let Some(p) = sa.get("protocol").and_then(Value::as_str)
         && p != "TCP"
     {
-        w.errors.push(format!(
-            "{sa_path}.protocol: {p} is not supported (TCP only)"
-        ));
+        w.errors.push(format!("{sa_path}.protocol: {p} is not supported (TCP only)"));
     }
     let host = string(sa, "address", &sa_path)?;
     let port = sa
         .get("port_value")
         .and_then(Value::as_u64)
         .with_context(|| format!("{sa_path}.port_value must be a number"))?;
-    let host = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    };
-    parse_addr(&format!("{host}:{port}"), &sa_path).with_context(|| {
-        format!("{sa_path}.address must be an IP address (meshwork does not resolve DNS names)")
-    })
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
+    parse_addr(&format!("{host}:{port}"), &sa_path)
+        .with_context(|| format!("{sa_path}.address must be an IP address (meshwork does not resolve DNS names)"))
 }
 
 fn duration(value: Option<&Value>, path: &str) -> anyhow::Result<Option<Duration>> {
     match value {
         None => Ok(None),
-        Some(Value::String(s)) => parse_duration(s)
-            .map(Some)
-            .with_context(|| format!("{path}")),
+        Some(Value::String(s)) => parse_duration(s).map(Some).with_context(|| path.to_string()),
         Some(other) => bail!("{path} must be a duration string like \"0.25s\", not {other}"),
     }
 }
@@ -137,27 +101,19 @@ fn duration(value: Option<&Value>, path: &str) -> anyhow::Result<Option<Duration
 /// Loads and translates `path`; returns the errors (and, with `allow_unsupported`, prints them
 /// as warnings).
 pub fn load(path: &Path, allow_unsupported: bool) -> anyhow::Result<ProxyConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read Envoy config {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read Envoy config {}", path.display()))?;
     let value: Value = serde_yaml::from_str(&text)
         .with_context(|| format!("Envoy config {} is not valid YAML/JSON", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut w = Walker {
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let config = translate(&mut w, &value, base)
-        .with_context(|| format!("Envoy config {}", path.display()))?;
+    let mut w = Walker { errors: Vec::new(), warnings: Vec::new() };
+    let config = translate(&mut w, &value, base).with_context(|| format!("Envoy config {}", path.display()))?;
     for warning in &w.warnings {
         eprintln!("warning: {}: {warning}", path.display());
     }
     if !w.errors.is_empty() {
         if allow_unsupported {
             for e in &w.errors {
-                eprintln!(
-                    "warning: {}: {e} (ignored because of --allow-unsupported)",
-                    path.display()
-                );
+                eprintln!("warning: {}: {e} (ignored because of --allow-unsupported)", path.display());
             }
         } else {
             bail!(
@@ -174,10 +130,7 @@ pub fn load(path: &Path, allow_unsupported: bool) -> anyhow::Result<ProxyConfig>
 fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyConfig> {
     let top = w.object(root, "", &["static_resources", "admin", "node"])?;
     let node = match top.get("node") {
-        None => NodeInfo {
-            id: "meshwork".into(),
-            ..NodeInfo::default()
-        },
+        None => NodeInfo { id: "meshwork".into(), ..NodeInfo::default() },
         Some(n) => {
             let n = w.object(n, "node", &["id", "cluster", "metadata"])?;
             let metadata = n
@@ -185,26 +138,13 @@ fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyC
                 .and_then(Value::as_object)
                 .map(|m| {
                     m.iter()
-                        .map(|(k, v)| {
-                            (
-                                k.clone(),
-                                v.as_str().map_or_else(|| v.to_string(), str::to_owned),
-                            )
-                        })
+                        .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
                         .collect()
                 })
                 .unwrap_or_else(BTreeMap::new);
             NodeInfo {
-                id: n
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("meshwork")
-                    .into(),
-                cluster: n
-                    .get("cluster")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .into(),
+                id: n.get("id").and_then(Value::as_str).unwrap_or("meshwork").into(),
+                cluster: n.get("cluster").and_then(Value::as_str).unwrap_or_default().into(),
                 metadata,
             }
         }
@@ -213,41 +153,28 @@ fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyC
         None => None,
         Some(a) => {
             let a = w.object(a, "admin", &["address"])?;
-            Some(socket_address(
-                w,
-                a.get("address").context("admin.address is missing")?,
-                "admin.address",
-            )?)
+            Some(socket_address(w, a.get("address").context("admin.address is missing")?, "admin.address")?)
         }
     };
     let sr = w.object(
-        top.get("static_resources")
-            .context("static_resources is missing")?,
+        top.get("static_resources").context("static_resources is missing")?,
         "static_resources",
         &["listeners", "clusters"],
     )?;
     let listeners = array(sr, "listeners", "static_resources")?;
     if listeners.len() != 1 {
-        bail!(
-            "static_resources.listeners: meshwork runs exactly one listener (found {})",
-            listeners.len()
-        );
+        bail!("static_resources.listeners: meshwork runs exactly one listener (found {})", listeners.len());
     }
     let lpath = "static_resources.listeners[0]";
     let listener = w.object(&listeners[0], lpath, &["name", "address", "filter_chains"])?;
     let listen = socket_address(
         w,
-        listener
-            .get("address")
-            .with_context(|| format!("{lpath}.address is missing"))?,
+        listener.get("address").with_context(|| format!("{lpath}.address is missing"))?,
         &format!("{lpath}.address"),
     )?;
     let chains = array(listener, "filter_chains", lpath)?;
     if chains.len() != 1 {
-        bail!(
-            "{lpath}.filter_chains: meshwork supports exactly one filter chain (found {})",
-            chains.len()
-        );
+        bail!("{lpath}.filter_chains: meshwork supports exactly one filter chain (found {})", chains.len());
     }
     let cpath = format!("{lpath}.filter_chains[0]");
     let chain = w.object(&chains[0], &cpath, &["filters", "name"])?;
@@ -262,23 +189,13 @@ fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyC
     let hcm_entry = w.object(&network_filters[0], &fpath, &["name", "typed_config"])?;
     let name = string(hcm_entry, "name", &fpath)?;
     if name != "envoy.filters.network.http_connection_manager" {
-        bail!(
-            "{fpath}.name: {name} is not supported (only envoy.filters.network.http_connection_manager)"
-        );
+        bail!("{fpath}.name: {name} is not supported (only envoy.filters.network.http_connection_manager)");
     }
     let hpath = format!("{fpath}.typed_config");
     let hcm = w.object(
-        hcm_entry
-            .get("typed_config")
-            .with_context(|| format!("{hpath} is missing"))?,
+        hcm_entry.get("typed_config").with_context(|| format!("{hpath} is missing"))?,
         &hpath,
-        &[
-            "@type",
-            "stat_prefix",
-            "codec_type",
-            "route_config",
-            "http_filters",
-        ],
+        &["@type", "stat_prefix", "codec_type", "route_config", "http_filters"],
     )?;
     if string(hcm, "@type", &hpath)? != HCM_TYPE {
         bail!("{hpath}.@type must be {HCM_TYPE}");
@@ -286,22 +203,14 @@ fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyC
     if let Some(codec) = hcm.get("codec_type").and_then(Value::as_str)
         && !["AUTO", "HTTP1", "HTTP2"].contains(&codec)
     {
-        w.errors.push(format!(
-            "{hpath}.codec_type: {codec} is not supported (AUTO, HTTP1 or HTTP2 cleartext)"
-        ));
+        w.errors.push(format!("{hpath}.codec_type: {codec} is not supported (AUTO, HTTP1 or HTTP2 cleartext)"));
     }
     let routes = route_config(
         w,
-        hcm.get("route_config")
-            .with_context(|| format!("{hpath}.route_config is missing"))?,
+        hcm.get("route_config").with_context(|| format!("{hpath}.route_config is missing"))?,
         &format!("{hpath}.route_config"),
     )?;
-    let filters = http_filters(
-        w,
-        array(hcm, "http_filters", &hpath)?,
-        &format!("{hpath}.http_filters"),
-        base,
-    )?;
+    let filters = http_filters(w, array(hcm, "http_filters", &hpath)?, &format!("{hpath}.http_filters"), base)?;
     let clusters = array(sr, "clusters", "static_resources")?
         .iter()
         .enumerate()
@@ -323,57 +232,40 @@ fn route_config(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Vec
     let rc = w.object(value, path, &["name", "virtual_hosts"])?;
     let hosts = array(rc, "virtual_hosts", path)?;
     if hosts.len() != 1 {
-        bail!(
-            "{path}.virtual_hosts: meshwork supports exactly one virtual host (found {})",
-            hosts.len()
-        );
+        bail!("{path}.virtual_hosts: meshwork supports exactly one virtual host (found {})", hosts.len());
     }
     let vpath = format!("{path}.virtual_hosts[0]");
     let vh = w.object(&hosts[0], &vpath, &["name", "domains", "routes"])?;
     if let Some(domains) = vh.get("domains").and_then(Value::as_array)
         && domains.iter().any(|d| d.as_str() != Some("*"))
     {
-        w.errors.push(format!(
-            "{vpath}.domains: only \"*\" is supported (meshwork does not match on host)"
-        ));
+        w.errors.push(format!("{vpath}.domains: only \"*\" is supported (meshwork does not match on host)"));
     }
     let mut routes = Vec::new();
     for (i, r) in array(vh, "routes", &vpath)?.iter().enumerate() {
         let rpath = format!("{vpath}.routes[{i}]");
         let route = w.object(r, &rpath, &["name", "match", "route"])?;
         let m = w.object(
-            route
-                .get("match")
-                .with_context(|| format!("{rpath}.match is missing"))?,
+            route.get("match").with_context(|| format!("{rpath}.match is missing"))?,
             &format!("{rpath}.match"),
             &["prefix", "path"],
         )?;
-        let prefix = match (
-            m.get("prefix").and_then(Value::as_str),
-            m.get("path").and_then(Value::as_str),
-        ) {
+        let prefix = match (m.get("prefix").and_then(Value::as_str), m.get("path").and_then(Value::as_str)) {
             (Some(p), None) => p.to_owned(),
             (None, Some(p)) => {
-                w.warn(format!(
-                    "{rpath}.match.path: matched as a prefix by meshwork"
-                ));
+                w.warn(format!("{rpath}.match.path: matched as a prefix by meshwork"));
                 p.to_owned()
             }
             _ => bail!("{rpath}.match needs exactly one of prefix or path"),
         };
         let apath = format!("{rpath}.route");
         let action = w.object(
-            route.get("route").with_context(|| {
-                format!("{apath} is missing (only route actions are supported)")
-            })?,
+            route.get("route").with_context(|| format!("{apath} is missing (only route actions are supported)"))?,
             &apath,
             &["cluster", "timeout"],
         )?;
         routes.push(RouteConfig {
-            name: route
-                .get("name")
-                .and_then(Value::as_str)
-                .map_or_else(|| format!("route-{i}"), str::to_owned),
+            name: route.get("name").and_then(Value::as_str).map_or_else(|| format!("route-{i}"), str::to_owned),
             prefix,
             cluster: string(action, "cluster", &apath)?.to_owned(),
             // Envoy's default route timeout is 15s; "0s" disables it.
@@ -387,12 +279,7 @@ fn route_config(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Vec
     Ok(routes)
 }
 
-fn http_filters(
-    w: &mut Walker,
-    list: &[Value],
-    path: &str,
-    base: &Path,
-) -> anyhow::Result<Vec<FilterConfig>> {
+fn http_filters(w: &mut Walker, list: &[Value], path: &str, base: &Path) -> anyhow::Result<Vec<FilterConfig>> {
     let mut filters = Vec::new();
     for (i, f) in list.iter().enumerate() {
         let fpath = format!("{path}[{i}]");
@@ -411,9 +298,7 @@ fn http_filters(
             return Ok(filters);
         }
         let tpath = format!("{fpath}.typed_config");
-        let typed = entry
-            .get("typed_config")
-            .with_context(|| format!("{tpath} is missing"))?;
+        let typed = entry.get("typed_config").with_context(|| format!("{tpath} is missing"))?;
         if typed.get("@type").and_then(Value::as_str) != Some(WASM_FILTER_TYPE) {
             bail!(
                 "{fpath} ({name}): only envoy.filters.http.wasm filters ({WASM_FILTER_TYPE}) and the router are supported"
@@ -422,9 +307,7 @@ fn http_filters(
         let typed = w.object(typed, &tpath, &["@type", "config"])?;
         filters.push(wasm_filter(
             w,
-            typed
-                .get("config")
-                .with_context(|| format!("{tpath}.config is missing"))?,
+            typed.get("config").with_context(|| format!("{tpath}.config is missing"))?,
             &format!("{tpath}.config"),
             name,
             base,
@@ -458,25 +341,9 @@ fn wasm_filter(
     filter_name: &str,
     base: &Path,
 ) -> anyhow::Result<FilterConfig> {
-    let c = w.object(
-        value,
-        path,
-        &[
-            "name",
-            "root_id",
-            "configuration",
-            "vm_config",
-            "fail_open",
-            "failure_policy",
-        ],
-    )?;
-    let mut plugin =
-        PluginConfig::new(c.get("name").and_then(Value::as_str).unwrap_or(filter_name));
-    plugin.root_id = c
-        .get("root_id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .into();
+    let c = w.object(value, path, &["name", "root_id", "configuration", "vm_config", "fail_open", "failure_policy"])?;
+    let mut plugin = PluginConfig::new(c.get("name").and_then(Value::as_str).unwrap_or(filter_name));
+    plugin.root_id = c.get("root_id").and_then(Value::as_str).unwrap_or_default().into();
     if let Some(cfg) = c.get("configuration") {
         plugin.configuration = wrapped_bytes(w, cfg, &format!("{path}.configuration"))?;
     }
@@ -493,8 +360,7 @@ fn wasm_filter(
     }
     let vpath = format!("{path}.vm_config");
     let vm = w.object(
-        c.get("vm_config")
-            .with_context(|| format!("{vpath} is missing"))?,
+        c.get("vm_config").with_context(|| format!("{vpath} is missing"))?,
         &vpath,
         &[
             "vm_id",
@@ -506,56 +372,31 @@ fn wasm_filter(
             "nack_on_code_cache_miss",
         ],
     )?;
-    plugin.vm_id = vm
-        .get("vm_id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .into();
+    plugin.vm_id = vm.get("vm_id").and_then(Value::as_str).unwrap_or_default().into();
     if let Some(runtime) = vm.get("runtime").and_then(Value::as_str)
         && runtime != "envoy.wasm.runtime.wasmtime"
     {
-        w.warn(format!(
-            "{vpath}.runtime: {runtime} requested; meshwork always runs wasmtime"
-        ));
+        w.warn(format!("{vpath}.runtime: {runtime} requested; meshwork always runs wasmtime"));
     }
     if let Some(cfg) = vm.get("configuration") {
         plugin.vm_configuration = wrapped_bytes(w, cfg, &format!("{vpath}.configuration"))?;
     }
     if let Some(env) = vm.get("environment_variables") {
-        let env = w.object(
-            env,
-            &format!("{vpath}.environment_variables"),
-            &["key_values", "host_env_keys"],
-        )?;
+        let env = w.object(env, &format!("{vpath}.environment_variables"), &["key_values", "host_env_keys"])?;
         if let Some(kv) = env.get("key_values").and_then(Value::as_object) {
-            plugin.env.extend(
-                kv.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())),
-            );
+            plugin.env.extend(kv.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())));
         }
-        for key in env
-            .get("host_env_keys")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
+        for key in env.get("host_env_keys").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
             if let Ok(v) = std::env::var(key) {
                 plugin.env.push((key.to_owned(), v));
             }
         }
     }
     let cpath = format!("{vpath}.code");
-    let code = w.object(
-        vm.get("code")
-            .with_context(|| format!("{cpath} is missing"))?,
-        &cpath,
-        &["local"],
-    )?;
+    let code = w.object(vm.get("code").with_context(|| format!("{cpath} is missing"))?, &cpath, &["local"])?;
     let lpath = format!("{cpath}.local");
     let local = w.object(
-        code.get("local")
-            .with_context(|| format!("{lpath} is missing (remote code is not supported)"))?,
+        code.get("local").with_context(|| format!("{lpath} is missing (remote code is not supported)"))?,
         &lpath,
         &["filename"],
     )?;
@@ -564,40 +405,23 @@ fn wasm_filter(
 }
 
 fn cluster(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<ClusterConfig> {
-    let c = w.object(
-        value,
-        path,
-        &[
-            "name",
-            "connect_timeout",
-            "type",
-            "lb_policy",
-            "load_assignment",
-        ],
-    )?;
+    let c = w.object(value, path, &["name", "connect_timeout", "type", "lb_policy", "load_assignment"])?;
     let name = string(c, "name", path)?.to_owned();
     match c.get("type").and_then(Value::as_str) {
         None | Some("STATIC") => {}
         Some(t @ ("STRICT_DNS" | "LOGICAL_DNS")) => {
-            w.warn(format!(
-                "{path}.type: {t} accepted only because every endpoint is an IP address"
-            ));
+            w.warn(format!("{path}.type: {t} accepted only because every endpoint is an IP address"));
         }
-        Some(t) => w
-            .errors
-            .push(format!("{path}.type: {t} is not supported (STATIC)")),
+        Some(t) => w.errors.push(format!("{path}.type: {t} is not supported (STATIC)")),
     }
     if let Some(lb) = c.get("lb_policy").and_then(Value::as_str)
         && lb != "ROUND_ROBIN"
     {
-        w.errors.push(format!(
-            "{path}.lb_policy: {lb} is not supported (ROUND_ROBIN)"
-        ));
+        w.errors.push(format!("{path}.lb_policy: {lb} is not supported (ROUND_ROBIN)"));
     }
     let apath = format!("{path}.load_assignment");
     let la = w.object(
-        c.get("load_assignment")
-            .with_context(|| format!("{apath} is missing"))?,
+        c.get("load_assignment").with_context(|| format!("{apath} is missing"))?,
         &apath,
         &["cluster_name", "endpoints"],
     )?;
@@ -609,15 +433,13 @@ fn cluster(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<ClusterC
             let epath = format!("{gpath}.lb_endpoints[{j}]");
             let lb = w.object(lb, &epath, &["endpoint"])?;
             let ep = w.object(
-                lb.get("endpoint")
-                    .with_context(|| format!("{epath}.endpoint is missing"))?,
+                lb.get("endpoint").with_context(|| format!("{epath}.endpoint is missing"))?,
                 &format!("{epath}.endpoint"),
                 &["address"],
             )?;
             endpoints.push(socket_address(
                 w,
-                ep.get("address")
-                    .with_context(|| format!("{epath}.endpoint.address is missing"))?,
+                ep.get("address").with_context(|| format!("{epath}.endpoint.address is missing"))?,
                 &format!("{epath}.endpoint.address"),
             )?);
         }
@@ -689,10 +511,7 @@ static_resources:
 "#;
 
     fn walk(yaml: &str) -> (anyhow::Result<ProxyConfig>, Walker) {
-        let mut w = Walker {
-            errors: Vec::new(),
-            warnings: Vec::new(),
-        };
+        let mut w = Walker { errors: Vec::new(), warnings: Vec::new() };
         let v: Value = serde_yaml::from_str(yaml).unwrap();
         (translate(&mut w, &v, Path::new("/")), w)
     }
@@ -702,16 +521,8 @@ static_resources:
         let (c, w) = walk(TYPICAL);
         let c = c.unwrap();
         assert!(w.errors.is_empty(), "{:?}", w.errors);
-        assert!(
-            w.warnings.iter().any(|x| x.contains("access_log")),
-            "{:?}",
-            w.warnings
-        );
-        assert!(
-            w.warnings.iter().any(|x| x.contains("runtime")),
-            "{:?}",
-            w.warnings
-        );
+        assert!(w.warnings.iter().any(|x| x.contains("access_log")), "{:?}", w.warnings);
+        assert!(w.warnings.iter().any(|x| x.contains("runtime")), "{:?}", w.warnings);
         assert_eq!(c.listen.port(), 10000);
         assert_eq!(c.admin.unwrap().port(), 9901);
         assert_eq!(c.routes[0].timeout, Some(Duration::from_secs(2)));
@@ -728,25 +539,13 @@ static_resources:
     #[test]
     fn unsupported_fields_are_named() {
         let yaml = TYPICAL
-            .replace(
-                "    lb_policy: ROUND_ROBIN",
-                "    lb_policy: RING_HASH\n    transport_socket: {name: tls}",
-            )
-            .replace(
-                "route: {cluster: app, timeout: 2s}",
-                "route: {cluster: app, retry_policy: {num_retries: 3}}",
-            );
+            .replace("    lb_policy: ROUND_ROBIN", "    lb_policy: RING_HASH\n    transport_socket: {name: tls}")
+            .replace("route: {cluster: app, timeout: 2s}", "route: {cluster: app, retry_policy: {num_retries: 3}}");
         let (_, w) = walk(&yaml);
         let all = w.errors.join("\n");
-        assert!(
-            all.contains("static_resources.clusters[0].transport_socket: not supported"),
-            "{all}"
-        );
+        assert!(all.contains("static_resources.clusters[0].transport_socket: not supported"), "{all}");
         assert!(all.contains("lb_policy: RING_HASH"), "{all}");
-        assert!(
-            all.contains("routes[0].route.retry_policy: not supported"),
-            "{all}"
-        );
+        assert!(all.contains("routes[0].route.retry_policy: not supported"), "{all}");
     }
 
     #[test]

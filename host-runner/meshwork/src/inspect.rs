@@ -15,8 +15,8 @@ pub struct Report {
 
 pub fn inspect(path: &Path) -> anyhow::Result<Report> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let info = ModuleInfo::parse(&bytes)
-        .map_err(|e| anyhow::anyhow!("{} is not a valid module: {e}", path.display()))?;
+    let info =
+        ModuleInfo::parse(&bytes).map_err(|e| anyhow::anyhow!("{} is not a valid module: {e}", path.display()))?;
     let abi = info.abi_version().unwrap_or(AbiVersion::V0_2_1);
     let missing = info
         .imports
@@ -30,9 +30,7 @@ pub fn inspect(path: &Path) -> anyhow::Result<Report> {
 impl Report {
     pub fn json(&self, path: &Path) -> serde_json::Value {
         let i = &self.info;
-        let allocator = ["malloc", "proxy_on_memory_allocate"]
-            .into_iter()
-            .find(|f| i.exports(f));
+        let allocator = ["malloc", "proxy_on_memory_allocate"].into_iter().find(|f| i.exports(f));
         json!({
             "file": path.display().to_string(),
             "size_bytes": i.size_bytes,
@@ -74,28 +72,12 @@ impl Report {
         let i = &self.info;
         let mut out = format!("{} ({} bytes)\n", path.display(), i.size_bytes);
         let abi: Vec<_> = i.abi_versions.iter().map(|v| v.as_str()).collect();
-        out += &format!(
-            "  proxy-wasm ABI: {}\n",
-            if abi.is_empty() {
-                "none declared".into()
-            } else {
-                abi.join(", ")
-            }
-        );
-        out +=
-            "  root ids: not declared by the module (the host passes root_id from configuration)\n";
-        out += &format!(
-            "  callbacks ({}): {}\n",
-            i.callbacks().count(),
-            i.callbacks().collect::<Vec<_>>().join(", ")
-        );
+        out += &format!("  proxy-wasm ABI: {}\n", if abi.is_empty() { "none declared".into() } else { abi.join(", ") });
+        out += "  root ids: not declared by the module (the host passes root_id from configuration)\n";
+        out += &format!("  callbacks ({}): {}\n", i.callbacks().count(), i.callbacks().collect::<Vec<_>>().join(", "));
         out += &format!("  imports ({}):\n", i.imports.len());
         for im in &i.imports {
-            let mark = if self.missing.contains(&format!("{}.{}", im.module, im.name)) {
-                "  MISSING"
-            } else {
-                ""
-            };
+            let mark = if self.missing.contains(&format!("{}.{}", im.module, im.name)) { "  MISSING" } else { "" };
             out += &format!("    {}.{}{mark}\n", im.module, im.name);
         }
         let problems = self.problems();

@@ -39,11 +39,7 @@ enum Command {
     /// Run the proxy with proxy-wasm filters.
     Run {
         /// meshwork's own YAML configuration.
-        #[arg(
-            long,
-            conflicts_with = "envoy_config",
-            required_unless_present = "envoy_config"
-        )]
+        #[arg(long, conflicts_with = "envoy_config", required_unless_present = "envoy_config")]
         config: Option<PathBuf>,
         /// An Envoy static bootstrap (YAML or JSON) using envoy.filters.http.wasm.
         #[arg(long)]
@@ -89,6 +85,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli.command) {
         Ok(code) => code,
@@ -101,23 +98,14 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run {
-            config,
-            envoy_config,
-            allow_unsupported,
-            output,
-        } => {
+        Command::Run { config, envoy_config, allow_unsupported, output } => {
             let config = match (config, envoy_config) {
                 (Some(path), _) => config::ProxyConfig::load(&path)?,
                 (None, Some(path)) => envoy::load(&path, allow_unsupported)?,
                 (None, None) => anyhow::bail!("give --config or --envoy-config"),
             };
             let workers = config.workers;
-            let filters: Vec<String> = config
-                .filters
-                .iter()
-                .map(|f| f.plugin.name.clone())
-                .collect();
+            let filters: Vec<String> = config.filters.iter().map(|f| f.plugin.name.clone()).collect();
             let addresses = proxy::start(config)?;
             let mut stdout = std::io::stdout();
             match output {
@@ -137,27 +125,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "meshwork: listening on http://{} with {workers} worker(s), filters [{}]{}",
                     addresses.listen,
                     filters.join(", "),
-                    addresses
-                        .admin
-                        .map(|a| format!(", admin on http://{a}"))
-                        .unwrap_or_default()
+                    addresses.admin.map(|a| format!(", admin on http://{a}")).unwrap_or_default()
                 )?,
             }
             stdout.flush()?;
             proxy::wait_for_shutdown()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Upstream {
-            listen,
-            name,
-            threads,
-        } => {
+        Command::Upstream { listen, name, threads } => {
             app::serve(listen, name, threads)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Filter {
-            command: FilterCommand::Inspect { file, output },
-        } => {
+        Command::Filter { command: FilterCommand::Inspect { file, output } } => {
             let report = inspect::inspect(&file)?;
             match output {
                 OutputFormat::Json => {
@@ -165,11 +144,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 OutputFormat::Text => print!("{}", report.text(&file)),
             }
-            Ok(if report.problems().is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
+            Ok(if report.problems().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
     }
 }

@@ -18,9 +18,9 @@ pub enum HeaderError {
     TooMany,
 }
 
-/// Most entries a map may hold; past this a filter is misbehaving (Envoy caps received
-/// headers at 100 by default; filters get more room, but not unbounded).
-pub const MAX_ENTRIES: usize = 8192;
+/// Most entries a map may hold, the same cap Envoy puts on pairs it parses from a guest;
+/// a filter adding more is misbehaving (its hostcall fails with BadArgument).
+pub const MAX_ENTRIES: usize = 1024;
 
 #[derive(Clone, Debug, Default)]
 pub struct HeaderMap {
@@ -67,29 +67,20 @@ impl HeaderMap {
         self.pseudo
             .iter()
             .map(|(k, v)| (k.as_ref(), v.as_ref()))
-            .chain(
-                self.regular
-                    .iter()
-                    .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())),
-            )
+            .chain(self.regular.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())))
     }
 
     /// The first value of `key` (case-insensitive), as Envoy returns it.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         if key.first() == Some(&b':') {
-            return self
-                .pseudo
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| v.as_ref());
+            return self.pseudo.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_ref());
         }
         let name = HeaderName::from_bytes(key).ok()?;
         self.regular.get(name).map(HeaderValue::as_bytes)
     }
 
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        self.get(key.as_bytes())
-            .and_then(|v| std::str::from_utf8(v).ok())
+        self.get(key.as_bytes()).and_then(|v| std::str::from_utf8(v).ok())
     }
 
     pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<(), HeaderError> {
@@ -98,10 +89,7 @@ impl HeaderMap {
         }
         if key.first() == Some(&b':') {
             let value = checked_value(value)?;
-            self.pseudo.push((
-                Bytes::from(key.to_ascii_lowercase()),
-                Bytes::copy_from_slice(value.as_bytes()),
-            ));
+            self.pseudo.push((Bytes::from(key.to_ascii_lowercase()), Bytes::copy_from_slice(value.as_bytes())));
             return Ok(());
         }
         let name = HeaderName::from_bytes(key).map_err(|_| HeaderError::InvalidName)?;
@@ -114,10 +102,7 @@ impl HeaderMap {
         if key.first() == Some(&b':') {
             let value = checked_value(value)?;
             self.remove(key);
-            self.pseudo.push((
-                Bytes::from(key.to_ascii_lowercase()),
-                Bytes::copy_from_slice(value.as_bytes()),
-            ));
+            self.pseudo.push((Bytes::from(key.to_ascii_lowercase()), Bytes::copy_from_slice(value.as_bytes())));
             return Ok(());
         }
         let name = HeaderName::from_bytes(key).map_err(|_| HeaderError::InvalidName)?;
@@ -172,10 +157,7 @@ pub fn encode_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
     if pairs.is_empty() {
         return Vec::new();
     }
-    let size = 4 + pairs
-        .iter()
-        .map(|(k, v)| 8 + k.len() + v.len() + 2)
-        .sum::<usize>();
+    let size = 4 + pairs.iter().map(|(k, v)| 8 + k.len() + v.len() + 2).sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (k, v) in pairs {
@@ -267,10 +249,7 @@ mod tests {
     #[test]
     fn refuses_header_injection() {
         let mut m = HeaderMap::new();
-        assert_eq!(
-            m.add(b"x", b"a\r\nInjected: 1"),
-            Err(HeaderError::InvalidValue)
-        );
+        assert_eq!(m.add(b"x", b"a\r\nInjected: 1"), Err(HeaderError::InvalidValue));
         assert_eq!(m.add(b"bad name", b"v"), Err(HeaderError::InvalidName));
         assert_eq!(m.add(b":path", b"/\0"), Err(HeaderError::InvalidValue));
     }
@@ -296,10 +275,7 @@ mod tests {
         let bytes = encode_pairs(&[(&b"a"[..], &b"1"[..]), (&b"b"[..], &b"22"[..])]);
         assert_eq!(
             bytes,
-            [
-                2, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, b'a', 0, b'1', 0, b'b',
-                0, b'2', b'2', 0
-            ]
+            [2, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, b'a', 0, b'1', 0, b'b', 0, b'2', b'2', 0]
         );
     }
 

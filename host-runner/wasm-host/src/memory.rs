@@ -39,11 +39,7 @@ pub struct GuestExports {
 }
 
 fn exports(caller: &Caller<'_, HostState>) -> Hc<GuestExports> {
-    caller
-        .data()
-        .exports
-        .clone()
-        .ok_or(Fail::Status(Status::InternalFailure))
+    caller.data().exports.clone().ok_or(Fail::Status(Status::InternalFailure))
 }
 
 fn range(ptr: u32, len: u32, size: usize) -> Option<std::ops::Range<usize>> {
@@ -96,12 +92,7 @@ pub fn allocate(caller: &mut Caller<'_, HostState>, len: u32) -> Hc<u32> {
 
 /// Copies `bytes` into fresh guest memory and writes its pointer and length to `ptr_ptr` and
 /// `len_ptr`. Empty data is written as (0, 0) without calling the allocator, as Envoy does.
-pub fn copy_out(
-    caller: &mut Caller<'_, HostState>,
-    bytes: &[u8],
-    ptr_ptr: u32,
-    len_ptr: u32,
-) -> Hc {
+pub fn copy_out(caller: &mut Caller<'_, HostState>, bytes: &[u8], ptr_ptr: u32, len_ptr: u32) -> Hc {
     if bytes.is_empty() {
         write_u32(caller, ptr_ptr, 0)?;
         return write_u32(caller, len_ptr, 0);

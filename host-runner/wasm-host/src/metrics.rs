@@ -16,9 +16,12 @@ use crate::abi::MetricType;
 
 /// Upper bounds of the Prometheus buckets: Envoy's defaults, so dashboards carry over.
 pub const PROMETHEUS_BUCKETS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
 ];
+
+/// One tagged series of a metric family.
+type Series = (Vec<(String, String)>, Arc<Metric>);
 
 #[derive(Debug)]
 pub enum Metric {
@@ -105,19 +108,11 @@ impl MetricsRegistry {
     /// Returns the metric named `name`, creating it on first use.
     pub fn define(&self, kind: MetricType, name: &str) -> Arc<Metric> {
         let key = (name.to_owned(), kind as u8);
-        if let Some(m) = self
-            .metrics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        if let Some(m) = self.metrics.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Arc::clone(m);
         }
         let mut map = self.metrics.write().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            map.entry(key)
-                .or_insert_with(|| Arc::new(Metric::new(kind))),
-        )
+        Arc::clone(map.entry(key).or_insert_with(|| Arc::new(Metric::new(kind))))
     }
 
     pub fn counter(&self, name: &str) -> Arc<Metric> {
@@ -134,24 +129,15 @@ impl MetricsRegistry {
 
     fn snapshot(&self) -> Vec<(String, Arc<Metric>)> {
         let map = self.metrics.read().unwrap_or_else(|p| p.into_inner());
-        map.iter()
-            .map(|((name, _), m)| (name.clone(), Arc::clone(m)))
-            .collect()
+        map.iter().map(|((name, _), m)| (name.clone(), Arc::clone(m))).collect()
     }
 
     /// Prometheus text exposition format, one `# TYPE` per metric family.
     pub fn render_prometheus(&self) -> String {
-        let mut families: BTreeMap<
-            String,
-            (MetricType, Vec<(Vec<(String, String)>, Arc<Metric>)>),
-        > = BTreeMap::new();
+        let mut families: BTreeMap<String, (MetricType, Vec<Series>)> = BTreeMap::new();
         for (name, metric) in self.snapshot() {
             let (base, tags) = split_tags(&name);
-            families
-                .entry(prometheus_name(base))
-                .or_insert_with(|| (metric.kind(), Vec::new()))
-                .1
-                .push((tags, metric));
+            families.entry(prometheus_name(base)).or_insert_with(|| (metric.kind(), Vec::new())).1.push((tags, metric));
         }
         let mut out = String::new();
         for (family, (kind, series)) in families {
@@ -164,41 +150,21 @@ impl MetricsRegistry {
             for (tags, metric) in series {
                 match &*metric {
                     Metric::Counter(c) => {
-                        let _ = writeln!(
-                            out,
-                            "{family}{} {}",
-                            labels(&tags, None),
-                            c.load(Ordering::Relaxed)
-                        );
+                        let _ = writeln!(out, "{family}{} {}", labels(&tags, None), c.load(Ordering::Relaxed));
                     }
                     Metric::Gauge(g) => {
-                        let _ = writeln!(
-                            out,
-                            "{family}{} {}",
-                            labels(&tags, None),
-                            g.load(Ordering::Relaxed)
-                        );
+                        let _ = writeln!(out, "{family}{} {}", labels(&tags, None), g.load(Ordering::Relaxed));
                     }
                     Metric::Histogram(_) => {
                         let h = metric.histogram_snapshot().unwrap_or_default();
                         for bound in PROMETHEUS_BUCKETS {
                             let below = h.count_at_or_below(bound.floor() as u64);
                             let le = format_bound(bound);
-                            let _ = writeln!(
-                                out,
-                                "{family}_bucket{} {below}",
-                                labels(&tags, Some(&le))
-                            );
+                            let _ = writeln!(out, "{family}_bucket{} {below}", labels(&tags, Some(&le)));
                         }
-                        let _ = writeln!(
-                            out,
-                            "{family}_bucket{} {}",
-                            labels(&tags, Some("+Inf")),
-                            h.count()
-                        );
+                        let _ = writeln!(out, "{family}_bucket{} {}", labels(&tags, Some("+Inf")), h.count());
                         let _ = writeln!(out, "{family}_sum{} {}", labels(&tags, None), h.sum());
-                        let _ =
-                            writeln!(out, "{family}_count{} {}", labels(&tags, None), h.count());
+                        let _ = writeln!(out, "{family}_count{} {}", labels(&tags, None), h.count());
                     }
                 }
             }
@@ -220,11 +186,7 @@ impl MetricsRegistry {
                         Value::Histogram(HistogramSummary::of(&h))
                     }
                 };
-                MetricValue {
-                    name: base.to_owned(),
-                    tags,
-                    value,
-                }
+                MetricValue { name: base.to_owned(), tags, value }
             })
             .collect()
     }
@@ -261,10 +223,7 @@ impl HistogramSummary {
             sum: h.sum(),
             min: h.min(),
             max: h.max(),
-            quantiles: [0.5, 0.9, 0.99, 0.999]
-                .iter()
-                .map(|q| (*q, h.value_at_quantile(*q)))
-                .collect(),
+            quantiles: [0.5, 0.9, 0.99, 0.999].iter().map(|q| (*q, h.value_at_quantile(*q))).collect(),
         }
     }
 }
@@ -273,27 +232,14 @@ impl HistogramSummary {
 pub fn split_tags(name: &str) -> (&str, Vec<(String, String)>) {
     let mut parts = name.split(";.;");
     let base = parts.next().unwrap_or("");
-    let tags = parts
-        .filter_map(|p| {
-            p.split_once("=.=")
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        })
-        .collect();
+    let tags = parts.filter_map(|p| p.split_once("=.=").map(|(k, v)| (k.to_owned(), v.to_owned()))).collect();
     (base, tags)
 }
 
 /// A Prometheus metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`, other characters become `_`.
 pub fn prometheus_name(base: &str) -> String {
-    let mut out: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut out: String =
+        base.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect();
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
     }
@@ -333,11 +279,7 @@ fn labels(tags: &[(String, String)], le: Option<&str>) -> String {
 }
 
 fn format_bound(bound: f64) -> String {
-    if bound.fract() == 0.0 {
-        format!("{}", bound as u64)
-    } else {
-        format!("{bound}")
-    }
+    if bound.fract() == 0.0 { format!("{}", bound as u64) } else { format!("{bound}") }
 }
 
 #[cfg(test)]
@@ -372,26 +314,16 @@ mod tests {
     #[test]
     fn prometheus_text_has_tags_and_histogram_buckets() {
         let r = MetricsRegistry::default();
-        r.counter("reqs;.;route=.=api;.;class=.=2xx")
-            .increment(5)
-            .unwrap();
-        r.counter("reqs;.;route=.=web;.;class=.=5xx")
-            .increment(1)
-            .unwrap();
+        r.counter("reqs;.;route=.=api;.;class=.=2xx").increment(5).unwrap();
+        r.counter("reqs;.;route=.=web;.;class=.=5xx").increment(1).unwrap();
         let h = r.histogram("lat.us");
         for v in [1, 7, 7, 20_000] {
             h.record(v);
         }
         let text = r.render_prometheus();
         assert!(text.contains("# TYPE reqs counter\n"), "{text}");
-        assert!(
-            text.contains("reqs{route=\"api\",class=\"2xx\"} 5\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("reqs{route=\"web\",class=\"5xx\"} 1\n"),
-            "{text}"
-        );
+        assert!(text.contains("reqs{route=\"api\",class=\"2xx\"} 5\n"), "{text}");
+        assert!(text.contains("reqs{route=\"web\",class=\"5xx\"} 1\n"), "{text}");
         assert!(text.contains("# TYPE lat_us histogram\n"), "{text}");
         assert!(text.contains("lat_us_bucket{le=\"5\"} 1\n"), "{text}");
         assert!(text.contains("lat_us_bucket{le=\"10\"} 3\n"), "{text}");
@@ -404,10 +336,7 @@ mod tests {
     fn split_tags_reads_the_convention() {
         let (base, tags) = split_tags("m;.;a=.=1;.;b=.=x/y");
         assert_eq!(base, "m");
-        assert_eq!(
-            tags,
-            vec![("a".into(), "1".into()), ("b".into(), "x/y".into())]
-        );
+        assert_eq!(tags, vec![("a".into(), "1".into()), ("b".into(), "x/y".into())]);
         assert_eq!(split_tags("plain").1, vec![]);
     }
 }

@@ -50,34 +50,22 @@ impl WasmEngine {
 
     /// Reads, validates and compiles `path`, using the disk cache when it holds this exact module.
     pub fn load(&self, path: &Path) -> Result<LoadedModule, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
-            path: path.to_owned(),
-            source: e,
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Read { path: path.to_owned(), source: e })?;
         self.load_bytes(path, &bytes)
     }
 
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<LoadedModule, LoadError> {
-        let info = ModuleInfo::parse(bytes).map_err(|reason| LoadError::Invalid {
-            path: path.to_owned(),
-            reason,
-        })?;
+        let info = ModuleInfo::parse(bytes).map_err(|reason| LoadError::Invalid { path: path.to_owned(), reason })?;
         let module = match self.cached_path(bytes) {
             Some(cached) => self.load_cached(&cached, path, bytes)?,
             None => self.compile(path, bytes)?,
         };
-        Ok(LoadedModule {
-            module,
-            info: Arc::new(info),
-            path: path.to_owned(),
-        })
+        Ok(LoadedModule { module, info: Arc::new(info), path: path.to_owned() })
     }
 
     fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Module, LoadError> {
-        Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
-            path: path.to_owned(),
-            reason: format!("{e:#}"),
-        })
+        Module::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile { path: path.to_owned(), reason: format!("{e:#}") })
     }
 
     /// Cache entries are named by the module's hash and the engine's compatibility hash, so a
@@ -87,10 +75,7 @@ impl WasmEngine {
         let mut hasher = Sha256::new();
         hasher.update(bytes);
         let mut engine_hash = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(
-            &self.engine.precompile_compatibility_hash(),
-            &mut engine_hash,
-        );
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut engine_hash);
         let engine_hash = std::hash::Hasher::finish(&engine_hash);
         Some(dir.join(format!("{:x}-{engine_hash:016x}.cwasm", hasher.finalize())))
     }
@@ -153,23 +138,14 @@ pub struct Import {
 impl ModuleInfo {
     pub fn parse(bytes: &[u8]) -> Result<ModuleInfo, String> {
         use wasmparser::{Parser, Payload, TypeRef};
-        let mut info = ModuleInfo {
-            size_bytes: bytes.len(),
-            ..ModuleInfo::default()
-        };
+        let mut info = ModuleInfo { size_bytes: bytes.len(), ..ModuleInfo::default() };
         if bytes.get(..4) != Some(b"\0asm") {
             return Err("not a WebAssembly module (bad magic number)".into());
         }
         for payload in Parser::new(0).parse_all(bytes) {
             match payload.map_err(|e| e.to_string())? {
-                Payload::Version {
-                    encoding: wasmparser::Encoding::Component,
-                    ..
-                } => {
-                    return Err(
-                        "this is a WebAssembly component; proxy-wasm filters are core modules"
-                            .into(),
-                    );
+                Payload::Version { encoding: wasmparser::Encoding::Component, .. } => {
+                    return Err("this is a WebAssembly component; proxy-wasm filters are core modules".into());
                 }
                 Payload::ImportSection(reader) => {
                     for import in reader.into_imports() {
@@ -182,11 +158,7 @@ impl ModuleInfo {
                             TypeRef::Tag(_) => "tag",
                             _ => "other",
                         };
-                        info.imports.push(Import {
-                            module: import.module.into(),
-                            name: import.name.into(),
-                            kind,
-                        });
+                        info.imports.push(Import { module: import.module.into(), name: import.name.into(), kind });
                     }
                 }
                 Payload::ExportSection(reader) => {
@@ -199,9 +171,7 @@ impl ModuleInfo {
                                 }
                                 info.exported_functions.push(export.name.into());
                             }
-                            wasmparser::ExternalKind::Memory if export.name == "memory" => {
-                                info.exports_memory = true
-                            }
+                            wasmparser::ExternalKind::Memory if export.name == "memory" => info.exports_memory = true,
                             _ => {}
                         }
                     }
@@ -222,11 +192,11 @@ impl ModuleInfo {
         self.exported_functions.iter().any(|f| f == name)
     }
 
-    /// Callbacks (`proxy_on_*`) the module exports.
+    /// Callbacks (`proxy_on_*`) the module exports, the allocator aside.
     pub fn callbacks(&self) -> impl Iterator<Item = &str> {
         self.exported_functions
             .iter()
             .map(String::as_str)
-            .filter(|f| f.starts_with("proxy_on_"))
+            .filter(|f| f.starts_with("proxy_on_") && *f != "proxy_on_memory_allocate")
     }
 }

@@ -94,10 +94,6 @@ pub struct Services {
 
 impl Services {
     pub fn new(clusters: impl IntoIterator<Item = String>, node: NodeInfo) -> Arc<Services> {
-        Arc::new(Services {
-            clusters: clusters.into_iter().collect(),
-            node,
-            ..Services::default()
-        })
+        Arc::new(Services { clusters: clusters.into_iter().collect(), node, ..Services::default() })
     }
 }

@@ -43,16 +43,9 @@ impl Value {
             Value::UInt(u) => u.to_le_bytes().to_vec(),
             Value::Bool(b) => vec![*b as u8],
             Value::Map(pairs) => {
-                let values: Vec<(Bytes, Vec<u8>)> = pairs
-                    .iter()
-                    .map(|(k, v)| Ok((k.clone(), v.serialise()?)))
-                    .collect::<Result<_, Status>>()?;
-                encode_pairs(
-                    &values
-                        .iter()
-                        .map(|(k, v)| (k.as_ref(), v.as_slice()))
-                        .collect::<Vec<_>>(),
-                )
+                let values: Vec<(Bytes, Vec<u8>)> =
+                    pairs.iter().map(|(k, v)| Ok((k.clone(), v.serialise()?))).collect::<Result<_, Status>>()?;
+                encode_pairs(&values.iter().map(|(k, v)| (k.as_ref(), v.as_slice())).collect::<Vec<_>>())
             }
             Value::Unserialisable => return Err(Status::SerializationFailure),
         })
@@ -66,11 +59,7 @@ pub fn split_path(path: &[u8]) -> Vec<&[u8]> {
 }
 
 fn headers_map(h: &HeaderMap) -> Value {
-    Value::Map(
-        h.iter()
-            .map(|(k, v)| (Bytes::copy_from_slice(k), Value::str(v)))
-            .collect(),
-    )
+    Value::Map(h.iter().map(|(k, v)| (Bytes::copy_from_slice(k), Value::str(v))).collect())
 }
 
 fn header_value(h: &HeaderMap, name: &[u8]) -> Option<Value> {
@@ -100,11 +89,9 @@ pub fn get(
     // Segments the top-level lookup did not use walk into maps.
     for seg in rest.iter().skip(used_next as usize) {
         value = match value {
-            Value::Map(pairs) => pairs
-                .into_iter()
-                .find(|(k, _)| k.as_ref() == *seg)
-                .map(|(_, v)| v)
-                .ok_or(Status::NotFound)?,
+            Value::Map(pairs) => {
+                pairs.into_iter().find(|(k, _)| k.as_ref() == *seg).map(|(_, v)| v).ok_or(Status::NotFound)?
+            }
             _ => return Err(Status::NotFound),
         };
     }
@@ -127,10 +114,7 @@ fn top_level(
             (
                 Bytes::from_static(b"metadata"),
                 Value::Map(
-                    n.metadata
-                        .iter()
-                        .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), Value::str(v)))
-                        .collect(),
+                    n.metadata.iter().map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), Value::str(v))).collect(),
                 ),
             ),
         ])
@@ -172,13 +156,11 @@ fn top_level(
             let path = h.get(b":path").unwrap_or_default();
             leaf(match field {
                 b"path" => Some(Value::str(path)),
-                b"url_path" => Some(Value::str(
-                    path.split(|b| *b == b'?').next().unwrap_or_default(),
-                )),
+                b"url_path" => Some(Value::str(path.split(|b| *b == b'?').next().unwrap_or_default())),
                 b"query" => Some(Value::str(
-                    path.splitn(2, |b| *b == b'?').nth(1).map_or(&b""[..], |q| {
-                        q.split(|b| *b == b'#').next().unwrap_or_default()
-                    }),
+                    path.splitn(2, |b| *b == b'?')
+                        .nth(1)
+                        .map_or(&b""[..], |q| q.split(|b| *b == b'#').next().unwrap_or_default()),
                 )),
                 b"host" => header_value(h, b":authority"),
                 b"scheme" => header_value(h, b":scheme"),
@@ -189,22 +171,14 @@ fn top_level(
                 b"useragent" => header_value(h, b"user-agent"),
                 b"id" => header_value(h, b"x-request-id"),
                 b"time" => Some(Value::Timestamp(
-                    info.start_time
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as i64),
+                    info.start_time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
                 )),
                 b"protocol" => Some(Value::str(info.protocol)),
-                b"duration" => info
-                    .request_duration
-                    .map(|d| Value::Duration(d.as_nanos() as i64)),
+                b"duration" => info.request_duration.map(|d| Value::Duration(d.as_nanos() as i64)),
                 b"size" => Some(Value::Int(
-                    h.get_str("content-length")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(info.request_body_bytes as i64),
+                    h.get_str("content-length").and_then(|v| v.parse().ok()).unwrap_or(info.request_body_bytes as i64),
                 )),
-                b"total_size" => Some(Value::Int(
-                    (info.request_body_bytes as usize + h.byte_size()) as i64,
-                )),
+                b"total_size" => Some(Value::Int((info.request_body_bytes as usize + h.byte_size()) as i64)),
                 _ => None,
             })
         }
@@ -217,21 +191,12 @@ fn top_level(
                 b"code" => info.response_code.map(|c| Value::Int(c as i64)),
                 b"code_details" => info.response_code_details.as_ref().map(Value::str),
                 b"flags" => Some(Value::Int(0)),
-                b"grpc_status" => h
-                    .get_str("grpc-status")
-                    .and_then(|v| v.parse().ok())
-                    .map(Value::Int),
+                b"grpc_status" => h.get_str("grpc-status").and_then(|v| v.parse().ok()).map(Value::Int),
                 b"headers" => Some(headers_map(h)),
                 b"headers_bytes" => Some(Value::Int(h.byte_size() as i64)),
-                b"trailers" => Some(
-                    s.response_trailers
-                        .as_ref()
-                        .map_or(Value::Map(vec![]), headers_map),
-                ),
+                b"trailers" => Some(s.response_trailers.as_ref().map_or(Value::Map(vec![]), headers_map)),
                 b"size" => Some(Value::Int(info.response_body_bytes as i64)),
-                b"total_size" => Some(Value::Int(
-                    (info.response_body_bytes as usize + h.byte_size()) as i64,
-                )),
+                b"total_size" => Some(Value::Int((info.response_body_bytes as usize + h.byte_size()) as i64)),
                 _ => None,
             })
         }
@@ -277,10 +242,7 @@ fn top_level(
         _ => {
             // Anything else is a value a filter stored with proxy_set_property.
             let key = [b"wasm.".as_slice(), name].concat();
-            s.filter_state
-                .get(&key)
-                .map(|v| (Value::Str(v.clone()), false))
-                .ok_or(Status::NotFound)
+            s.filter_state.get(&key).map(|v| (Value::Str(v.clone()), false)).ok_or(Status::NotFound)
         }
     }
 }
@@ -288,10 +250,7 @@ fn top_level(
 /// Stores a value for later filters of the stream, under `wasm.<raw path>` as Envoy does.
 pub fn set(stream: Option<&mut StreamData>, path: &[u8], value: &[u8]) -> Result<(), Status> {
     let s = stream.ok_or(Status::NotFound)?;
-    s.filter_state.insert(
-        [b"wasm.".as_slice(), path].concat(),
-        Bytes::copy_from_slice(value),
-    );
+    s.filter_state.insert([b"wasm.".as_slice(), path].concat(), Bytes::copy_from_slice(value));
     Ok(())
 }
 
@@ -328,48 +287,24 @@ mod tests {
     #[test]
     fn request_attributes() {
         let s = stream();
-        assert_eq!(
-            get_bytes(Some(&s), b"request\0path").unwrap(),
-            b"/api/x?a=1#f"
-        );
-        assert_eq!(
-            get_bytes(Some(&s), b"request\0url_path\0").unwrap(),
-            b"/api/x"
-        );
+        assert_eq!(get_bytes(Some(&s), b"request\0path").unwrap(), b"/api/x?a=1#f");
+        assert_eq!(get_bytes(Some(&s), b"request\0url_path\0").unwrap(), b"/api/x");
         assert_eq!(get_bytes(Some(&s), b"request\0query").unwrap(), b"a=1");
         assert_eq!(get_bytes(Some(&s), b"request\0method").unwrap(), b"POST");
         assert_eq!(get_bytes(Some(&s), b"request\0id").unwrap(), b"rid");
-        assert_eq!(
-            get_bytes(Some(&s), b"request\0headers\0:authority").unwrap(),
-            b"svc"
-        );
+        assert_eq!(get_bytes(Some(&s), b"request\0headers\0:authority").unwrap(), b"svc");
         assert_eq!(get_bytes(Some(&s), b"request\0time").unwrap().len(), 8);
-        assert_eq!(
-            get_bytes(Some(&s), b"request\0duration"),
-            Err(Status::NotFound)
-        );
-        assert_eq!(
-            get_bytes(Some(&s), b"request"),
-            Err(Status::SerializationFailure)
-        );
+        assert_eq!(get_bytes(Some(&s), b"request\0duration"), Err(Status::NotFound));
+        assert_eq!(get_bytes(Some(&s), b"request"), Err(Status::SerializationFailure));
         assert_eq!(get_bytes(Some(&s), b"request\0nope"), Err(Status::NotFound));
     }
 
     #[test]
     fn typed_values_use_envoy_encoding() {
         let s = stream();
-        assert_eq!(
-            get_bytes(Some(&s), b"response\0code").unwrap(),
-            503i64.to_le_bytes()
-        );
-        assert_eq!(
-            get_bytes(Some(&s), b"source\0port").unwrap(),
-            5555i64.to_le_bytes()
-        );
-        assert_eq!(
-            get_bytes(Some(&s), b"source\0address").unwrap(),
-            b"10.0.0.1:5555"
-        );
+        assert_eq!(get_bytes(Some(&s), b"response\0code").unwrap(), 503i64.to_le_bytes());
+        assert_eq!(get_bytes(Some(&s), b"source\0port").unwrap(), 5555i64.to_le_bytes());
+        assert_eq!(get_bytes(Some(&s), b"source\0address").unwrap(), b"10.0.0.1:5555");
         assert_eq!(get_bytes(Some(&s), b"connection\0mtls").unwrap(), [0]);
         let headers = get_bytes(Some(&s), b"request\0headers").unwrap();
         assert_eq!(crate::headers::decode_pairs(&headers).unwrap().len(), 4);
@@ -391,10 +326,7 @@ mod tests {
         let mut s = stream();
         set(Some(&mut s), b"my.key", b"v1").unwrap();
         assert_eq!(get_bytes(Some(&s), b"my.key").unwrap(), b"v1");
-        assert_eq!(
-            get_bytes(Some(&s), b"filter_state\0wasm.my.key").unwrap(),
-            b"v1"
-        );
+        assert_eq!(get_bytes(Some(&s), b"filter_state\0wasm.my.key").unwrap(), b"v1");
         assert_eq!(set(None, b"k", b"v"), Err(Status::NotFound));
         assert_eq!(get_bytes(Some(&s), b"unknown"), Err(Status::NotFound));
     }

@@ -11,20 +11,20 @@ use crate::abi::Status;
 
 const SHARDS: usize = 16;
 
+/// (vm_id, key) → (value, CAS token).
+type Shard = Mutex<HashMap<(String, Vec<u8>), (Bytes, u32)>>;
+
 /// Shared key-value data. CAS tokens come from one global counter that starts at 1 and never
 /// yields 0, because SDKs treat a CAS of 0 as "unconditional".
 #[derive(Debug)]
 pub struct SharedData {
-    shards: Vec<Mutex<HashMap<(String, Vec<u8>), (Bytes, u32)>>>,
+    shards: Vec<Shard>,
     next_cas: AtomicU32,
 }
 
 impl Default for SharedData {
     fn default() -> Self {
-        SharedData {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            next_cas: AtomicU32::new(1),
-        }
+        SharedData { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), next_cas: AtomicU32::new(1) }
     }
 }
 
@@ -33,7 +33,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SharedData {
-    fn shard(&self, key: &[u8]) -> &Mutex<HashMap<(String, Vec<u8>), (Bytes, u32)>> {
+    fn shard(&self, key: &[u8]) -> &Shard {
         let mut h: u32 = 0x811c_9dc5;
         for b in key {
             h = (h ^ *b as u32).wrapping_mul(0x0100_0193);
@@ -53,10 +53,7 @@ impl SharedData {
     /// The value and its CAS token; `NotFound` for a key never set.
     pub fn get(&self, vm_id: &str, key: &[u8]) -> Result<(Bytes, u32), Status> {
         let shard = lock(self.shard(key));
-        shard
-            .get(&(vm_id.to_owned(), key.to_vec()))
-            .cloned()
-            .ok_or(Status::NotFound)
+        shard.get(&(vm_id.to_owned(), key.to_vec())).cloned().ok_or(Status::NotFound)
     }
 
     /// Stores `value` unless the key exists, `cas` is non-zero and differs from its token.
@@ -105,9 +102,7 @@ pub struct SharedQueues {
 
 impl std::fmt::Debug for SharedQueues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedQueues")
-            .field("queues", &lock(&self.inner).queues.len())
-            .finish()
+        f.debug_struct("SharedQueues").field("queues", &lock(&self.inner).queues.len()).finish()
     }
 }
 
@@ -128,22 +123,12 @@ impl SharedQueues {
             }
         };
         q.by_name.insert((vm_id.to_owned(), name.to_owned()), id);
-        q.queues.insert(
-            id,
-            Queue {
-                items: VecDeque::new(),
-                owner,
-            },
-        );
+        q.queues.insert(id, Queue { items: VecDeque::new(), owner });
         id
     }
 
     pub fn resolve(&self, vm_id: &str, name: &str) -> Result<u32, Status> {
-        lock(&self.inner)
-            .by_name
-            .get(&(vm_id.to_owned(), name.to_owned()))
-            .copied()
-            .ok_or(Status::NotFound)
+        lock(&self.inner).by_name.get(&(vm_id.to_owned(), name.to_owned())).copied().ok_or(Status::NotFound)
     }
 
     pub fn enqueue(&self, id: u32, value: Bytes) -> Result<(), Status> {
@@ -177,15 +162,9 @@ mod tests {
         let (v, cas) = d.get("vm", b"k").unwrap();
         assert_eq!(&v[..], b"1");
         assert_ne!(cas, 0);
-        assert_eq!(
-            d.set("vm", b"k", Bytes::from_static(b"2"), cas + 1),
-            Err(Status::CasMismatch)
-        );
+        assert_eq!(d.set("vm", b"k", Bytes::from_static(b"2"), cas + 1), Err(Status::CasMismatch));
         d.set("vm", b"k", Bytes::from_static(b"2"), cas).unwrap();
-        assert_eq!(
-            d.set("vm", b"k", Bytes::from_static(b"3"), cas),
-            Err(Status::CasMismatch)
-        );
+        assert_eq!(d.set("vm", b"k", Bytes::from_static(b"3"), cas), Err(Status::CasMismatch));
         d.set("vm", b"k", Bytes::from_static(b"4"), 0).unwrap();
         assert_eq!(&d.get("vm", b"k").unwrap().0[..], b"4");
         // vm_ids are separate namespaces.

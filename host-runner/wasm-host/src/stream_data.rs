@@ -75,10 +75,7 @@ pub struct Actions {
 
 impl Actions {
     pub fn is_empty(&self) -> bool {
-        !self.continue_request
-            && !self.continue_response
-            && !self.close
-            && self.local_reply.is_none()
+        !self.continue_request && !self.continue_response && !self.close && self.local_reply.is_none()
     }
 }
 

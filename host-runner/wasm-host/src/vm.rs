@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use wasmtime::{
-    InstancePre, Linker, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResults,
-};
+use wasmtime::{InstancePre, Linker, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResults};
 
 use crate::abi::AbiVersion;
 use crate::error::{LoadError, StartError};
@@ -63,10 +61,9 @@ impl fmt::Display for Failure {
             Failure::Trap(msg) => write!(f, "trapped: {msg}"),
             Failure::Timeout => f.write_str("ran past its callback deadline and was interrupted"),
             Failure::MemoryLimit => f.write_str("grew its memory past the cap"),
-            Failure::BadReturn { callback, value } => write!(
-                f,
-                "{callback} returned {value}, which the ABI does not define"
-            ),
+            Failure::BadReturn { callback, value } => {
+                write!(f, "{callback} returned {value}, which the ABI does not define")
+            }
             Failure::VmFailed => f.write_str("its VM failed earlier"),
             Failure::Busy => f.write_str("was re-entered"),
         }
@@ -102,14 +99,16 @@ impl PluginTemplate {
         let abi = match module.info.abi_version() {
             Some(v @ (AbiVersion::V0_2_0 | AbiVersion::V0_2_1)) => v,
             Some(AbiVersion::V0_1_0) => {
-                return Err(LoadError::Invalid { path, reason: "declares proxy-wasm ABI 0.1.0, which meshwork does not support (0.2.0 and 0.2.1 are)".into() });
+                return Err(LoadError::Invalid {
+                    path,
+                    reason: "declares proxy-wasm ABI 0.1.0, which meshwork does not support (0.2.0 and 0.2.1 are)"
+                        .into(),
+                });
             }
             None => {
                 return Err(LoadError::Invalid {
                     path,
-                    reason:
-                        "exports no proxy_abi_version_* marker, so it is not a proxy-wasm module"
-                            .into(),
+                    reason: "exports no proxy_abi_version_* marker, so it is not a proxy-wasm module".into(),
                 });
             }
         };
@@ -124,24 +123,12 @@ impl PluginTemplate {
             }
         }
         let mut linker = Linker::new(engine.engine());
-        crate::hostcalls::add_to_linker(&mut linker, abi).map_err(|e| LoadError::Link {
-            path: path.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        crate::hostcalls::add_to_linker(&mut linker, abi)
+            .map_err(|e| LoadError::Link { path: path.clone(), reason: format!("{e:#}") })?;
         let pre = linker
             .instantiate_pre(&module.module)
-            .map_err(|e| LoadError::Link {
-                path: path.clone(),
-                reason: format!("{e:#}"),
-            })?;
-        Ok(PluginTemplate {
-            plugin: Arc::new(plugin),
-            services,
-            module,
-            abi,
-            pre,
-            engine: engine.clone(),
-        })
+            .map_err(|e| LoadError::Link { path: path.clone(), reason: format!("{e:#}") })?;
+        Ok(PluginTemplate { plugin: Arc::new(plugin), services, module, abi, pre, engine: engine.clone() })
     }
 
     /// Builds and starts a VM: instantiation, `_initialize`/`_start`, the root context,
@@ -159,34 +146,20 @@ impl PluginTemplate {
             .trap_on_grow_failure(true)
             .instances(1)
             .build();
-        let state = HostState::new(
-            plugin.clone(),
-            self.services.clone(),
-            self.abi,
-            limits,
-            queue_owner,
-        );
+        let state = HostState::new(plugin.clone(), self.services.clone(), self.abi, limits, queue_owner);
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(ticks(plugin.limits.startup_timeout));
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| StartError::Instantiate {
-                filter: filter.clone(),
-                path: path.clone(),
-                reason: describe(&e),
-            })?;
-        let memory =
-            instance
-                .get_memory(&mut store, "memory")
-                .ok_or_else(|| StartError::NoMemory {
-                    filter: filter.clone(),
-                    path: path.clone(),
-                })?;
-        let func =
-            |store: &mut Store<HostState>, name: &'static str| instance.get_func(&mut *store, name);
+        let instance = self.pre.instantiate(&mut store).map_err(|e| StartError::Instantiate {
+            filter: filter.clone(),
+            path: path.clone(),
+            reason: describe(&e),
+        })?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| StartError::NoMemory { filter: filter.clone(), path: path.clone() })?;
+        let func = |store: &mut Store<HostState>, name: &'static str| instance.get_func(&mut *store, name);
         macro_rules! typed {
             ($name:literal, $p:ty, $r:ty) => {{
                 match func(&mut store, $name) {
@@ -230,11 +203,7 @@ impl PluginTemplate {
             on_response_headers: typed!("proxy_on_response_headers", (u32, u32, u32), u32),
             on_response_body: typed!("proxy_on_response_body", (u32, u32, u32), u32),
             on_response_trailers: typed!("proxy_on_response_trailers", (u32, u32), u32),
-            on_http_call_response: typed!(
-                "proxy_on_http_call_response",
-                (u32, u32, u32, u32, u32),
-                ()
-            ),
+            on_http_call_response: typed!("proxy_on_http_call_response", (u32, u32, u32, u32, u32), ()),
             on_done: typed!("proxy_on_done", u32, u32),
             on_log: typed!("proxy_on_log", u32, ()),
             on_delete: typed!("proxy_on_delete", u32, ()),
@@ -259,17 +228,9 @@ impl PluginTemplate {
             startup_ticks: ticks(plugin.limits.startup_timeout),
         });
         vm.start().map_err(|e| match e {
-            StartStep::Failed(callback, failure) => StartError::Callback {
-                filter: filter.clone(),
-                callback,
-                failure,
-            },
-            StartStep::VmStartRejected => StartError::VmStartRejected {
-                filter: filter.clone(),
-            },
-            StartStep::ConfigureRejected => StartError::ConfigureRejected {
-                filter: filter.clone(),
-            },
+            StartStep::Failed(callback, failure) => StartError::Callback { filter: filter.clone(), callback, failure },
+            StartStep::VmStartRejected => StartError::VmStartRejected { filter: filter.clone() },
+            StartStep::ConfigureRejected => StartError::ConfigureRejected { filter: filter.clone() },
         })?;
         Ok(vm)
     }
@@ -282,6 +243,9 @@ fn ticks(d: Duration) -> u64 {
 fn describe(e: &wasmtime::Error) -> String {
     format!("{e:#}")
 }
+
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CalloutResponseFn = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 struct Callbacks {
     initialize: Option<TypedFunc<(), ()>>,
@@ -299,7 +263,7 @@ struct Callbacks {
     on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
     on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
     on_response_trailers: Option<TypedFunc<(u32, u32), u32>>,
-    on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    on_http_call_response: Option<CalloutResponseFn>,
     on_done: Option<TypedFunc<u32, u32>>,
     on_log: Option<TypedFunc<u32, ()>>,
     on_delete: Option<TypedFunc<u32, ()>>,
@@ -326,10 +290,7 @@ pub struct PluginVm {
 
 impl fmt::Debug for PluginVm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PluginVm")
-            .field("filter", &self.plugin.name)
-            .field("failed", &self.failed.get())
-            .finish()
+        f.debug_struct("PluginVm").field("filter", &self.plugin.name).field("failed", &self.failed.get()).finish()
     }
 }
 
@@ -356,17 +317,14 @@ impl PluginVm {
         let deadline = self.startup_ticks;
         // WASI reactor: _initialize then main/__main_void; command: _start.
         if let Some(f) = &cb.initialize {
-            self.call_with(0, deadline, f, ())
-                .map_err(step("_initialize"))?;
+            self.call_with("_initialize", 0, deadline, f, ()).map_err(step("_initialize"))?;
             if let Some(f) = &cb.main {
-                self.call_with(0, deadline, f, (0, 0))
-                    .map_err(step("main"))?;
+                self.call_with("main", 0, deadline, f, (0, 0)).map_err(step("main"))?;
             } else if let Some(f) = &cb.main_void {
-                self.call_with(0, deadline, f, ())
-                    .map_err(step("__main_void"))?;
+                self.call_with("__main_void", 0, deadline, f, ()).map_err(step("__main_void"))?;
             }
         } else if let Some(f) = &cb.start {
-            self.call_with(0, deadline, f, ()).map_err(step("_start"))?;
+            self.call_with("_start", 0, deadline, f, ()).map_err(step("_start"))?;
         }
         let root = {
             let mut store = self.store.borrow_mut();
@@ -377,19 +335,17 @@ impl PluginVm {
             id
         };
         self.root_context_id.set(root);
-        let (vm_config_len, config_len) = (
-            self.plugin.vm_configuration.len() as u32,
-            self.plugin.configuration.len() as u32,
-        );
+        let (vm_config_len, config_len) =
+            (self.plugin.vm_configuration.len() as u32, self.plugin.configuration.len() as u32);
         self.set_config_readable(true);
         if let Some(f) = &cb.on_context_create {
-            self.call_with(root, deadline, f, (root, 0))
+            self.call_with("proxy_on_context_create", root, deadline, f, (root, 0))
                 .map_err(step("proxy_on_context_create"))?;
         }
         self.set_config_readable(false);
         if let Some(f) = &cb.on_vm_start
             && self
-                .call_with(root, deadline, f, (root, vm_config_len))
+                .call_with("proxy_on_vm_start", root, deadline, f, (root, vm_config_len))
                 .map_err(step("proxy_on_vm_start"))?
                 == 0
         {
@@ -398,7 +354,7 @@ impl PluginVm {
         self.set_config_readable(true);
         let configured = match &cb.on_configure {
             Some(f) => self
-                .call_with(root, deadline, f, (root, config_len))
+                .call_with("proxy_on_configure", root, deadline, f, (root, config_len))
                 .map_err(step("proxy_on_configure"))?,
             None => 1,
         };
@@ -415,15 +371,17 @@ impl PluginVm {
 
     fn call<P: WasmParams, R: WasmResults>(
         self: &Rc<Self>,
+        callback: &'static str,
         context: u32,
         f: &TypedFunc<P, R>,
         params: P,
     ) -> Result<R, Failure> {
-        self.call_with(context, self.timeout_ticks, f, params)
+        self.call_with(callback, context, self.timeout_ticks, f, params)
     }
 
     fn call_with<P: WasmParams, R: WasmResults>(
         self: &Rc<Self>,
+        callback: &'static str,
         context: u32,
         deadline: u64,
         f: &TypedFunc<P, R>,
@@ -432,6 +390,7 @@ impl PluginVm {
         if self.failed.get() {
             return Err(Failure::VmFailed);
         }
+        tracing::trace!(filter = %self.plugin.name, callback, context, "calling into the VM");
         let result = {
             let Ok(mut store) = self.store.try_borrow_mut() else {
                 return Err(Failure::Busy);
@@ -446,13 +405,13 @@ impl PluginVm {
             (state.current_context, state.effective_context) = saved;
             result
         };
-        let result = result.map_err(|e| self.fail(e));
+        let result = result.map_err(|e| self.fail(callback, e));
         self.flush_effects();
         result
     }
 
     /// Classifies a call error and marks the VM failed.
-    fn fail(&self, e: wasmtime::Error) -> Failure {
+    fn fail(&self, callback: &'static str, e: wasmtime::Error) -> Failure {
         let failure = if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             Failure::Timeout
         } else if format!("{e:#}").contains("forcing trap when growing memory") {
@@ -461,7 +420,7 @@ impl PluginVm {
             Failure::Trap(describe(&e))
         };
         self.failed.set(true);
-        tracing::error!(filter = %self.plugin.name, "filter VM failed: {failure}");
+        tracing::error!(filter = %self.plugin.name, callback, "filter VM failed in {callback}: {failure}");
         failure
     }
 
@@ -479,11 +438,7 @@ impl PluginVm {
     }
 
     /// Creates a stream context for stage `stage` of `stream` and announces it to the module.
-    pub fn create_stream_context(
-        self: &Rc<Self>,
-        stream: &SharedStream,
-        stage: usize,
-    ) -> Result<u32, Failure> {
+    pub fn create_stream_context(self: &Rc<Self>, stream: &SharedStream, stage: usize) -> Result<u32, Failure> {
         if self.failed.get() {
             return Err(Failure::VmFailed);
         }
@@ -493,18 +448,12 @@ impl PluginVm {
             };
             let state = store.data_mut();
             let id = state.new_context_id();
-            state.contexts.insert(
-                id,
-                Ctx::Stream {
-                    stream: stream.clone(),
-                    stage,
-                },
-            );
+            state.contexts.insert(id, Ctx::Stream { stream: stream.clone(), stage });
             id
         };
         stream.borrow_mut().stages[stage].context_id = id;
         if let Some(f) = &self.cb.on_context_create {
-            self.call(id, f, (id, self.root_context_id()))?;
+            self.call("proxy_on_context_create", id, f, (id, self.root_context_id()))?;
         }
         Ok(id)
     }
@@ -513,42 +462,42 @@ impl PluginVm {
         self.cb
             .on_request_headers
             .as_ref()
-            .map_or(Ok(0), |f| self.call(ctx, f, (ctx, headers, eos as u32)))
+            .map_or(Ok(0), |f| self.call("proxy_on_request_headers", ctx, f, (ctx, headers, eos as u32)))
     }
 
     pub fn on_request_body(self: &Rc<Self>, ctx: u32, size: u32, eos: bool) -> Raw {
         self.cb
             .on_request_body
             .as_ref()
-            .map_or(Ok(0), |f| self.call(ctx, f, (ctx, size, eos as u32)))
+            .map_or(Ok(0), |f| self.call("proxy_on_request_body", ctx, f, (ctx, size, eos as u32)))
     }
 
     pub fn on_request_trailers(self: &Rc<Self>, ctx: u32, trailers: u32) -> Raw {
         self.cb
             .on_request_trailers
             .as_ref()
-            .map_or(Ok(0), |f| self.call(ctx, f, (ctx, trailers)))
+            .map_or(Ok(0), |f| self.call("proxy_on_request_trailers", ctx, f, (ctx, trailers)))
     }
 
     pub fn on_response_headers(self: &Rc<Self>, ctx: u32, headers: u32, eos: bool) -> Raw {
         self.cb
             .on_response_headers
             .as_ref()
-            .map_or(Ok(0), |f| self.call(ctx, f, (ctx, headers, eos as u32)))
+            .map_or(Ok(0), |f| self.call("proxy_on_response_headers", ctx, f, (ctx, headers, eos as u32)))
     }
 
     pub fn on_response_body(self: &Rc<Self>, ctx: u32, size: u32, eos: bool) -> Raw {
         self.cb
             .on_response_body
             .as_ref()
-            .map_or(Ok(0), |f| self.call(ctx, f, (ctx, size, eos as u32)))
+            .map_or(Ok(0), |f| self.call("proxy_on_response_body", ctx, f, (ctx, size, eos as u32)))
     }
 
     pub fn on_response_trailers(self: &Rc<Self>, ctx: u32, trailers: u32) -> Raw {
         self.cb
             .on_response_trailers
             .as_ref()
-            .map_or(Ok(0), |f| self.call(ctx, f, (ctx, trailers)))
+            .map_or(Ok(0), |f| self.call("proxy_on_response_trailers", ctx, f, (ctx, trailers)))
     }
 
     /// `proxy_on_log`, `proxy_on_done` and `proxy_on_delete` for a finished stream context, which
@@ -556,14 +505,14 @@ impl PluginVm {
     pub fn finish_stream_context(self: &Rc<Self>, ctx: u32, log: bool) -> Result<(), Failure> {
         let result = (|| {
             if log && let Some(f) = &self.cb.on_log {
-                self.call(ctx, f, ctx)?;
+                self.call("proxy_on_log", ctx, f, ctx)?;
             }
             if let Some(f) = &self.cb.on_done {
                 // The value is ignored for stream contexts.
-                self.call(ctx, f, ctx)?;
+                self.call("proxy_on_done", ctx, f, ctx)?;
             }
             if let Some(f) = &self.cb.on_delete {
-                self.call(ctx, f, ctx)?;
+                self.call("proxy_on_delete", ctx, f, ctx)?;
             }
             Ok(())
         })();
@@ -575,10 +524,7 @@ impl PluginVm {
 
     /// Runs `proxy_on_log` only (the engine calls it for every filter before tearing down).
     pub fn on_log(self: &Rc<Self>, ctx: u32) -> Result<(), Failure> {
-        self.cb
-            .on_log
-            .as_ref()
-            .map_or(Ok(()), |f| self.call(ctx, f, ctx))
+        self.cb.on_log.as_ref().map_or(Ok(()), |f| self.call("proxy_on_log", ctx, f, ctx))
     }
 
     /// `proxy_on_done` + `proxy_on_delete` for a stream context, which is then forgotten.
@@ -588,18 +534,12 @@ impl PluginVm {
 
     pub fn on_tick(self: &Rc<Self>) -> Result<(), Failure> {
         let root = self.root_context_id();
-        self.cb
-            .on_tick
-            .as_ref()
-            .map_or(Ok(()), |f| self.call(root, f, root))
+        self.cb.on_tick.as_ref().map_or(Ok(()), |f| self.call("proxy_on_tick", root, f, root))
     }
 
     pub fn on_queue_ready(self: &Rc<Self>, queue_id: u32) -> Result<(), Failure> {
         let root = self.root_context_id();
-        self.cb
-            .on_queue_ready
-            .as_ref()
-            .map_or(Ok(()), |f| self.call(root, f, (root, queue_id)))
+        self.cb.on_queue_ready.as_ref().map_or(Ok(()), |f| self.call("proxy_on_queue_ready", root, f, (root, queue_id)))
     }
 
     /// Delivers a callout's outcome to the root context (Envoy's behaviour; SDKs route it to the
@@ -619,13 +559,7 @@ impl PluginVm {
             };
             let state = store.data_mut();
             let args = match &response {
-                Some(r) => (
-                    root,
-                    token,
-                    r.headers.len() as u32,
-                    r.body.len() as u32,
-                    r.trailers.len() as u32,
-                ),
+                Some(r) => (root, token, r.headers.len() as u32, r.body.len() as u32, r.trailers.len() as u32),
                 None => {
                     state.root_status = (11, Bytes::from_static(b"reset"));
                     (root, token, 0, 0, 0)
@@ -634,7 +568,7 @@ impl PluginVm {
             state.callout_response = response;
             args
         };
-        let result = self.call(root, f, args);
+        let result = self.call("proxy_on_http_call_response", root, f, args);
         if let Ok(mut store) = self.store.try_borrow_mut() {
             let state = store.data_mut();
             state.callout_response = None;

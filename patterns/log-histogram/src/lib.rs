@@ -58,13 +58,7 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram {
-            counts: [0; BUCKETS],
-            total: 0,
-            sum: 0,
-            min: u64::MAX,
-            max: 0,
-        }
+        Histogram { counts: [0; BUCKETS], total: 0, sum: 0, min: u64::MAX, max: 0 }
     }
 }
 
@@ -122,11 +116,7 @@ impl Histogram {
     }
 
     pub fn mean(&self) -> f64 {
-        if self.total == 0 {
-            0.0
-        } else {
-            self.sum as f64 / self.total as f64
-        }
+        if self.total == 0 { 0.0 } else { self.sum as f64 / self.total as f64 }
     }
 
     /// Number of recorded values `<= value`'s bucket upper bound.
@@ -152,12 +142,7 @@ impl Histogram {
         // (`f64::ceil` is not in `core`; truncation plus one step does the same for positives.)
         let exact = q.clamp(0.0, 1.0) * self.total as f64 - 1e-9;
         let truncated = exact as u64;
-        let rank = if (truncated as f64) < exact {
-            truncated + 1
-        } else {
-            truncated
-        }
-        .clamp(1, self.total);
+        let rank = if (truncated as f64) < exact { truncated + 1 } else { truncated }.clamp(1, self.total);
         let mut seen = 0;
         for (i, c) in self.counts.iter().enumerate() {
             seen += c;
@@ -170,11 +155,7 @@ impl Histogram {
 
     /// Non-empty buckets as (lower, upper, count).
     pub fn buckets(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
-        self.counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| (bucket_lower(i), bucket_upper(i), *c))
+        self.counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (bucket_lower(i), bucket_upper(i), *c))
     }
 }
 
@@ -206,12 +187,7 @@ mod tests {
         for v in 1..=10_000u64 {
             h.record(v);
         }
-        for (q, want) in [
-            (0.5, 5000.0),
-            (0.9, 9000.0),
-            (0.99, 9900.0),
-            (0.999, 9990.0),
-        ] {
+        for (q, want) in [(0.5, 5000.0), (0.9, 9000.0), (0.99, 9900.0), (0.999, 9990.0)] {
             let got = h.value_at_quantile(q) as f64;
             assert!((got - want).abs() / want < 0.035, "q{q}: {got} vs {want}");
         }

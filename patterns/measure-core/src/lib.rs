@@ -52,11 +52,7 @@ pub struct PrefixRoute<'a> {
 /// The label of the longest matching prefix, or `fallback`. Query strings are ignored.
 pub fn route_for_path<'a>(routes: &[PrefixRoute<'a>], path: &str, fallback: &'a str) -> &'a str {
     let path = path.split(['?', '#']).next().unwrap_or("");
-    routes
-        .iter()
-        .filter(|r| path.starts_with(r.prefix))
-        .max_by_key(|r| r.prefix.len())
-        .map_or(fallback, |r| r.name)
+    routes.iter().filter(|r| path.starts_with(r.prefix)).max_by_key(|r| r.prefix.len()).map_or(fallback, |r| r.name)
 }
 
 /// Separator between a metric's base name and each tag, and between a tag's key and value.
@@ -115,12 +111,7 @@ pub fn write_server_timing<W: Write>(out: &mut W, times: &StreamTimes) -> fmt::R
             out.write_str(", ")?;
         }
         first = false;
-        write!(
-            out,
-            "{name};dur={}.{:03}",
-            ns / 1_000_000,
-            (ns / 1_000) % 1_000
-        )
+        write!(out, "{name};dur={}.{:03}", ns / 1_000_000, (ns / 1_000) % 1_000)
     };
     if let Some(ns) = times.upstream_latency_ns() {
         entry(out, "upstream", ns)?;
@@ -149,20 +140,8 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_and_query_is_ignored() {
-        let routes = [
-            PrefixRoute {
-                name: "api",
-                prefix: "/api/",
-            },
-            PrefixRoute {
-                name: "api-v2",
-                prefix: "/api/v2/",
-            },
-        ];
-        assert_eq!(
-            route_for_path(&routes, "/api/v2/users?x=1", "other"),
-            "api-v2"
-        );
+        let routes = [PrefixRoute { name: "api", prefix: "/api/" }, PrefixRoute { name: "api-v2", prefix: "/api/v2/" }];
+        assert_eq!(route_for_path(&routes, "/api/v2/users?x=1", "other"), "api-v2");
         assert_eq!(route_for_path(&routes, "/api/v1", "other"), "api");
         assert_eq!(route_for_path(&routes, "/static/api/", "other"), "other");
         assert_eq!(route_for_path(&routes, "/x?/api/", "other"), "other");
@@ -177,11 +156,8 @@ mod tests {
 
     #[test]
     fn server_timing_format() {
-        let t = StreamTimes {
-            request_start: Some(1_000),
-            upstream_sent: Some(51_000),
-            response_start: Some(12_345_678),
-        };
+        let t =
+            StreamTimes { request_start: Some(1_000), upstream_sent: Some(51_000), response_start: Some(12_345_678) };
         let mut s = String::new();
         write_server_timing(&mut s, &t).unwrap();
         assert_eq!(s, "upstream;dur=12.294, total;dur=12.344");

@@ -52,11 +52,7 @@ impl Limit {
         if burst.checked_mul(period_ns).is_none() {
             return Err(LimitError::TooLarge);
         }
-        Ok(Limit {
-            rate,
-            period_ns,
-            burst,
-        })
+        Ok(Limit { rate, period_ns, burst })
     }
 
     fn capacity_units(&self) -> u64 {
@@ -95,10 +91,7 @@ impl State {
     pub const ENCODED_LEN: usize = 16;
 
     pub fn full(limit: &Limit, now_ns: u64) -> State {
-        State {
-            units: limit.capacity_units(),
-            last_ns: now_ns,
-        }
+        State { units: limit.capacity_units(), last_ns: now_ns }
     }
 
     /// Adds the tokens earned since `last_ns`. A clock reading older than `last_ns` (another
@@ -122,11 +115,8 @@ impl State {
         if allowed {
             self.units -= need;
         }
-        let retry_after_ns = if self.units >= limit.period_ns {
-            0
-        } else {
-            limit.ns_to_refill(limit.period_ns - self.units)
-        };
+        let retry_after_ns =
+            if self.units >= limit.period_ns { 0 } else { limit.ns_to_refill(limit.period_ns - self.units) };
         Decision {
             allowed,
             remaining: self.units / limit.period_ns,
@@ -250,10 +240,7 @@ pub mod table {
             };
             let held = (len == SLOT_LEN).then(|| {
                 let (h, state) = buf.split_at(8);
-                (
-                    u64::from_le_bytes(h.try_into().unwrap_or_default()),
-                    State::decode(state),
-                )
+                (u64::from_le_bytes(h.try_into().unwrap_or_default()), State::decode(state))
             });
             let mut state = match held {
                 Some((h, Some(state))) if h == hash => state,
@@ -345,10 +332,7 @@ mod tests {
 
     #[test]
     fn encoding_round_trips_and_rejects_other_lengths() {
-        let s = State {
-            units: 0xdead_beef,
-            last_ns: 42,
-        };
+        let s = State { units: 0xdead_beef, last_ns: 42 };
         assert_eq!(State::decode(&s.encode()), Some(s));
         assert_eq!(State::decode(&[0u8; 15]), None);
     }
@@ -410,10 +394,7 @@ mod tests {
 
         impl MemStore {
             fn created(n: usize) -> MemStore {
-                MemStore {
-                    slots: vec![Some((Vec::new(), 1)); n],
-                    next_cas: 2,
-                }
+                MemStore { slots: vec![Some((Vec::new(), 1)); n], next_cas: 2 }
             }
         }
 
@@ -454,8 +435,7 @@ mod tests {
                 self.step += 1;
                 if interfere {
                     let n = self.inner.slots.len();
-                    if let Outcome::Decided(d) =
-                        table::take(&mut self.inner, n, 4, self.key, &self.limit, self.now, 1)
+                    if let Outcome::Decided(d) = table::take(&mut self.inner, n, 4, self.key, &self.limit, self.now, 1)
                     {
                         self.rival_admitted += d.allowed as u64;
                     }
@@ -466,15 +446,9 @@ mod tests {
 
         #[test]
         fn uncreated_table_is_reported() {
-            let mut store = MemStore {
-                slots: vec![None; 4],
-                next_cas: 1,
-            };
+            let mut store = MemStore { slots: vec![None; 4], next_cas: 1 };
             let limit = Limit::new(1, 1_000, 1).unwrap();
-            assert_eq!(
-                table::take(&mut store, 4, 4, b"k", &limit, 0, 1),
-                Outcome::NotInitialised
-            );
+            assert_eq!(table::take(&mut store, 4, 4, b"k", &limit, 0, 1), Outcome::NotInitialised);
         }
 
         #[test]
@@ -487,14 +461,9 @@ mod tests {
                         matches!(table::take(&mut store, 2, 2, key, &limit, 0, 1), Outcome::Decided(d) if d.allowed)
                     );
                 }
-                assert!(
-                    matches!(table::take(&mut store, 2, 2, key, &limit, 0, 1), Outcome::Decided(d) if !d.allowed)
-                );
+                assert!(matches!(table::take(&mut store, 2, 2, key, &limit, 0, 1), Outcome::Decided(d) if !d.allowed));
             }
-            assert_eq!(
-                table::take(&mut store, 2, 2, b"c", &limit, 0, 1),
-                Outcome::TableFull
-            );
+            assert_eq!(table::take(&mut store, 2, 2, b"c", &limit, 0, 1), Outcome::TableFull);
             // Once "a" has refilled completely its slot is free for "c".
             assert!(
                 matches!(table::take(&mut store, 2, 2, b"c", &limit, 2_000_000_000, 1), Outcome::Decided(d) if d.allowed)

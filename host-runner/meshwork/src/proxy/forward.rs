@@ -12,11 +12,7 @@ use super::plain;
 use super::upstream::strip_hop_by_hop;
 use super::worker::{Route, Worker};
 
-pub async fn forward(
-    request: Request<Incoming>,
-    worker: &Worker,
-    route: &Route,
-) -> Response<ProxyBody> {
+pub async fn forward(request: Request<Incoming>, worker: &Worker, route: &Route) -> Response<ProxyBody> {
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(authority) = parts.uri.authority()
@@ -25,11 +21,7 @@ pub async fn forward(
     {
         parts.headers.insert(http::header::HOST, host);
     }
-    if let Some(origin_form) = parts
-        .uri
-        .path_and_query()
-        .and_then(|p| p.as_str().parse().ok())
-    {
+    if let Some(origin_form) = parts.uri.path_and_query().and_then(|p| p.as_str().parse().ok()) {
         parts.uri = origin_form;
     }
     parts.version = http::Version::HTTP_11;
@@ -58,8 +50,6 @@ pub async fn forward(
             Response::from_parts(parts, ProxyBody::new(body))
         }
     };
-    worker
-        .stats
-        .downstream_response(Some(response.status().as_u16() as u32));
+    worker.stats.downstream_response(Some(response.status().as_u16() as u32));
     response
 }

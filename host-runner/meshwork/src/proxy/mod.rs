@@ -44,9 +44,7 @@ pub fn start(config: ProxyConfig) -> anyhow::Result<Addresses> {
     let services = Services::new(cluster_names.clone(), config.node.clone());
     let mut templates = Vec::new();
     for f in &config.filters {
-        let module = engine
-            .load(&f.module)
-            .with_context(|| format!("filter {}", f.plugin.name))?;
+        let module = engine.load(&f.module).with_context(|| format!("filter {}", f.plugin.name))?;
         let template = PluginTemplate::new(&engine, module, f.plugin.clone(), services.clone())
             .with_context(|| format!("filter {}", f.plugin.name))?;
         templates.push(template);
@@ -56,20 +54,11 @@ pub fn start(config: ProxyConfig) -> anyhow::Result<Addresses> {
     let config = Arc::new(config);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     for (index, listener) in listeners.into_iter().enumerate() {
-        let (config, templates, services, names, ready) = (
-            config.clone(),
-            templates.clone(),
-            services.clone(),
-            cluster_names.clone(),
-            ready_tx.clone(),
-        );
+        let (config, templates, services, names, ready) =
+            (config.clone(), templates.clone(), services.clone(), cluster_names.clone(), ready_tx.clone());
         std::thread::Builder::new()
             .name(format!("worker-{index}"))
-            .spawn(move || {
-                run_worker(
-                    index, &config, templates, &services, &names, listener, ready,
-                )
-            })
+            .spawn(move || run_worker(index, &config, templates, &services, &names, listener, ready))
             .context("cannot start a worker thread")?;
     }
     drop(ready_tx);
@@ -80,10 +69,7 @@ pub fn start(config: ProxyConfig) -> anyhow::Result<Addresses> {
             Err(_) => bail!("a worker thread exited during start-up"),
         }
     }
-    let admin = config
-        .admin
-        .map(|a| crate::admin::start(a, services.clone()))
-        .transpose()?;
+    let admin = config.admin.map(|a| crate::admin::start(a, services.clone())).transpose()?;
     Ok(Addresses { listen, admin })
 }
 
@@ -105,9 +91,7 @@ fn bind(addr: SocketAddr, workers: usize) -> anyhow::Result<Vec<std::net::TcpLis
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
-        socket
-            .bind(&addr.into())
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        socket.bind(&addr.into()).with_context(|| format!("cannot listen on {addr}"))?;
         socket.listen(1024)?;
         let listener: std::net::TcpListener = socket.into();
         addr = listener.local_addr()?;
@@ -134,24 +118,18 @@ fn run_worker(
     listener: std::net::TcpListener,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            let _ = ready.send(Err(format!(
-                "worker {index}: cannot start its runtime: {e}"
-            )));
+            let _ = ready.send(Err(format!("worker {index}: cannot start its runtime: {e}")));
             return;
         }
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let upstreams =
-            Rc::new(Upstreams::new(config.clusters.iter().map(|c| {
-                Cluster::new(c.name.clone(), &c.endpoints, c.connect_timeout)
-            })));
+        let upstreams = Rc::new(Upstreams::new(
+            config.clusters.iter().map(|c| Cluster::new(c.name.clone(), &c.endpoints, c.connect_timeout)),
+        ));
         let routes = config
             .routes
             .iter()
@@ -168,10 +146,7 @@ fn run_worker(
         let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
         let mut slots = Vec::new();
         for (filter, template) in templates.into_iter().enumerate() {
-            let owner = Arc::new(WorkerQueueOwner {
-                tx: queue_tx.clone(),
-                filter,
-            });
+            let owner = Arc::new(WorkerQueueOwner { tx: queue_tx.clone(), filter });
             match FilterSlot::start(template, dispatcher.clone(), owner) {
                 Ok(slot) => slots.push(slot),
                 Err(e) => {
@@ -216,23 +191,12 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, worke
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    let conn = ConnInfo {
-        id: worker.connection_id(),
-        peer,
-        local,
-    };
+    let conn = ConnInfo { id: worker.connection_id(), peer, local };
     worker.stats.connections.increment(1).ok();
-    let service =
-        hyper::service::service_fn(move |request| handle_request(request, worker.clone(), conn));
+    let service = hyper::service::service_fn(move |request| handle_request(request, worker.clone(), conn));
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEADER_BUFFER);
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
+    builder.http1().max_headers(MAX_HEADERS).max_buf_size(MAX_HEADER_BUFFER);
+    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
         tracing::debug!(%peer, "connection ended: {e}");
     }
 }
@@ -240,10 +204,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, worke
 pub fn plain(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain"),
-    );
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
     response
 }
 
@@ -264,19 +225,14 @@ async fn handle_request(
         Chain::Unavailable(filter) => {
             worker.stats.unavailable.increment(1).ok();
             worker.stats.downstream_response(Some(503));
-            Ok(plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("filter {filter} is unavailable (fail closed)\n"),
-            ))
+            Ok(plain(StatusCode::SERVICE_UNAVAILABLE, format!("filter {filter} is unavailable (fail closed)\n")))
         }
     }
 }
 
 /// Runs until SIGINT or SIGTERM.
 pub fn wait_for_shutdown() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

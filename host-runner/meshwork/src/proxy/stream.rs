@@ -25,8 +25,7 @@ use super::body::{self, BoxError, FrameSender, ProxyBody};
 use super::upstream::{PooledBody, UpstreamError, strip_hop_by_hop};
 use super::worker::{ConnInfo, Route, Worker};
 
-type UpstreamFuture =
-    Pin<Box<dyn Future<Output = Result<(Response<PooledBody>, SocketAddr), UpstreamError>>>>;
+type UpstreamFuture = Pin<Box<dyn Future<Output = Result<(Response<PooledBody>, SocketAddr), UpstreamError>>>>;
 
 enum Upstream {
     NotStarted,
@@ -56,11 +55,7 @@ fn request_map(parts: &mut http::request::Parts, worker: &Worker) -> HeaderMap {
         .uri
         .authority()
         .map(|a| Bytes::copy_from_slice(a.as_str().as_bytes()))
-        .or_else(|| {
-            regular
-                .remove(http::header::HOST)
-                .map(|h| Bytes::copy_from_slice(h.as_bytes()))
-        })
+        .or_else(|| regular.remove(http::header::HOST).map(|h| Bytes::copy_from_slice(h.as_bytes())))
         .unwrap_or_default();
     regular.remove(http::header::HOST);
     if !regular.contains_key("x-request-id")
@@ -71,14 +66,8 @@ fn request_map(parts: &mut http::request::Parts, worker: &Worker) -> HeaderMap {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let pseudo = vec![
         (Bytes::from_static(b":authority"), authority),
-        (
-            Bytes::from_static(b":path"),
-            Bytes::copy_from_slice(path.as_bytes()),
-        ),
-        (
-            Bytes::from_static(b":method"),
-            Bytes::copy_from_slice(parts.method.as_str().as_bytes()),
-        ),
+        (Bytes::from_static(b":path"), Bytes::copy_from_slice(path.as_bytes())),
+        (Bytes::from_static(b":method"), Bytes::copy_from_slice(parts.method.as_str().as_bytes())),
         (Bytes::from_static(b":scheme"), Bytes::from_static(b"http")),
     ];
     HeaderMap::from_parts(pseudo, regular)
@@ -101,13 +90,7 @@ fn protocol(version: http::Version) -> &'static str {
 }
 
 fn local(status: u32, details: &str, body: impl Into<Bytes>) -> LocalReply {
-    LocalReply {
-        status,
-        details: details.into(),
-        body: body.into(),
-        headers: Vec::new(),
-        grpc_status: None,
-    }
+    LocalReply { status, details: details.into(), body: body.into(), headers: Vec::new(), grpc_status: None }
 }
 
 /// Handles a request through `chain`.
@@ -143,8 +126,7 @@ pub async fn handle(
         upstream_started: None,
         response_finished: false,
     }));
-    let end_stream =
-        std::future::poll_fn(|cx| driver.borrow_mut().poll_response_headers(cx)).await?;
+    let end_stream = std::future::poll_fn(|cx| driver.borrow_mut().poll_response_headers(cx)).await?;
     let response = driver.borrow().downstream_head()?;
     let body = if end_stream {
         driver.borrow_mut().response_finished = true;
@@ -211,13 +193,7 @@ impl Driver {
                     }
                 }
                 Output::Trailers => {
-                    let trailers = self
-                        .engine
-                        .data()
-                        .borrow()
-                        .request_trailers
-                        .clone()
-                        .unwrap_or_default();
+                    let trailers = self.engine.data().borrow().request_trailers.clone().unwrap_or_default();
                     if let Some(tx) = self.upstream_tx.take() {
                         let _ = tx.send(Ok(Frame::trailers(trailers.into_regular())));
                     }
@@ -240,15 +216,11 @@ impl Driver {
         let request = {
             let data = self.engine.data().borrow();
             let h = &data.request_headers;
-            let mut builder = Request::builder()
-                .method(h.get(b":method").unwrap_or(b"GET"))
-                .uri(h.get(b":path").unwrap_or(b"/"));
+            let mut builder =
+                Request::builder().method(h.get(b":method").unwrap_or(b"GET")).uri(h.get(b":path").unwrap_or(b"/"));
             if let Some(headers) = builder.headers_mut() {
                 *headers = h.regular().clone();
-                if let Some(authority) = h
-                    .get(b":authority")
-                    .and_then(|a| HeaderValue::from_bytes(a).ok())
-                {
+                if let Some(authority) = h.get(b":authority").and_then(|a| HeaderValue::from_bytes(a).ok()) {
                     headers.insert(http::header::HOST, authority);
                 }
             }
@@ -309,8 +281,7 @@ impl Driver {
                     Err(frame) => {
                         self.downstream = None;
                         if let Ok(trailers) = frame.into_trailers() {
-                            self.engine
-                                .request_trailers(HeaderMap::from_parts(Vec::new(), trailers));
+                            self.engine.request_trailers(HeaderMap::from_parts(Vec::new(), trailers));
                         }
                     }
                 }
@@ -330,18 +301,12 @@ impl Driver {
                 match result {
                     Ok((response, addr)) => {
                         if let Some(start) = self.upstream_started {
-                            self.worker
-                                .stats
-                                .upstream_time(&self.route.cluster.name, start.elapsed());
+                            self.worker.stats.upstream_time(&self.route.cluster.name, start.elapsed());
                         }
                         let (mut parts, body) = response.into_parts();
                         let end = body.is_end_stream();
                         self.engine.data().borrow_mut().info.upstream = Some(addr);
-                        self.upstream = if end {
-                            Upstream::Done
-                        } else {
-                            Upstream::Streaming(body)
-                        };
+                        self.upstream = if end { Upstream::Done } else { Upstream::Streaming(body) };
                         if end {
                             self.deadline = None;
                         }
@@ -370,11 +335,7 @@ impl Driver {
                     self.upstream = Upstream::Done;
                     self.deadline = None;
                     // Headers may be out already; then the engine resets instead.
-                    self.engine.local_reply(local(
-                        503,
-                        "upstream_reset_after_response_started",
-                        "",
-                    ));
+                    self.engine.local_reply(local(503, "upstream_reset_after_response_started", ""));
                     true
                 }
                 Poll::Ready(Some(Ok(frame))) => {
@@ -389,8 +350,7 @@ impl Driver {
                             self.upstream = Upstream::Done;
                             self.deadline = None;
                             if let Ok(trailers) = frame.into_trailers() {
-                                self.engine
-                                    .response_trailers(HeaderMap::from_parts(Vec::new(), trailers));
+                                self.engine.response_trailers(HeaderMap::from_parts(Vec::new(), trailers));
                             }
                         }
                     }
@@ -411,11 +371,7 @@ impl Driver {
         self.upstream = Upstream::Done;
         self.upstream_tx = None;
         self.worker.stats.upstream_timeout(&self.route.cluster.name);
-        self.engine.local_reply(local(
-            504,
-            "upstream_response_timeout",
-            "upstream request timeout",
-        ));
+        self.engine.local_reply(local(504, "upstream_response_timeout", "upstream request timeout"));
         true
     }
 }
@@ -436,10 +392,7 @@ impl Body for FilteredBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut d = self.driver.borrow_mut();
         if d.response_finished {
             return Poll::Ready(None);
@@ -452,18 +405,10 @@ impl Body for FilteredBody {
             }
             Some(Output::Trailers) => {
                 d.response_finished = true;
-                let trailers = d
-                    .engine
-                    .data()
-                    .borrow()
-                    .response_trailers
-                    .clone()
-                    .unwrap_or_default();
+                let trailers = d.engine.data().borrow().response_trailers.clone().unwrap_or_default();
                 Poll::Ready(Some(Ok(Frame::trailers(trailers.into_regular()))))
             }
-            Some(Output::Headers { .. }) => Poll::Ready(Some(Err(
-                "a second response after headers were sent".into(),
-            ))),
+            Some(Output::Headers { .. }) => Poll::Ready(Some(Err("a second response after headers were sent".into()))),
             None if d.engine.is_reset() => Poll::Ready(Some(Err("stream reset".into()))),
             None => Poll::Pending,
         }

@@ -47,7 +47,9 @@ impl UpstreamError {
             UpstreamError::Connect(..) | UpstreamError::ConnectTimeout(_) => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure".into()
             }
-            UpstreamError::Reset(..) => "upstream connect error or disconnect/reset before headers. reset reason: remote reset".into(),
+            UpstreamError::Reset(..) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote reset".into()
+            }
         }
     }
 }
@@ -77,11 +79,7 @@ pub const HOP_BY_HOP: [&str; 8] = [
 ];
 
 pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    if let Some(listed) = headers
-        .get(http::header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    {
+    if let Some(listed) = headers.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
         for name in listed.split(',') {
             headers.remove(name.trim());
         }
@@ -97,12 +95,7 @@ impl Cluster {
             name,
             endpoints: endpoints
                 .iter()
-                .map(|addr| {
-                    Rc::new(Endpoint {
-                        addr: *addr,
-                        idle: RefCell::default(),
-                    })
-                })
+                .map(|addr| Rc::new(Endpoint { addr: *addr, idle: RefCell::default() }))
                 .collect(),
             next: Cell::new(0),
             connect_timeout,
@@ -116,21 +109,12 @@ impl Cluster {
     }
 
     /// Sends `request` to the next endpoint, reusing an idle connection when there is one.
-    pub async fn send(
-        &self,
-        request: Request<ProxyBody>,
-    ) -> Result<(Response<PooledBody>, SocketAddr), UpstreamError> {
+    pub async fn send(&self, request: Request<ProxyBody>) -> Result<(Response<PooledBody>, SocketAddr), UpstreamError> {
         let endpoint = self.pick();
         let mut sender = self.checkout(&endpoint).await?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| UpstreamError::Reset(endpoint.addr, e))?;
+        let response = sender.send_request(request).await.map_err(|e| UpstreamError::Reset(endpoint.addr, e))?;
         let (parts, body) = response.into_parts();
-        let mut pooled = PooledBody {
-            body,
-            pool: Some((endpoint.clone(), sender)),
-        };
+        let mut pooled = PooledBody { body, pool: Some((endpoint.clone(), sender)) };
         if pooled.body.is_end_stream() {
             pooled.release();
         }
@@ -155,11 +139,10 @@ impl Cluster {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<ProxyBody>, UpstreamError> {
-        let stream =
-            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| UpstreamError::ConnectTimeout(addr))?
-                .map_err(|e| UpstreamError::Connect(addr, e))?;
+        let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(addr))?
+            .map_err(|e| UpstreamError::Connect(addr, e))?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .max_headers(super::MAX_HEADERS)
@@ -195,10 +178,7 @@ impl Body for PooledBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let result = match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
@@ -229,12 +209,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(clusters: impl IntoIterator<Item = Cluster>) -> Upstreams {
-        Upstreams {
-            clusters: clusters
-                .into_iter()
-                .map(|c| (c.name.clone(), Rc::new(c)))
-                .collect(),
-        }
+        Upstreams { clusters: clusters.into_iter().map(|c| (c.name.clone(), Rc::new(c))).collect() }
     }
 
     pub fn get(&self, name: &str) -> Option<Rc<Cluster>> {

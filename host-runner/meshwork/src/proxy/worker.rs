@@ -12,8 +12,7 @@ use http::Request;
 use http_body_util::BodyExt;
 use meshwork_wasm_host::metrics::Metric;
 use meshwork_wasm_host::{
-    Dispatcher, HeaderMap, HttpCallRequest, HttpCallResponse, PluginTemplate, PluginVm, QueueOwner,
-    Services,
+    Dispatcher, HeaderMap, HttpCallRequest, HttpCallResponse, PluginTemplate, PluginVm, QueueOwner, Services,
 };
 use tokio::sync::mpsc;
 
@@ -63,7 +62,7 @@ impl Worker {
         Worker {
             routes,
             filters,
-            stats: Stats::new(services, clusters),
+            stats: Stats::new(services, clusters, index),
             next_connection: Cell::new((index as u64) << 48),
             rng: Cell::new(u64::from_le_bytes(seed) | 1),
         }
@@ -71,11 +70,7 @@ impl Worker {
 
     /// The longest-prefix route for `path`.
     pub fn route(&self, path: &str) -> Option<Rc<Route>> {
-        self.routes
-            .iter()
-            .filter(|r| path.starts_with(&r.prefix))
-            .max_by_key(|r| r.prefix.len())
-            .cloned()
+        self.routes.iter().filter(|r| path.starts_with(&r.prefix)).max_by_key(|r| r.prefix.len()).cloned()
     }
 
     pub fn has_filters(&self) -> bool {
@@ -141,10 +136,10 @@ impl FilterSlot {
         queue_owner: Arc<dyn QueueOwner>,
     ) -> Result<FilterSlot, meshwork_wasm_host::StartError> {
         let vm = template.instantiate(dispatcher.clone(), queue_owner.clone())?;
-        let restarts_metric = template.services.metrics.counter(&format!(
-            "meshwork_filter_vm_restarts_total;.;filter=.={}",
-            template.plugin.name
-        ));
+        let restarts_metric = template
+            .services
+            .metrics
+            .counter(&format!("meshwork_filter_vm_restarts_total;.;filter=.={}", template.plugin.name));
         Ok(FilterSlot {
             template,
             vm: RefCell::new(Some(vm)),
@@ -171,10 +166,7 @@ impl FilterSlot {
         let now = Instant::now();
         {
             let mut restarts = self.restarts.borrow_mut();
-            while restarts
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
-            {
+            while restarts.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
                 restarts.pop_front();
             }
             if restarts.len() >= plugin.limits.max_restarts_per_minute as usize {
@@ -183,10 +175,7 @@ impl FilterSlot {
             restarts.push_back(now);
         }
         self.restarts_metric.increment(1).ok();
-        match self
-            .template
-            .instantiate(self.dispatcher.clone(), self.queue_owner.clone())
-        {
+        match self.template.instantiate(self.dispatcher.clone(), self.queue_owner.clone()) {
             Ok(vm) => {
                 tracing::info!(filter = %plugin.name, "rebuilt the filter's VM after a failure");
                 *self.vm.borrow_mut() = Some(vm.clone());
@@ -208,10 +197,7 @@ pub struct WorkerDispatcher {
 
 impl WorkerDispatcher {
     pub fn new(upstreams: Rc<Upstreams>) -> Rc<WorkerDispatcher> {
-        Rc::new(WorkerDispatcher {
-            upstreams,
-            ticks: RefCell::default(),
-        })
+        Rc::new(WorkerDispatcher { upstreams, ticks: RefCell::default() })
     }
 }
 
@@ -261,22 +247,12 @@ const CALLOUT_MAX_BYTES: usize = 16 << 20;
 /// Sends a callout. As in Envoy, a timeout or a connect failure arrives as a successful local
 /// response (504 / 503); only a reset mid-response is a failure (`None`).
 async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallResponse> {
-    let HttpCallRequest {
-        headers,
-        body,
-        trailers,
-        timeout,
-        ..
-    } = call;
-    let mut builder = Request::builder()
-        .method(headers.get(b":method").unwrap_or(b"GET"))
-        .uri(headers.get(b":path").unwrap_or(b"/"));
+    let HttpCallRequest { headers, body, trailers, timeout, .. } = call;
+    let mut builder =
+        Request::builder().method(headers.get(b":method").unwrap_or(b"GET")).uri(headers.get(b":path").unwrap_or(b"/"));
     if let Some(h) = builder.headers_mut() {
         *h = headers.regular().clone();
-        if let Some(a) = headers
-            .get(b":authority")
-            .and_then(|a| http::HeaderValue::from_bytes(a).ok())
-        {
+        if let Some(a) = headers.get(b":authority").and_then(|a| http::HeaderValue::from_bytes(a).ok()) {
             h.insert(http::header::HOST, a);
         }
         if !body.is_empty() {
@@ -294,10 +270,7 @@ async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallRes
     let request = match builder.body(request_body) {
         Ok(r) => r,
         Err(e) => {
-            return Some(local_response(
-                400,
-                &format!("invalid callout request: {e}"),
-            ));
+            return Some(local_response(400, &format!("invalid callout request: {e}")));
         }
     };
     let exchange = async {
@@ -306,21 +279,13 @@ async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallRes
             Err(e) => return Some(local_response(503, &e.body())),
         };
         let (parts, body) = response.into_parts();
-        let collected = http_body_util::Limited::new(body, CALLOUT_MAX_BYTES)
-            .collect()
-            .await
-            .ok()?;
+        let collected = http_body_util::Limited::new(body, CALLOUT_MAX_BYTES).collect().await.ok()?;
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let mut headers = HeaderMap::from_parts(
-            vec![(
-                Bytes::from_static(b":status"),
-                Bytes::copy_from_slice(parts.status.as_str().as_bytes()),
-            )],
+            vec![(Bytes::from_static(b":status"), Bytes::copy_from_slice(parts.status.as_str().as_bytes()))],
             parts.headers,
         );
-        headers
-            .regular_mut()
-            .remove(http::header::TRANSFER_ENCODING);
+        headers.regular_mut().remove(http::header::TRANSFER_ENCODING);
         Some(HttpCallResponse {
             headers,
             body: collected.to_bytes(),
@@ -340,11 +305,7 @@ fn local_response(status: u16, body: &str) -> HttpCallResponse {
     let _ = headers.add(b":status", status.to_string().as_bytes());
     let _ = headers.add(b"content-length", body.len().to_string().as_bytes());
     let _ = headers.add(b"content-type", b"text/plain");
-    HttpCallResponse {
-        headers,
-        body: Bytes::copy_from_slice(body.as_bytes()),
-        trailers: HeaderMap::new(),
-    }
+    HttpCallResponse { headers, body: Bytes::copy_from_slice(body.as_bytes()), trailers: HeaderMap::new() }
 }
 
 /// Routes `proxy_on_queue_ready` to the worker that registered a queue.
@@ -370,21 +331,14 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn new(services: &Services, clusters: &[String]) -> Stats {
+    fn new(services: &Services, clusters: &[String], worker: usize) -> Stats {
         let m = &services.metrics;
         let per_cluster = |base: &str, histogram: bool| {
             clusters
                 .iter()
                 .map(|c| {
                     let name = format!("{base};.;cluster=.={c}");
-                    (
-                        c.clone(),
-                        if histogram {
-                            m.histogram(&name)
-                        } else {
-                            m.counter(&name)
-                        },
-                    )
+                    (c.clone(), if histogram { m.histogram(&name) } else { m.counter(&name) })
                 })
                 .collect()
         };
@@ -394,7 +348,7 @@ impl Stats {
             upstream_time: per_cluster("meshwork_upstream_rq_time_us", true),
             upstream_failures: per_cluster("meshwork_upstream_rq_failures_total", false),
             upstream_timeouts: per_cluster("meshwork_upstream_rq_timeouts_total", false),
-            connections: m.counter("meshwork_downstream_cx_total"),
+            connections: m.counter(&format!("meshwork_downstream_cx_total;.;worker=.={worker}")),
             unavailable: m.counter("meshwork_filter_unavailable_rq_total"),
         }
     }

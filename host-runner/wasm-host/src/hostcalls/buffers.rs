@@ -18,23 +18,15 @@ fn snapshot(state: &HostState, t: BufferType) -> Option<Bytes> {
             let data = stream.borrow();
             let s = &data.stages[stage];
             Some(match t {
-                BufferType::HttpRequestBody if s.access.request_body => {
-                    Bytes::copy_from_slice(&s.request_body)
-                }
-                BufferType::HttpResponseBody if s.access.response_body => {
-                    Bytes::copy_from_slice(&s.response_body)
-                }
+                BufferType::HttpRequestBody if s.access.request_body => Bytes::copy_from_slice(&s.request_body),
+                BufferType::HttpResponseBody if s.access.response_body => Bytes::copy_from_slice(&s.response_body),
                 _ => Bytes::new(),
             })
         }
-        BufferType::DownstreamData | BufferType::UpstreamData | BufferType::GrpcReceiveBuffer => {
-            Some(Bytes::new())
-        }
+        BufferType::DownstreamData | BufferType::UpstreamData | BufferType::GrpcReceiveBuffer => Some(Bytes::new()),
         BufferType::HttpCallResponseBody => state.callout_response.as_ref().map(|r| r.body.clone()),
         BufferType::VmConfiguration => Some(state.plugin.vm_configuration.clone()),
-        BufferType::PluginConfiguration => state
-            .plugin_config_readable
-            .then(|| state.plugin.configuration.clone()),
+        BufferType::PluginConfiguration => state.plugin_config_readable.then(|| state.plugin.configuration.clone()),
         BufferType::CallData => Some(state.call_data.clone()),
     }
 }
@@ -77,18 +69,14 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_buffer_status",
-        |mut c: Caller<'_, HostState>, t: u32, lp: u32, fp: u32| {
-            finish((|| {
-                let t = buffer_type(t)?;
-                let len = snapshot(c.data(), t).ok_or(Status::NotFound)?.len();
-                write_u32(&mut c, lp, len as u32)?;
-                write_u32(&mut c, fp, 0)
-            })())
-        },
-    )?;
+    linker.func_wrap("env", "proxy_get_buffer_status", |mut c: Caller<'_, HostState>, t: u32, lp: u32, fp: u32| {
+        finish((|| {
+            let t = buffer_type(t)?;
+            let len = snapshot(c.data(), t).ok_or(Status::NotFound)?.len();
+            write_u32(&mut c, lp, len as u32)?;
+            write_u32(&mut c, fp, 0)
+        })())
+    })?;
     linker.func_wrap(
         "env",
         "proxy_set_buffer_bytes",

@@ -15,8 +15,7 @@ use crate::memory::{finish, read, read_string, write_u32};
 fn to_map(pairs: &[u8]) -> Result<HeaderMap, Status> {
     let mut map = HeaderMap::new();
     for (k, v) in decode_pairs(pairs).unwrap_or_default() {
-        map.add(&k.to_ascii_lowercase(), v)
-            .map_err(|_| Status::BadArgument)?;
+        map.add(&k.to_ascii_lowercase(), v).map_err(|_| Status::BadArgument)?;
     }
     Ok(map)
 }
@@ -84,31 +83,14 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_grpc_stream",
-        move |_: Caller<'_, HostState>,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32| unimplemented(),
+        move |_: Caller<'_, HostState>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| {
+            unimplemented()
+        },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_send",
-        move |_: Caller<'_, HostState>, _: u32, _: u32, _: u32, _: u32| unimplemented(),
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_cancel",
-        move |_: Caller<'_, HostState>, _: u32| unimplemented(),
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_close",
-        move |_: Caller<'_, HostState>, _: u32| unimplemented(),
-    )?;
+    linker.func_wrap("env", "proxy_grpc_send", move |_: Caller<'_, HostState>, _: u32, _: u32, _: u32, _: u32| {
+        unimplemented()
+    })?;
+    linker.func_wrap("env", "proxy_grpc_cancel", move |_: Caller<'_, HostState>, _: u32| unimplemented())?;
+    linker.func_wrap("env", "proxy_grpc_close", move |_: Caller<'_, HostState>, _: u32| unimplemented())?;
     Ok(())
 }

@@ -25,18 +25,10 @@ fn stream_availability(data: &StreamData, stage: usize, t: MapType) -> Availabil
         return Availability::Missing;
     };
     let log_read = |exists: bool| {
-        if exists {
-            Availability::ReadOnly
-        } else {
-            Availability::Missing
-        }
+        if exists { Availability::ReadOnly } else { Availability::Missing }
     };
     let live = |ok: bool| {
-        if ok {
-            Availability::ReadWrite
-        } else {
-            Availability::Missing
-        }
+        if ok { Availability::ReadWrite } else { Availability::Missing }
     };
     match (t, data.in_log) {
         (MapType::RequestHeaders, true) => Availability::ReadOnly,
@@ -46,9 +38,7 @@ fn stream_availability(data: &StreamData, stage: usize, t: MapType) -> Availabil
         (MapType::RequestHeaders, false) => live(a.request_headers),
         (MapType::ResponseHeaders, false) => live(a.response_headers),
         (MapType::RequestTrailers, false) => live(a.request_trailers || a.may_add_request_trailers),
-        (MapType::ResponseTrailers, false) => {
-            live(a.response_trailers || a.may_add_response_trailers)
-        }
+        (MapType::ResponseTrailers, false) => live(a.response_trailers || a.may_add_response_trailers),
         _ => Availability::Missing,
     }
 }
@@ -72,21 +62,14 @@ fn with_map<R>(
     f: impl FnOnce(&mut HeaderMap) -> R,
 ) -> Result<R, (Availability, bool)> {
     let state = caller.data_mut();
-    if matches!(
-        t,
-        MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers
-    ) {
+    if matches!(t, MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers) {
         let Some(resp) = state.callout_response.as_mut() else {
             return Err((Availability::Missing, false));
         };
         if need == Availability::ReadWrite {
             return Err((Availability::ReadOnly, false));
         }
-        let map = if t == MapType::HttpCallResponseHeaders {
-            &mut resp.headers
-        } else {
-            &mut resp.trailers
-        };
+        let map = if t == MapType::HttpCallResponseHeaders { &mut resp.headers } else { &mut resp.trailers };
         return Ok(f(map));
     }
     let Some((stream, stage)) = state.stream() else {
@@ -112,9 +95,7 @@ fn map_type(raw: u32) -> Hc<MapType> {
 fn header_status(e: HeaderError, caller: &Caller<'_, HostState>) -> Status {
     tracing::warn!(filter = %caller.data().plugin.name, "refused header change: {e:?}");
     match e {
-        HeaderError::InvalidName | HeaderError::InvalidValue | HeaderError::TooMany => {
-            Status::BadArgument
-        }
+        HeaderError::InvalidName | HeaderError::InvalidValue | HeaderError::TooMany => Status::BadArgument,
     }
 }
 
@@ -126,9 +107,7 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let t = map_type(t)?;
                 let key = read(&c, kp, ks)?;
-                let value = match with_map(&mut c, t, Availability::ReadOnly, |m| {
-                    m.get(&key).map(<[u8]>::to_vec)
-                }) {
+                let value = match with_map(&mut c, t, Availability::ReadOnly, |m| m.get(&key).map(<[u8]>::to_vec)) {
                     Ok(v) => v,
                     Err((_, true)) => return Err(Status::NotFound.into()),
                     Err(_) => return Err(Status::BadArgument.into()),
@@ -145,8 +124,7 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let t = map_type(t)?;
                 // An unavailable map reads as empty, never as an error.
-                let pairs = with_map(&mut c, t, Availability::ReadOnly, |m| m.to_pairs())
-                    .unwrap_or_default();
+                let pairs = with_map(&mut c, t, Availability::ReadOnly, |m| m.to_pairs()).unwrap_or_default();
                 copy_out(&mut c, &pairs, pp, sp)
             })())
         },
@@ -191,10 +169,8 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let t = map_type(t)?;
                 let key = read(&c, kp, ks)?;
                 let value = read(&c, vp, vs)?;
-                let result = with_map(&mut c, t, Availability::ReadWrite, |m| {
-                    m.replace(&key, &value)
-                })
-                .map_err(|_| Status::BadArgument)?;
+                let result = with_map(&mut c, t, Availability::ReadWrite, |m| m.replace(&key, &value))
+                    .map_err(|_| Status::BadArgument)?;
                 result.map_err(|e| header_status(e, &c).into())
             })())
         },
@@ -206,22 +182,17 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let t = map_type(t)?;
                 let key = read(&c, kp, ks)?;
-                with_map(&mut c, t, Availability::ReadWrite, |m| m.remove(&key))
-                    .map_err(|_| Status::BadArgument.into())
+                with_map(&mut c, t, Availability::ReadWrite, |m| m.remove(&key)).map_err(|_| Status::BadArgument.into())
             })())
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_header_map_size",
-        |mut c: Caller<'_, HostState>, t: u32, rp: u32| {
-            finish((|| {
-                let t = map_type(t)?;
-                let size = with_map(&mut c, t, Availability::ReadWrite, |m| m.byte_size())
-                    .map_err(|_| Status::BadArgument)?;
-                write_u32(&mut c, rp, size as u32)
-            })())
-        },
-    )?;
+    linker.func_wrap("env", "proxy_get_header_map_size", |mut c: Caller<'_, HostState>, t: u32, rp: u32| {
+        finish((|| {
+            let t = map_type(t)?;
+            let size =
+                with_map(&mut c, t, Availability::ReadWrite, |m| m.byte_size()).map_err(|_| Status::BadArgument)?;
+            write_u32(&mut c, rp, size as u32)
+        })())
+    })?;
     Ok(())
 }

@@ -26,36 +26,22 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_increment_metric",
-        |c: Caller<'_, HostState>, id: u32, delta: i64| {
-            finish((|| {
-                Ok(c.data().metric(id)?.increment(delta).map_err(status)?)
-            })())
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_record_metric",
-        |c: Caller<'_, HostState>, id: u32, value: u64| {
-            finish((|| {
-                // Envoy reports NotFound (not BadArgument) for any bad id here.
-                let metric = c.data().metric(id).map_err(|_| Status::NotFound)?;
-                metric.record(value);
-                Ok(())
-            })())
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_metric",
-        |mut c: Caller<'_, HostState>, id: u32, rp: u32| {
-            finish((|| {
-                let value = c.data().metric(id)?.get().map_err(status)?;
-                write_u64(&mut c, rp, value)
-            })())
-        },
-    )?;
+    linker.func_wrap("env", "proxy_increment_metric", |c: Caller<'_, HostState>, id: u32, delta: i64| {
+        finish((|| Ok(c.data().metric(id)?.increment(delta).map_err(status)?))())
+    })?;
+    linker.func_wrap("env", "proxy_record_metric", |c: Caller<'_, HostState>, id: u32, value: u64| {
+        finish((|| {
+            // Envoy reports NotFound (not BadArgument) for any bad id here.
+            let metric = c.data().metric(id).map_err(|_| Status::NotFound)?;
+            metric.record(value);
+            Ok(())
+        })())
+    })?;
+    linker.func_wrap("env", "proxy_get_metric", |mut c: Caller<'_, HostState>, id: u32, rp: u32| {
+        finish((|| {
+            let value = c.data().metric(id)?.get().map_err(status)?;
+            write_u64(&mut c, rp, value)
+        })())
+    })?;
     Ok(())
 }

@@ -18,26 +18,21 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let stream = state.stream();
                 let value = {
                     let data = stream.as_ref().map(|(s, _)| s.borrow());
-                    properties::get(&state.plugin, &state.services, data.as_deref(), &path)?
-                        .serialise()?
+                    properties::get(&state.plugin, &state.services, data.as_deref(), &path)?.serialise()?
                 };
                 copy_out(&mut c, &value, vpp, vsp)
             })())
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_property",
-        |c: Caller<'_, HostState>, pp: u32, ps: u32, vp: u32, vs: u32| {
-            finish((|| {
-                let path = read(&c, pp, ps)?;
-                let value = read(&c, vp, vs)?;
-                let stream = c.data().stream();
-                let mut data = stream.as_ref().map(|(s, _)| s.borrow_mut());
-                Ok(properties::set(data.as_deref_mut(), &path, &value)?)
-            })())
-        },
-    )?;
+    linker.func_wrap("env", "proxy_set_property", |c: Caller<'_, HostState>, pp: u32, ps: u32, vp: u32, vs: u32| {
+        finish((|| {
+            let path = read(&c, pp, ps)?;
+            let value = read(&c, vp, vs)?;
+            let stream = c.data().stream();
+            let mut data = stream.as_ref().map(|(s, _)| s.borrow_mut());
+            Ok(properties::set(data.as_deref_mut(), &path, &value)?)
+        })())
+    })?;
     // No foreign functions are registered (Envoy's are compress, uncompress,
     // set_envoy_filter_state, declare_property and CEL expressions).
     linker.func_wrap(

@@ -28,12 +28,7 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let key = read(&c, kp, ks)?;
                 let value = read(&c, vp, vs)?;
                 let state = c.data();
-                Ok(state.services.shared_data.set(
-                    &state.plugin.vm_id,
-                    &key,
-                    Bytes::from(value),
-                    cas,
-                )?)
+                Ok(state.services.shared_data.set(&state.plugin.vm_id, &key, Bytes::from(value), cas)?)
             })())
         },
     )?;
@@ -44,11 +39,7 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let name = read_string(&c, np, ns)?;
                 let state = c.data();
-                let id = state.services.queues.register(
-                    &state.plugin.vm_id,
-                    &name,
-                    state.queue_owner.clone(),
-                );
+                let id = state.services.queues.register(&state.plugin.vm_id, &name, state.queue_owner.clone());
                 write_u32(&mut c, rp, id)
             })())
         },
@@ -61,26 +52,18 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let vm_id = read_string(&c, vp, vs)?;
                 let name = read_string(&c, np, ns)?;
                 let state = c.data();
-                let vm_id = if vm_id.is_empty() {
-                    state.plugin.vm_id.clone()
-                } else {
-                    vm_id
-                };
+                let vm_id = if vm_id.is_empty() { state.plugin.vm_id.clone() } else { vm_id };
                 let id = state.services.queues.resolve(&vm_id, &name)?;
                 write_u32(&mut c, rp, id)
             })())
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_enqueue_shared_queue",
-        |c: Caller<'_, HostState>, id: u32, p: u32, s: u32| {
-            finish((|| {
-                let value = read(&c, p, s)?;
-                Ok(c.data().services.queues.enqueue(id, Bytes::from(value))?)
-            })())
-        },
-    )?;
+    linker.func_wrap("env", "proxy_enqueue_shared_queue", |c: Caller<'_, HostState>, id: u32, p: u32, s: u32| {
+        finish((|| {
+            let value = read(&c, p, s)?;
+            Ok(c.data().services.queues.enqueue(id, Bytes::from(value))?)
+        })())
+    })?;
     linker.func_wrap(
         "env",
         "proxy_dequeue_shared_queue",

@@ -15,60 +15,44 @@ fn stream_type(raw: u32) -> Hc<StreamType> {
 }
 
 pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        "env",
-        "proxy_continue_stream",
-        |c: Caller<'_, HostState>, t: u32| {
-            finish((|| {
-                match stream_type(t)? {
-                    StreamType::Upstream => return Err(Status::Unimplemented.into()),
-                    StreamType::Downstream => return Ok(()),
-                    t => {
-                        let Some((stream, stage)) = c.data().stream() else {
-                            return Ok(());
-                        };
-                        let mut s = stream.borrow_mut();
-                        // Envoy drops its request-side map pointers on either continue.
-                        let access = &mut s.stages[stage].access;
-                        access.request_headers = false;
-                        access.request_trailers = false;
-                        access.request_body = false;
-                        s.act(stage, |a| match t {
-                            StreamType::HttpRequest => a.continue_request = true,
-                            _ => a.continue_response = true,
-                        });
-                    }
+    linker.func_wrap("env", "proxy_continue_stream", |c: Caller<'_, HostState>, t: u32| {
+        finish((|| {
+            match stream_type(t)? {
+                StreamType::Upstream => return Err(Status::Unimplemented.into()),
+                StreamType::Downstream => return Ok(()),
+                t => {
+                    let Some((stream, stage)) = c.data().stream() else {
+                        return Ok(());
+                    };
+                    let mut s = stream.borrow_mut();
+                    // Envoy drops its request-side map pointers on either continue.
+                    let access = &mut s.stages[stage].access;
+                    access.request_headers = false;
+                    access.request_trailers = false;
+                    access.request_body = false;
+                    s.act(stage, |a| match t {
+                        StreamType::HttpRequest => a.continue_request = true,
+                        _ => a.continue_response = true,
+                    });
                 }
-                Ok(())
-            })())
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_close_stream",
-        |c: Caller<'_, HostState>, t: u32| {
-            finish((|| {
-                if let StreamType::HttpRequest | StreamType::HttpResponse = stream_type(t)?
-                    && let Some((stream, stage)) = c.data().stream()
-                {
-                    stream.borrow_mut().act(stage, |a| a.close = true);
-                }
-                Ok(())
-            })())
-        },
-    )?;
+            }
+            Ok(())
+        })())
+    })?;
+    linker.func_wrap("env", "proxy_close_stream", |c: Caller<'_, HostState>, t: u32| {
+        finish((|| {
+            if let StreamType::HttpRequest | StreamType::HttpResponse = stream_type(t)?
+                && let Some((stream, stage)) = c.data().stream()
+            {
+                stream.borrow_mut().act(stage, |a| a.close = true);
+            }
+            Ok(())
+        })())
+    })?;
     linker.func_wrap(
         "env",
         "proxy_send_local_response",
-        |c: Caller<'_, HostState>,
-         code: u32,
-         dp: u32,
-         ds: u32,
-         bp: u32,
-         bs: u32,
-         hp: u32,
-         hs: u32,
-         grpc: u32| {
+        |c: Caller<'_, HostState>, code: u32, dp: u32, ds: u32, bp: u32, bs: u32, hp: u32, hs: u32, grpc: u32| {
             finish((|| {
                 let details = read(&c, dp, ds)?;
                 let body = read(&c, bp, bs)?;
@@ -88,9 +72,7 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     headers,
                     grpc_status: (grpc <= 16).then_some(grpc),
                 };
-                stream
-                    .borrow_mut()
-                    .act(stage, |a| a.local_reply = Some(reply));
+                stream.borrow_mut().act(stage, |a| a.local_reply = Some(reply));
                 Ok(())
             })())
         },

@@ -50,13 +50,7 @@ fn monotonic_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-fn fd_write(
-    c: &mut Caller<'_, HostState>,
-    fd: u32,
-    iovs: u32,
-    count: u32,
-    nwritten: u32,
-) -> wasmtime::Result<i32> {
+fn fd_write(c: &mut Caller<'_, HostState>, fd: u32, iovs: u32, count: u32, nwritten: u32) -> wasmtime::Result<i32> {
     let level = match fd {
         1 => LogLevel::Info,
         2 => LogLevel::Error,
@@ -80,163 +74,89 @@ fn fd_write(
 }
 
 fn environ(state: &HostState) -> Vec<Vec<u8>> {
-    state
-        .plugin
-        .env
-        .iter()
-        .map(|(k, v)| format!("{k}={v}\0").into_bytes())
-        .collect()
+    state.plugin.env.iter().map(|(k, v)| format!("{k}={v}\0").into_bytes()).collect()
 }
 
 pub fn add(linker: &mut Linker<HostState>, m: &'static str) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        m,
-        "fd_write",
-        |mut c: Caller<'_, HostState>, fd: u32, iovs: u32, n: u32, out: u32| {
-            fd_write(&mut c, fd, iovs, n, out)
-        },
-    )?;
-    linker.func_wrap(
-        m,
-        "fd_read",
-        |_: Caller<'_, HostState>, _: u32, _: u32, _: u32, _: u32| errno::NOSYS,
-    )?;
-    linker.func_wrap(
-        m,
-        "fd_seek",
-        |_: Caller<'_, HostState>, _: u32, _: i64, _: u32, _: u32| errno::SUCCESS,
-    )?;
-    linker.func_wrap(m, "fd_close", |_: Caller<'_, HostState>, _: u32| {
+    linker.func_wrap(m, "fd_write", |mut c: Caller<'_, HostState>, fd: u32, iovs: u32, n: u32, out: u32| {
+        fd_write(&mut c, fd, iovs, n, out)
+    })?;
+    linker.func_wrap(m, "fd_read", |_: Caller<'_, HostState>, _: u32, _: u32, _: u32, _: u32| errno::NOSYS)?;
+    linker.func_wrap(m, "fd_seek", |_: Caller<'_, HostState>, _: u32, _: i64, _: u32, _: u32| errno::SUCCESS)?;
+    linker.func_wrap(m, "fd_close", |_: Caller<'_, HostState>, _: u32| errno::SUCCESS)?;
+    linker.func_wrap(m, "fd_fdstat_get", |mut c: Caller<'_, HostState>, fd: u32, p: u32| {
+        if fd != 1 && fd != 2 {
+            return errno::BADF;
+        }
+        // filetype 0, flags 0, rights_base FD_WRITE (64), inheriting 0. Envoy ignores a failed write.
+        let mut stat = [0u8; 24];
+        stat[8..16].copy_from_slice(&64u64.to_le_bytes());
+        let _ = write(&mut c, p, &stat);
         errno::SUCCESS
     })?;
-    linker.func_wrap(
-        m,
-        "fd_fdstat_get",
-        |mut c: Caller<'_, HostState>, fd: u32, p: u32| {
-            if fd != 1 && fd != 2 {
-                return errno::BADF;
-            }
-            // filetype 0, flags 0, rights_base FD_WRITE (64), inheriting 0. Envoy ignores a failed write.
-            let mut stat = [0u8; 24];
-            stat[8..16].copy_from_slice(&64u64.to_le_bytes());
-            let _ = write(&mut c, p, &stat);
-            errno::SUCCESS
-        },
-    )?;
-    linker.func_wrap(
-        m,
-        "fd_fdstat_set_flags",
-        |_: Caller<'_, HostState>, _: u32, _: u32| errno::NOSYS,
-    )?;
-    linker.func_wrap(
-        m,
-        "fd_prestat_get",
-        |_: Caller<'_, HostState>, _: u32, _: u32| errno::BADF,
-    )?;
-    linker.func_wrap(
-        m,
-        "fd_prestat_dir_name",
-        |_: Caller<'_, HostState>, _: u32, _: u32, _: u32| errno::NOSYS,
-    )?;
+    linker.func_wrap(m, "fd_fdstat_set_flags", |_: Caller<'_, HostState>, _: u32, _: u32| errno::NOSYS)?;
+    linker.func_wrap(m, "fd_prestat_get", |_: Caller<'_, HostState>, _: u32, _: u32| errno::BADF)?;
+    linker.func_wrap(m, "fd_prestat_dir_name", |_: Caller<'_, HostState>, _: u32, _: u32, _: u32| errno::NOSYS)?;
     linker.func_wrap(
         m,
         "path_open",
-        |_: Caller<'_, HostState>,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: i64,
-         _: i64,
-         _: u32,
-         _: u32| 44, // ENOENT
+        |_: Caller<'_, HostState>, _: u32, _: u32, _: u32, _: u32, _: u32, _: i64, _: i64, _: u32, _: u32| 44, // ENOENT
     )?;
-    linker.func_wrap(
-        m,
-        "environ_sizes_get",
-        |mut c: Caller<'_, HostState>, np: u32, sp: u32| {
-            let env = environ(c.data());
-            let size: usize = env.iter().map(Vec::len).sum();
-            errno_of((|| {
-                write_u32(&mut c, np, env.len() as u32)?;
-                write_u32(&mut c, sp, size as u32)
-            })())
-        },
-    )?;
-    linker.func_wrap(
-        m,
-        "environ_get",
-        |mut c: Caller<'_, HostState>, array: u32, buf: u32| {
-            let env = environ(c.data());
-            errno_of((|| {
-                let mut at = buf;
-                for (i, entry) in env.iter().enumerate() {
-                    write_u32(&mut c, array.wrapping_add(4 * i as u32), at)?;
-                    write(&mut c, at, entry)?;
-                    at = at.wrapping_add(entry.len() as u32);
-                }
-                Ok(())
-            })())
-        },
-    )?;
-    linker.func_wrap(
-        m,
-        "args_sizes_get",
-        |mut c: Caller<'_, HostState>, ap: u32, sp: u32| {
-            errno_of((|| {
-                write_u32(&mut c, ap, 0)?;
-                write_u32(&mut c, sp, 0)
-            })())
-        },
-    )?;
-    linker.func_wrap(m, "args_get", |_: Caller<'_, HostState>, _: u32, _: u32| {
-        errno::SUCCESS
+    linker.func_wrap(m, "environ_sizes_get", |mut c: Caller<'_, HostState>, np: u32, sp: u32| {
+        let env = environ(c.data());
+        let size: usize = env.iter().map(Vec::len).sum();
+        errno_of((|| {
+            write_u32(&mut c, np, env.len() as u32)?;
+            write_u32(&mut c, sp, size as u32)
+        })())
     })?;
-    linker.func_wrap(
-        m,
-        "clock_time_get",
-        |mut c: Caller<'_, HostState>, id: u32, _precision: i64, p: u32| {
-            let now = match id {
-                0 => now_ns(),
-                1 => monotonic_ns(),
-                _ => return Ok(errno::NOTSUP),
-            };
-            errno_of(write_u64(&mut c, p, now))
-        },
-    )?;
-    linker.func_wrap(
-        m,
-        "clock_res_get",
-        |mut c: Caller<'_, HostState>, id: u32, p: u32| {
-            if id > 1 {
-                return Ok(errno::NOTSUP);
+    linker.func_wrap(m, "environ_get", |mut c: Caller<'_, HostState>, array: u32, buf: u32| {
+        let env = environ(c.data());
+        errno_of((|| {
+            let mut at = buf;
+            for (i, entry) in env.iter().enumerate() {
+                write_u32(&mut c, array.wrapping_add(4 * i as u32), at)?;
+                write(&mut c, at, entry)?;
+                at = at.wrapping_add(entry.len() as u32);
             }
-            errno_of(write_u64(&mut c, p, 1))
-        },
-    )?;
-    linker.func_wrap(
-        m,
-        "random_get",
-        |mut c: Caller<'_, HostState>, p: u32, len: u32| {
-            if len > 65536 {
-                return Ok(errno::INVAL);
-            }
-            let mut bytes = vec![0u8; len as usize];
-            if getrandom::fill(&mut bytes).is_err() {
-                return Ok(errno::NOSYS);
-            }
-            errno_of(write(&mut c, p, &bytes))
-        },
-    )?;
+            Ok(())
+        })())
+    })?;
+    linker.func_wrap(m, "args_sizes_get", |mut c: Caller<'_, HostState>, ap: u32, sp: u32| {
+        errno_of((|| {
+            write_u32(&mut c, ap, 0)?;
+            write_u32(&mut c, sp, 0)
+        })())
+    })?;
+    linker.func_wrap(m, "args_get", |_: Caller<'_, HostState>, _: u32, _: u32| errno::SUCCESS)?;
+    linker.func_wrap(m, "clock_time_get", |mut c: Caller<'_, HostState>, id: u32, _precision: i64, p: u32| {
+        let now = match id {
+            0 => now_ns(),
+            1 => monotonic_ns(),
+            _ => return Ok(errno::NOTSUP),
+        };
+        errno_of(write_u64(&mut c, p, now))
+    })?;
+    linker.func_wrap(m, "clock_res_get", |mut c: Caller<'_, HostState>, id: u32, p: u32| {
+        if id > 1 {
+            return Ok(errno::NOTSUP);
+        }
+        errno_of(write_u64(&mut c, p, 1))
+    })?;
+    linker.func_wrap(m, "random_get", |mut c: Caller<'_, HostState>, p: u32, len: u32| {
+        if len > 65536 {
+            return Ok(errno::INVAL);
+        }
+        let mut bytes = vec![0u8; len as usize];
+        if getrandom::fill(&mut bytes).is_err() {
+            return Ok(errno::NOSYS);
+        }
+        errno_of(write(&mut c, p, &bytes))
+    })?;
     linker.func_wrap(m, "sched_yield", |_: Caller<'_, HostState>| errno::SUCCESS)?;
-    linker.func_wrap(
-        m,
-        "poll_oneoff",
-        |mut c: Caller<'_, HostState>, _in: u32, _out: u32, _n: u32, np: u32| {
-            errno_of(write_u32(&mut c, np, 0))
-        },
-    )?;
+    linker.func_wrap(m, "poll_oneoff", |mut c: Caller<'_, HostState>, _in: u32, _out: u32, _n: u32, np: u32| {
+        errno_of(write_u32(&mut c, np, 0))
+    })?;
     linker.func_wrap(m, "proc_exit", |c: Caller<'_, HostState>, code: u32| {
         tracing::debug!(filter = %c.data().plugin.name, code, "guest called proc_exit; ignored as in Envoy");
     })?;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what meshwork's build, tests, demo and benchmarks need. Idempotent: each step checks
+# first. Debian 12; run as root (CI is) or with sudo available.
+set -euo pipefail
+
+say() { printf 'setup: %s\n' "$*"; }
+
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  say "adding rust target wasm32-wasip1"
+  rustup target add wasm32-wasip1
+fi
+
+# Debian packages: node/npm (AssemblyScript test filter), wrk and nginx (benchmarks), curl (demo).
+need=()
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null && [ -x "$(command -v nginx)" ] || need+=(nginx-light)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  say "installing Debian packages: ${need[*]}"
+  $sudo apt-get update -qq
+  # Installing nginx must not start a system service: the benchmark runs its own instance.
+  RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  pkill -x nginx 2>/dev/null || true
+fi
+say "ok"

@@ -1,0 +1,396 @@
+//! Harness for end-to-end tests: starts real `meshwork` processes on loopback (port 0, reading
+//! the chosen address from their first line of output), and talks HTTP to them over sockets.
+//!
+//! Needs the release binary and the filter modules: `make build filters test-filters` (which
+//! `make test` runs first). Set MESHWORK_BIN to test another binary.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub fn meshwork_bin() -> PathBuf {
+    let bin =
+        std::env::var_os("MESHWORK_BIN").map(PathBuf::from).unwrap_or_else(|| root().join("target/release/meshwork"));
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make build` (or `make test`, which builds everything first)",
+        bin.display()
+    );
+    bin
+}
+
+/// A filter module built by `make filters` (product) or `make test-filters` (test filters).
+pub fn wasm(name: &str) -> PathBuf {
+    for dir in ["target/filters", "target/test-filters"] {
+        let p = root().join(dir).join(format!("{name}.wasm"));
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("filter module {name}.wasm is missing: run `make filters test-filters` (or `make test`)");
+}
+
+/// A fresh directory under target/e2e for one test's files.
+pub fn scratch(label: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir =
+        root().join("target/e2e").join(format!("{label}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Compiled modules are cached here across test processes.
+pub fn module_cache() -> PathBuf {
+    root().join("target/e2e-module-cache")
+}
+
+/// A child process, killed when dropped; its stderr is collected for diagnostics.
+pub struct Process {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    pub first_line: String,
+}
+
+impl Process {
+    /// Starts `meshwork args…` and waits (up to 60 s) for its first line on stdout.
+    pub fn start(args: &[&str]) -> Result<Process, String> {
+        let mut child = Command::new(meshwork_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start meshwork: {e}"))?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            for _ in lines {}
+        });
+        let first = rx.recv_timeout(Duration::from_secs(60));
+        match first {
+            Ok(Some(Ok(line))) => Ok(Process { child, stderr, first_line: line }),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                Err(format!("meshwork {args:?} did not start:\n{}", stderr.lock().unwrap()))
+            }
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_addr(line: &str, after: &str) -> Option<SocketAddr> {
+    let start = line.find(after)? + after.len();
+    let rest = &line[start..];
+    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// The sample upstream.
+pub struct Upstream {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+pub fn upstream(name: &str) -> Upstream {
+    let process = Process::start(&["upstream", "--listen", "127.0.0.1:0", "--name", name]).expect("upstream starts");
+    let addr = find_addr(&process.first_line, "http://").expect("upstream address");
+    Upstream { process, addr }
+}
+
+impl Upstream {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The upstream's request counters.
+    pub fn stats(&self) -> serde_json::Value {
+        let r = get(&self.url("/stats"), &[]);
+        serde_json::from_slice(&r.body).expect("stats json")
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.stats()["requests_total"].as_u64().unwrap_or(0)
+    }
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub process: Process,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub dir: PathBuf,
+}
+
+/// Starts `meshwork run --config` with `yaml` (listen and admin on port 0 are filled in when
+/// absent, and the shared module cache is used).
+pub fn try_proxy(yaml: &str) -> Result<Proxy, String> {
+    let dir = scratch("proxy");
+    let mut yaml = yaml.to_owned();
+    if !yaml.contains("listen:") {
+        yaml = format!("listen: 127.0.0.1:0\n{yaml}");
+    }
+    if !yaml.contains("admin:") {
+        yaml = format!("admin: 127.0.0.1:0\n{yaml}");
+    }
+    if !yaml.contains("cache_dir:") {
+        yaml = format!("cache_dir: {}\n{yaml}", module_cache().display());
+    }
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, &yaml).expect("write config");
+    let process = Process::start(&["run", "--config", path.to_str().unwrap()])?;
+    Ok(Proxy {
+        addr: find_addr(&process.first_line, "listening on http://").expect("proxy address"),
+        admin: find_addr(&process.first_line, "admin on http://"),
+        process,
+        dir,
+    })
+}
+
+pub fn proxy(yaml: &str) -> Proxy {
+    try_proxy(yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("admin listener"))
+    }
+
+    /// `/stats?format=json` as (name, tags, value-or-histogram) entries.
+    pub fn stats(&self) -> Vec<serde_json::Value> {
+        let r = get(&self.admin_url("/stats?format=json"), &[]);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("stats json");
+        v["stats"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The value of the counter or gauge `name` whose tags include all of `tags`.
+    pub fn stat(&self, name: &str, tags: &[(&str, &str)]) -> Option<i64> {
+        self.stats()
+            .into_iter()
+            .find(|s| s["name"] == name && tags.iter().all(|(k, v)| s["tags"][*k] == *v))
+            .and_then(|s| s["value"].as_i64())
+    }
+
+    /// The sum of every counter `name` whose tags include all of `tags`.
+    pub fn stat_sum(&self, name: &str, tags: &[(&str, &str)]) -> i64 {
+        self.stats()
+            .into_iter()
+            .filter(|s| s["name"] == name && tags.iter().all(|(k, v)| s["tags"][*k] == *v))
+            .filter_map(|s| s["value"].as_i64())
+            .sum()
+    }
+
+    pub fn histogram(&self, name: &str, tags: &[(&str, &str)]) -> Option<serde_json::Value> {
+        self.stats().into_iter().find(|s| s["name"] == name && tags.iter().all(|(k, v)| s["tags"][*k] == *v))
+    }
+}
+
+/// What came back.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// A header the sample upstream received (it echoes request headers as JSON).
+    pub fn echoed(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name].as_str().map(str::to_owned)
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (or h2c with prior knowledge when `h2`).
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes, h2: bool) -> Result<Reply, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let authority = uri.authority().ok_or("no authority")?.clone();
+    let stream = tokio::net::TcpStream::connect(authority.as_str()).await.map_err(|e| format!("connect: {e}"))?;
+    let io = TokioIo::new(stream);
+    let mut builder = http::Request::builder().method(method).uri(if h2 {
+        uri.to_string()
+    } else {
+        uri.path_and_query().map_or("/".into(), |p| p.to_string())
+    });
+    if !h2 {
+        builder = builder.header("host", authority.as_str());
+    }
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let request = builder.body(Full::new(body)).map_err(|e| format!("{e}"))?;
+    let response = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        sender.send_request(request).await.map_err(|e| format!("request: {e}"))?
+    } else {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        sender.send_request(request).await.map_err(|e| format!("request: {e}"))?
+    };
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.map_err(|e| format!("body: {e}"))?;
+    let trailers = collected.trailers().cloned();
+    Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body: collected.to_bytes(), trailers })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+pub fn try_request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Reply, String> {
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), send(method, url, headers, Bytes::copy_from_slice(body), false))
+            .await
+            .map_err(|_| "timed out after 30s".to_string())?
+    })
+}
+
+pub fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    try_request("GET", url, headers, b"").unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    try_request("POST", url, headers, body).unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+pub fn get_h2(url: &str, headers: &[(&str, &str)]) -> Reply {
+    runtime()
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), send("GET", url, headers, Bytes::new(), true))
+                .await
+                .map_err(|_| "timed out after 30s".to_string())?
+        })
+        .unwrap_or_else(|e| panic!("h2 GET {url}: {e}"))
+}
+
+/// Sends `n` requests with up to `concurrency` in flight, each on its own connection (so the
+/// kernel spreads them over the proxy's workers). Returns every outcome in order.
+pub fn storm(n: usize, concurrency: usize, url: &str, headers: &[(&str, &str)]) -> Vec<Result<Reply, String>> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let mut tasks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let permit = semaphore.clone().acquire_owned().await.expect("semaphore");
+            let url = url.to_owned();
+            let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            tasks.push(tokio::spawn(async move {
+                let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let r = tokio::time::timeout(Duration::from_secs(30), send("GET", &url, &h, Bytes::new(), false))
+                    .await
+                    .unwrap_or_else(|_| Err("timed out after 30s".into()));
+                drop(permit);
+                r
+            }));
+        }
+        let mut out = Vec::with_capacity(n);
+        for t in tasks {
+            out.push(t.await.unwrap_or_else(|e| Err(format!("task: {e}"))));
+        }
+        out
+    })
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `meshwork args…` to completion: (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(meshwork_bin()).args(args).output().expect("run meshwork");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes a WebAssembly text module as a binary `.wasm` file and returns its path.
+pub fn wat_module(dir: &Path, name: &str, wat: &str) -> PathBuf {
+    let bytes = wat::parse_str(wat).unwrap_or_else(|e| panic!("bad test module {name}: {e}"));
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, bytes).expect("write module");
+    path
+}
+
+/// A YAML cluster list entry pointing at `upstream`.
+pub fn cluster(name: &str, upstream: &Upstream) -> String {
+    format!("{{name: {name}, endpoints: [\"{}\"]}}", upstream.addr)
+}
