@@ -141,7 +141,7 @@ struct RateLimit {
 impl RateLimit {
     fn key(&self) -> String {
         match &self.limiter.config.key {
-            KeyConfig::Route => route_name().unwrap_or_default(),
+            KeyConfig::Route => String::from_utf8(route_name().unwrap_or_default()).unwrap_or_default(),
             KeyConfig::Header(name) => self.get_http_request_header(name).unwrap_or_else(|| "-".into()),
         }
     }

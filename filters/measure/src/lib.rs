@@ -4,14 +4,15 @@
 //! histogram metrics, and adds a `Server-Timing` header to every response. The decisions (route
 //! label, status class, metric names, timing) live in `meshwork-measure-core`.
 
-use std::cell::RefCell;
-use std::collections::HashSet;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 
-use meshwork_filter_support::{MetricCache, now_ns, property_i64, route_name, tagged};
+use meshwork_filter_support::{now_ns, property_i64, route_name, tagged};
 use meshwork_measure_core::{PrefixRoute, StatusClass, StreamTimes, route_for_path, write_server_timing};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use serde::Deserialize;
 
 proxy_wasm::main! {{
@@ -56,26 +57,70 @@ impl Default for Config {
 /// What every stream of this VM shares.
 struct Shared {
     config: Config,
-    metrics: MetricCache,
-    labels: RefCell<HashSet<String>>,
+    /// Metric ids per route label, defined once, so a request formats no metric names.
+    routes: RefCell<HashMap<String, Rc<RouteMetrics>>>,
+    /// The route of the previous request: most requests repeat it, and a string compare is
+    /// cheaper than hashing.
+    last: RefCell<Option<Rc<RouteMetrics>>>,
+}
+
+/// The metrics of one route label.
+struct RouteMetrics {
+    name: String,
+    /// Per status class, defined on first use (0: not yet; metric ids are never 0).
+    requests: [Cell<u32>; 6],
+    upstream_latency_us: u32,
+    request_body_bytes: u32,
+    response_body_bytes: u32,
 }
 
 impl Shared {
-    /// Bounds label cardinality: once `max_routes` labels exist, new ones become `other`.
-    fn bounded_label(&self, label: String) -> String {
-        let mut labels = self.labels.borrow_mut();
-        if labels.contains(&label) {
-            return label;
-        }
-        if labels.len() >= self.config.max_routes {
-            return "other".into();
-        }
-        labels.insert(label.clone());
-        label
+    fn metric_name(&self, name: &str, tags: &[(&str, &str)]) -> String {
+        tagged(&format!("{}_{name}", self.config.metric_prefix), tags)
     }
 
-    fn metric(&self, name: &str, tags: &[(&str, &str)]) -> String {
-        tagged(&format!("{}_{name}", self.config.metric_prefix), tags)
+    fn define(&self, kind: MetricType, name: &str, tags: &[(&str, &str)]) -> u32 {
+        hostcalls::define_metric(kind, &self.metric_name(name, tags)).unwrap_or(0)
+    }
+
+    /// The metrics of `label`. Cardinality is bounded: once `max_routes` labels exist, new ones
+    /// are counted as `other`.
+    fn route(&self, label: String) -> Rc<RouteMetrics> {
+        if let Some(last) = self.last.borrow().as_ref()
+            && last.name == label
+        {
+            return last.clone();
+        }
+        let found = self.routes.borrow().get(&label).cloned();
+        let route = found.unwrap_or_else(|| self.new_route(label));
+        *self.last.borrow_mut() = Some(route.clone());
+        route
+    }
+
+    fn new_route(&self, label: String) -> Rc<RouteMetrics> {
+        let label = if self.routes.borrow().len() >= self.config.max_routes { "other".to_owned() } else { label };
+        if let Some(r) = self.routes.borrow().get(&label) {
+            return r.clone();
+        }
+        let tags = [("route", label.as_str())];
+        let metrics = Rc::new(RouteMetrics {
+            requests: Default::default(),
+            upstream_latency_us: self.define(MetricType::Histogram, "upstream_latency_us", &tags),
+            request_body_bytes: self.define(MetricType::Histogram, "request_body_bytes", &tags),
+            response_body_bytes: self.define(MetricType::Histogram, "response_body_bytes", &tags),
+            name: label.clone(),
+        });
+        self.routes.borrow_mut().insert(label, metrics.clone());
+        metrics
+    }
+
+    fn count(&self, route: &RouteMetrics, class: StatusClass) {
+        let cell = &route.requests[class as usize];
+        if cell.get() == 0 {
+            let tags = [("route", route.name.as_str()), ("class", class.as_str())];
+            cell.set(self.define(MetricType::Counter, "requests_total", &tags));
+        }
+        let _ = hostcalls::increment_metric(cell.get(), 1);
     }
 }
 
@@ -100,7 +145,7 @@ impl RootContext for MeasureRoot {
                 }
             }
         };
-        self.shared = Some(Rc::new(Shared { config, metrics: MetricCache::default(), labels: RefCell::default() }));
+        self.shared = Some(Rc::new(Shared { config, routes: RefCell::default(), last: RefCell::default() }));
         true
     }
 
@@ -108,7 +153,7 @@ impl RootContext for MeasureRoot {
         let shared = self.shared.clone()?;
         Some(Box::new(Measure {
             shared,
-            route: String::new(),
+            route: None,
             times: StreamTimes::default(),
             status: None,
             request_bytes: 0,
@@ -123,7 +168,7 @@ impl RootContext for MeasureRoot {
 
 struct Measure {
     shared: Rc<Shared>,
-    route: String,
+    route: Option<Rc<RouteMetrics>>,
     times: StreamTimes,
     status: Option<u32>,
     request_bytes: u64,
@@ -138,7 +183,7 @@ impl Measure {
         {
             return value;
         }
-        let fallback = route_name().unwrap_or_else(|| "default".into());
+        let fallback = route_name().and_then(|r| String::from_utf8(r).ok()).unwrap_or_else(|| "default".into());
         if config.routes.is_empty() {
             return fallback;
         }
@@ -156,7 +201,7 @@ impl HttpContext for Measure {
         let now = now_ns();
         self.times.request_start = Some(now);
         self.times.upstream_sent = Some(now);
-        self.route = self.shared.bounded_label(self.route_label());
+        self.route = Some(self.shared.route(self.route_label()));
         Action::Continue
     }
 
@@ -183,15 +228,18 @@ impl HttpContext for Measure {
     }
 
     fn on_log(&mut self) {
-        let shared = &self.shared;
-        let route = self.route.as_str();
-        let status = self.status.or_else(|| property_i64(&["response", "code"]).map(|c| c as u32)).unwrap_or(0);
-        let class = StatusClass::of(status).as_str();
-        shared.metrics.increment(&shared.metric("requests_total", &[("route", route), ("class", class)]), 1);
+        // A stream that never reached this filter (an earlier filter answered) is still
+        // counted: request headers are readable in on_log.
+        let route = match self.route.take() {
+            Some(r) => r,
+            None => self.shared.route(self.route_label()),
+        };
+        let status = self.status.or_else(|| property_i64(b"response\0code").map(|c| c as u32)).unwrap_or(0);
+        self.shared.count(&route, StatusClass::of(status));
         if let Some(ns) = self.times.upstream_latency_ns() {
-            shared.metrics.record(&shared.metric("upstream_latency_us", &[("route", route)]), ns / 1_000);
+            let _ = hostcalls::record_metric(route.upstream_latency_us, ns / 1_000);
         }
-        shared.metrics.record(&shared.metric("request_body_bytes", &[("route", route)]), self.request_bytes);
-        shared.metrics.record(&shared.metric("response_body_bytes", &[("route", route)]), self.response_bytes);
+        let _ = hostcalls::record_metric(route.request_body_bytes, self.request_bytes);
+        let _ = hostcalls::record_metric(route.response_body_bytes, self.response_bytes);
     }
 }

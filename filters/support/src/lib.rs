@@ -62,22 +62,42 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+mod raw {
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        pub fn proxy_get_property(path: *const u8, len: usize, ret: *mut *mut u8, ret_len: *mut usize) -> u32;
+    }
+}
+
+/// A property by its encoded path (segments joined by NUL, e.g. `b"xds\0route_name"`).
+/// Calls the hostcall directly: the SDK's `get_property` builds the path anew on every call,
+/// and this runs per request. Any status but OK is `None`.
+pub fn property(path: &[u8]) -> Option<Vec<u8>> {
+    let (mut ptr, mut len) = (std::ptr::null_mut(), 0usize);
+    // SAFETY: the host writes a pointer to `len` bytes it allocated with this module's
+    // allocator (proxy_on_memory_allocate), whose ownership passes to us, as the SDK assumes.
+    unsafe {
+        if raw::proxy_get_property(path.as_ptr(), path.len(), &mut ptr, &mut len) != 0 || ptr.is_null() {
+            return None;
+        }
+        Some(Vec::from_raw_parts(ptr, len, len))
+    }
+}
+
 /// A property as a UTF-8 string (Envoy serialises string attributes as raw bytes).
 pub fn property_string(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
-    String::from_utf8(bytes).ok()
+    String::from_utf8(property(path.join("\0").as_bytes())?).ok()
 }
 
 /// The route's name: `xds.route_name` (Envoy 1.33 and later), else the older top-level
 /// `route_name`, else `None`.
-pub fn route_name() -> Option<String> {
-    property_string(&["xds", "route_name"]).or_else(|| property_string(&["route_name"])).filter(|r| !r.is_empty())
+pub fn route_name() -> Option<Vec<u8>> {
+    property(b"xds\0route_name").or_else(|| property(b"route_name")).filter(|r| !r.is_empty())
 }
 
 /// An integer property (Envoy serialises int64/uint64 attributes as 8 little-endian bytes).
-pub fn property_i64(path: &[&str]) -> Option<i64> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
-    Some(i64::from_le_bytes(bytes.as_slice().try_into().ok()?))
+pub fn property_i64(path: &[u8]) -> Option<i64> {
+    Some(i64::from_le_bytes(property(path)?.as_slice().try_into().ok()?))
 }
 
 /// Metrics defined on first use and cached by full name (one cache per VM).

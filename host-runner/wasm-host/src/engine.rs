@@ -18,11 +18,11 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::abi::{Action, CallbackKind};
 use crate::headers::HeaderMap;
-use crate::stream_data::{LocalReply, SharedStream, StreamData, StreamInfo};
+use crate::stream_data::{Body, LocalReply, SharedStream, StreamData, StreamInfo};
 use crate::vm::{Failure, PluginVm, Raw};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,14 +114,16 @@ impl std::fmt::Debug for FilterStream {
 }
 
 impl FilterStream {
-    pub fn new(vms: Vec<Rc<PluginVm>>, request_headers: HeaderMap, info: StreamInfo) -> FilterStream {
-        let n = vms.len();
-        let data = Rc::new(std::cell::RefCell::new(StreamData::new(request_headers, info, n)));
+    pub fn new(
+        vms: impl IntoIterator<Item = Rc<PluginVm>>,
+        request_headers: HeaderMap,
+        info: StreamInfo,
+    ) -> FilterStream {
+        let stages: Vec<Stage> =
+            vms.into_iter().map(|vm| Stage { vm, created: false, skip: false, flows: Default::default() }).collect();
+        let data = Rc::new(std::cell::RefCell::new(StreamData::new(request_headers, info, stages.len())));
         FilterStream {
-            stages: vms
-                .into_iter()
-                .map(|vm| Stage { vm, created: false, skip: false, flows: Default::default() })
-                .collect(),
+            stages,
             data,
             out: Default::default(),
             request_aborted: false,
@@ -219,8 +221,15 @@ impl FilterStream {
     /// Applies actions filters recorded outside the engine's own calls (from callout
     /// responses, timers, queues), and fail policy for filters whose VM died meanwhile.
     pub fn process_actions(&mut self) {
+        let quiet = !self.data.borrow().actions_pending
+            && self.deferred.is_empty()
+            && !self.stages.iter().any(|s| !s.skip && s.created && s.vm.is_failed());
+        if quiet {
+            return;
+        }
         loop {
             let mut progressed = false;
+            let pending = std::mem::take(&mut self.data.borrow_mut().actions_pending);
             for f in 0..self.stages.len() {
                 if self.reset {
                     return;
@@ -235,6 +244,9 @@ impl FilterStream {
                             }
                         }
                     }
+                }
+                if !pending {
+                    continue;
                 }
                 let actions = std::mem::take(&mut self.data.borrow_mut().stages[f].actions);
                 if actions.is_empty() {
@@ -328,16 +340,10 @@ impl FilterStream {
     }
 
     fn take_buffer(&self, d: Dir, f: usize) -> Bytes {
-        let mut data = self.data.borrow_mut();
-        let s = &mut data.stages[f];
-        let buf = match d {
-            Dir::Request => &mut s.request_body,
-            Dir::Response => &mut s.response_body,
-        };
-        std::mem::take(buf).freeze()
+        self.with_buffer(d, f, Body::take)
     }
 
-    fn with_buffer<R>(&self, d: Dir, f: usize, op: impl FnOnce(&mut BytesMut) -> R) -> R {
+    fn with_buffer<R>(&self, d: Dir, f: usize, op: impl FnOnce(&mut Body) -> R) -> R {
         let mut data = self.data.borrow_mut();
         let s = &mut data.stages[f];
         op(match d {
@@ -411,7 +417,7 @@ impl FilterStream {
             let flow = *self.flow(d, f);
             if flow.headers == HeadersAt::Stopped {
                 // Held at a filter that stopped on headers: no callback until it continues.
-                self.with_buffer(d, f, |b| b.extend_from_slice(&chunk));
+                self.with_buffer(d, f, |b| b.append(chunk));
                 self.flow(d, f).eos_held |= eos;
                 return;
             }
@@ -419,7 +425,7 @@ impl FilterStream {
                 if flow.hold != Hold::Buffer {
                     b.clear();
                 }
-                b.extend_from_slice(&chunk);
+                b.append(chunk);
             });
             let trailers_before = self.has_trailers(d);
             match self.body_step(d, f, eos) {
@@ -437,7 +443,7 @@ impl FilterStream {
                     flow.eos_held = eos;
                     flow.hold = if drop_data { Hold::NoBuffer } else { Hold::Buffer };
                     if drop_data {
-                        self.with_buffer(d, f, BytesMut::clear);
+                        self.with_buffer(d, f, Body::clear);
                     }
                     return;
                 }
@@ -716,12 +722,10 @@ impl FilterStream {
             Dir::Response => actions.continue_response,
         };
         if other {
-            let mut data = self.data.borrow_mut();
-            let a = &mut data.stages[f].actions;
-            match d.other() {
+            self.data.borrow_mut().act(f, |a| match d.other() {
                 Dir::Request => a.continue_request = true,
                 Dir::Response => a.continue_response = true,
-            }
+            });
         }
     }
 

@@ -73,7 +73,10 @@ impl HeaderMap {
     /// The first value of `key` (case-insensitive), as Envoy returns it.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         if key.first() == Some(&b':') {
-            return self.pseudo.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_ref());
+            // Stored names are lower-case: an exact match is the common, cheap case.
+            let found = self.pseudo.iter().find(|(k, _)| k.as_ref() == key);
+            let found = found.or_else(|| self.pseudo.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)));
+            return found.map(|(_, v)| v.as_ref());
         }
         let name = HeaderName::from_bytes(key).ok()?;
         self.regular.get(name).map(HeaderValue::as_bytes)

@@ -10,11 +10,33 @@ use wasmtime::StoreLimits;
 
 use crate::abi::{AbiVersion, Status};
 use crate::headers::HeaderMap;
-use crate::memory::GuestExports;
 use crate::metrics::Metric;
 use crate::plugin::{PluginConfig, Services};
 use crate::shared::QueueOwner;
 use crate::stream_data::SharedStream;
+
+/// Hashes u32 ids (contexts, metrics) by one multiplication: they are looked up on every
+/// hostcall, where SipHash showed in profiles, and ids are not attacker-chosen.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+pub type IdMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// A context of this VM.
 #[derive(Clone)]
@@ -63,9 +85,11 @@ pub struct HostState {
     pub plugin: Arc<PluginConfig>,
     pub services: Arc<Services>,
     pub abi: AbiVersion,
-    pub exports: Option<GuestExports>,
+    /// The guest's memory and allocator (`malloc` or `proxy_on_memory_allocate`).
+    pub memory: Option<wasmtime::Memory>,
+    pub alloc: Option<wasmtime::TypedFunc<u32, u32>>,
     pub limits: StoreLimits,
-    pub contexts: HashMap<u32, Ctx>,
+    pub contexts: IdMap<Ctx>,
     pub root_context_id: u32,
     next_context_id: u32,
     /// The context the host entered the VM with.
@@ -80,7 +104,7 @@ pub struct HostState {
     /// The root context's status for `proxy_get_status` (code, message).
     pub root_status: (u32, Bytes),
     /// Metric ids carry their type in the low two bits, as in Envoy (4, 8… counters).
-    pub metrics: HashMap<u32, Arc<Metric>>,
+    pub metrics: IdMap<Arc<Metric>>,
     next_metric_seq: u32,
     next_callout_seq: u32,
     /// The root context returned false from `proxy_on_done` and waits for `proxy_done`.
@@ -104,9 +128,10 @@ impl HostState {
             plugin,
             services,
             abi,
-            exports: None,
+            memory: None,
+            alloc: None,
             limits,
-            contexts: HashMap::new(),
+            contexts: IdMap::default(),
             root_context_id: 0,
             next_context_id: 1,
             current_context: 0,
@@ -115,7 +140,7 @@ impl HostState {
             effects: Effects::default(),
             callout_response: None,
             root_status: (0, Bytes::new()),
-            metrics: HashMap::new(),
+            metrics: IdMap::default(),
             next_metric_seq: 1,
             next_callout_seq: 1,
             root_done_pending: false,

@@ -1,7 +1,7 @@
 //! Reading and writing guest memory from hostcalls. Every access is bounds-checked: a wild
 //! pointer gets `INVALID_MEMORY_ACCESS` (or `EFAULT` for WASI), never a host panic.
 
-use wasmtime::{Caller, Memory, TypedFunc};
+use wasmtime::{Caller, Memory};
 
 use crate::abi::Status;
 use crate::host_state::HostState;
@@ -31,15 +31,8 @@ pub fn finish(result: Hc) -> wasmtime::Result<i32> {
     }
 }
 
-/// The guest's memory and allocator, found once at instantiation.
-#[derive(Clone)]
-pub struct GuestExports {
-    pub memory: Memory,
-    pub alloc: Option<TypedFunc<u32, u32>>,
-}
-
-fn exports(caller: &Caller<'_, HostState>) -> Hc<GuestExports> {
-    caller.data().exports.clone().ok_or(Fail::Status(Status::InternalFailure))
+fn memory(caller: &Caller<'_, HostState>) -> Hc<Memory> {
+    caller.data().memory.ok_or(Fail::Status(Status::InternalFailure))
 }
 
 fn range(ptr: u32, len: u32, size: usize) -> Option<std::ops::Range<usize>> {
@@ -50,10 +43,34 @@ fn range(ptr: u32, len: u32, size: usize) -> Option<std::ops::Range<usize>> {
 
 /// Copies `len` bytes at `ptr` out of the guest. `(0, 0)` is a valid empty slice.
 pub fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Hc<Vec<u8>> {
-    let memory = exports(caller)?.memory;
-    let data = memory.data(caller);
+    let data = memory(caller)?.data(caller);
     let r = range(ptr, len, data.len()).ok_or(Status::InvalidMemoryAccess)?;
     Ok(data[r].to_vec())
+}
+
+/// Runs `f` on the guest bytes at `ptr` and the host state, without copying the bytes.
+pub fn with_bytes<R>(
+    caller: &mut Caller<'_, HostState>,
+    ptr: u32,
+    len: u32,
+    f: impl FnOnce(&[u8], &mut HostState) -> R,
+) -> Hc<R> {
+    let (data, state) = memory(caller)?.data_and_store_mut(caller);
+    let r = range(ptr, len, data.len()).ok_or(Status::InvalidMemoryAccess)?;
+    Ok(f(&data[r], state))
+}
+
+/// Like [`with_bytes`] for two ranges (a key and a value).
+pub fn with_two<R>(
+    caller: &mut Caller<'_, HostState>,
+    (p1, l1): (u32, u32),
+    (p2, l2): (u32, u32),
+    f: impl FnOnce(&[u8], &[u8], &mut HostState) -> R,
+) -> Hc<R> {
+    let (data, state) = memory(caller)?.data_and_store_mut(caller);
+    let r1 = range(p1, l1, data.len()).ok_or(Status::InvalidMemoryAccess)?;
+    let r2 = range(p2, l2, data.len()).ok_or(Status::InvalidMemoryAccess)?;
+    Ok(f(&data[r1], &data[r2], state))
 }
 
 /// Like [`read`], but for UTF-8-agnostic keys and names.
@@ -62,8 +79,7 @@ pub fn read_string(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Hc<Str
 }
 
 pub fn write(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) -> Hc {
-    let memory = exports(caller)?.memory;
-    let data = memory.data_mut(caller);
+    let data = memory(caller)?.data_mut(caller);
     let r = range(ptr, bytes.len() as u32, data.len()).ok_or(Status::InvalidMemoryAccess)?;
     data[r].copy_from_slice(bytes);
     Ok(())
@@ -80,10 +96,13 @@ pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: u32, value: u64) -> Hc
 /// Calls the guest allocator for `len` bytes; a zero or out-of-bounds answer is
 /// `INVALID_MEMORY_ACCESS`, a trap inside the allocator aborts the callback.
 pub fn allocate(caller: &mut Caller<'_, HostState>, len: u32) -> Hc<u32> {
-    let ex = exports(caller)?;
-    let alloc = ex.alloc.ok_or(Status::InvalidMemoryAccess)?;
-    let ptr = alloc.call(&mut *caller, len).map_err(Fail::Trap)?;
-    let size = ex.memory.data_size(&*caller);
+    // The allocator is moved out for the call (no clone on this hot path). A hostcall made from
+    // inside the allocator that needs to allocate again finds none and gets a status.
+    let alloc = caller.data_mut().alloc.take().ok_or(Status::InvalidMemoryAccess)?;
+    let result = alloc.call(&mut *caller, len);
+    caller.data_mut().alloc = Some(alloc);
+    let ptr = result.map_err(Fail::Trap)?;
+    let size = memory(caller)?.data_size(&*caller);
     if ptr == 0 || range(ptr, len, size).is_none() {
         return Err(Status::InvalidMemoryAccess.into());
     }
@@ -93,13 +112,16 @@ pub fn allocate(caller: &mut Caller<'_, HostState>, len: u32) -> Hc<u32> {
 /// Copies `bytes` into fresh guest memory and writes its pointer and length to `ptr_ptr` and
 /// `len_ptr`. Empty data is written as (0, 0) without calling the allocator, as Envoy does.
 pub fn copy_out(caller: &mut Caller<'_, HostState>, bytes: &[u8], ptr_ptr: u32, len_ptr: u32) -> Hc {
-    if bytes.is_empty() {
-        write_u32(caller, ptr_ptr, 0)?;
-        return write_u32(caller, len_ptr, 0);
-    }
     let len = u32::try_from(bytes.len()).map_err(|_| Status::InvalidMemoryAccess)?;
-    let ptr = allocate(caller, len)?;
-    write(caller, ptr, bytes)?;
-    write_u32(caller, ptr_ptr, ptr)?;
-    write_u32(caller, len_ptr, len)
+    let ptr = if bytes.is_empty() { 0 } else { allocate(caller, len)? };
+    let data = memory(caller)?.data_mut(caller);
+    let size = data.len();
+    let (value, at_ptr, at_len) = (range(ptr, len, size), range(ptr_ptr, 4, size), range(len_ptr, 4, size));
+    let (Some(value), Some(at_ptr), Some(at_len)) = (value, at_ptr, at_len) else {
+        return Err(Status::InvalidMemoryAccess.into());
+    };
+    data[value].copy_from_slice(bytes);
+    data[at_ptr].copy_from_slice(&ptr.to_le_bytes());
+    data[at_len].copy_from_slice(&len.to_le_bytes());
+    Ok(())
 }

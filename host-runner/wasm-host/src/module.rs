@@ -29,6 +29,10 @@ impl WasmEngine {
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         // Guest code must not be able to spin a worker forever, nor exhaust the host stack.
         config.max_wasm_stack(1 << 20);
+        // `perf` can name guest functions when asked (writes /tmp/perf-PID.map).
+        if std::env::var_os("MESHWORK_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
         let ticker = engine.weak();
         std::thread::Builder::new()

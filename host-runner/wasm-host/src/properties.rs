@@ -130,8 +130,8 @@ fn top_level(
             };
             let v = match field {
                 b"node" => node(),
-                b"route_name" => Value::str(&stream.ok_or(Status::NotFound)?.info.route_name),
-                b"cluster_name" => Value::str(&stream.ok_or(Status::NotFound)?.info.cluster_name),
+                b"route_name" => Value::str(stream.ok_or(Status::NotFound)?.info.route_name.as_bytes()),
+                b"cluster_name" => Value::str(stream.ok_or(Status::NotFound)?.info.cluster_name.as_bytes()),
                 b"listener_direction" => Value::Int(0),
                 b"filter_chain_name" | b"virtual_host_name" => Value::str(""),
                 _ => return Err(Status::NotFound),
@@ -144,8 +144,8 @@ fn top_level(
     let info = &s.info;
     let leaf = |v: Option<Value>| v.map(|v| (v, true)).ok_or(Status::NotFound);
     match name {
-        b"route_name" => Ok((Value::str(&info.route_name), false)),
-        b"cluster_name" => Ok((Value::str(&info.cluster_name), false)),
+        b"route_name" => Ok((Value::str(info.route_name.as_bytes()), false)),
+        b"cluster_name" => Ok((Value::str(info.cluster_name.as_bytes()), false)),
         b"listener_direction" => Ok((Value::Int(0), false)),
         b"connection_id" => Ok((Value::UInt(info.connection_id), false)),
         b"request" => {
@@ -267,7 +267,7 @@ mod tests {
         h.add(b"x-request-id", b"rid").unwrap();
         let info = StreamInfo {
             source: Some("10.0.0.1:5555".parse().unwrap()),
-            route_name: "r1".into(),
+            route_name: std::rc::Rc::from("r1"),
             response_code: Some(503),
             ..StreamInfo::default()
         };

@@ -22,8 +22,8 @@ pub struct StreamInfo {
     pub source: Option<SocketAddr>,
     pub destination: Option<SocketAddr>,
     pub connection_id: u64,
-    pub route_name: String,
-    pub cluster_name: String,
+    pub route_name: Rc<str>,
+    pub cluster_name: Rc<str>,
     pub upstream: Option<SocketAddr>,
     pub upstream_local: Option<SocketAddr>,
     pub response_code: Option<u32>,
@@ -35,14 +35,21 @@ pub struct StreamInfo {
 
 impl Default for StreamInfo {
     fn default() -> Self {
+        StreamInfo::new(Rc::from(""), Rc::from(""))
+    }
+}
+
+impl StreamInfo {
+    /// A stream starting now on `route` to `cluster` (names shared, not copied).
+    pub fn new(route_name: Rc<str>, cluster_name: Rc<str>) -> StreamInfo {
         StreamInfo {
             start_time: SystemTime::now(),
             protocol: "HTTP/1.1",
             source: None,
             destination: None,
             connection_id: 0,
-            route_name: String::new(),
-            cluster_name: String::new(),
+            route_name,
+            cluster_name,
             upstream: None,
             upstream_local: None,
             response_code: None,
@@ -94,6 +101,66 @@ pub struct Access {
     pub may_add_response_trailers: bool,
 }
 
+/// Body bytes held at one filter. Chunks are kept as the proxy received them (no copy) until
+/// a filter buffers more or edits them.
+#[derive(Debug, Default)]
+pub enum Body {
+    #[default]
+    Empty,
+    Shared(Bytes),
+    Owned(BytesMut),
+}
+
+impl Body {
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Body::Empty => &[],
+            Body::Shared(b) => b,
+            Body::Owned(b) => b,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        *self = Body::Empty;
+    }
+
+    /// Adds `chunk` at the end; the first chunk is held without copying.
+    pub fn append(&mut self, chunk: Bytes) {
+        match self {
+            Body::Empty => *self = Body::Shared(chunk),
+            _ if chunk.is_empty() => {}
+            _ => self.owned().extend_from_slice(&chunk),
+        }
+    }
+
+    /// The bytes as an editable buffer (copied once if still shared).
+    pub fn owned(&mut self) -> &mut BytesMut {
+        if !matches!(self, Body::Owned(_)) {
+            *self = Body::Owned(BytesMut::from(self.as_slice()));
+        }
+        match self {
+            Body::Owned(b) => b,
+            _ => unreachable!("just made owned"),
+        }
+    }
+
+    pub fn take(&mut self) -> Bytes {
+        match std::mem::take(self) {
+            Body::Empty => Bytes::new(),
+            Body::Shared(b) => b,
+            Body::Owned(b) => b.freeze(),
+        }
+    }
+}
+
 /// The part of a stream that belongs to one filter of the chain.
 #[derive(Debug, Default)]
 pub struct StageData {
@@ -101,8 +168,8 @@ pub struct StageData {
     pub context_id: u32,
     pub access: Access,
     /// Body bytes held at this filter (paused or buffering), readable as HTTP_*_BODY.
-    pub request_body: BytesMut,
-    pub response_body: BytesMut,
+    pub request_body: Body,
+    pub response_body: Body,
     pub actions: Actions,
 }
 
@@ -123,6 +190,8 @@ pub struct StreamData {
     /// holds, so the proxy drops it (if the headers have not left yet).
     pub request_body_rewritten: bool,
     pub response_body_rewritten: bool,
+    /// Some stage has actions waiting (spares the engine a scan of every stage).
+    pub actions_pending: bool,
     waker: Option<Waker>,
 }
 
@@ -149,6 +218,7 @@ impl StreamData {
     pub fn act(&mut self, stage: usize, f: impl FnOnce(&mut Actions)) {
         if let Some(s) = self.stages.get_mut(stage) {
             f(&mut s.actions);
+            self.actions_pending = true;
         }
         if let Some(w) = &self.waker {
             w.wake_by_ref();

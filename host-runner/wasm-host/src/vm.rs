@@ -18,7 +18,6 @@ use wasmtime::{InstancePre, Linker, Store, StoreLimitsBuilder, Trap, TypedFunc, 
 use crate::abi::AbiVersion;
 use crate::error::{LoadError, StartError};
 use crate::host_state::{Ctx, HostState, HttpCallRequest, HttpCallResponse};
-use crate::memory::GuestExports;
 use crate::module::{EPOCH_TICK, LoadedModule, WasmEngine};
 use crate::plugin::{PluginConfig, Services};
 use crate::shared::QueueOwner;
@@ -215,7 +214,8 @@ impl PluginTemplate {
                 reason: "exports neither malloc nor proxy_on_memory_allocate, so the host cannot pass it data".into(),
             });
         }
-        store.data_mut().exports = Some(GuestExports { memory, alloc });
+        store.data_mut().memory = Some(memory);
+        store.data_mut().alloc = alloc;
         let vm = Rc::new(PluginVm {
             store: RefCell::new(store),
             cb,
@@ -426,8 +426,8 @@ impl PluginVm {
 
     fn flush_effects(self: &Rc<Self>) {
         let effects = match self.store.try_borrow_mut() {
-            Ok(mut store) => std::mem::take(&mut store.data_mut().effects),
-            Err(_) => return,
+            Ok(mut store) if !store.data().effects.is_empty() => std::mem::take(&mut store.data_mut().effects),
+            _ => return,
         };
         if let Some(period) = effects.tick_period {
             self.dispatcher.set_tick_period(self, period);

@@ -111,7 +111,9 @@ pub fn write_server_timing<W: Write>(out: &mut W, times: &StreamTimes) -> fmt::R
             out.write_str(", ")?;
         }
         first = false;
-        write!(out, "{name};dur={}.{:03}", ns / 1_000_000, (ns / 1_000) % 1_000)
+        out.write_str(name)?;
+        out.write_str(";dur=")?;
+        write_millis(out, ns)
     };
     if let Some(ns) = times.upstream_latency_ns() {
         entry(out, "upstream", ns)?;
@@ -120,6 +122,30 @@ pub fn write_server_timing<W: Write>(out: &mut W, times: &StreamTimes) -> fmt::R
         entry(out, "total", ns)?;
     }
     Ok(())
+}
+
+/// Writes nanoseconds as milliseconds with three decimals ("12.345"), without `core::fmt`'s
+/// machinery: this runs on every response.
+fn write_millis<W: Write>(out: &mut W, ns: u64) -> fmt::Result {
+    let micros = ns / 1_000;
+    let (mut whole, frac) = (micros / 1_000, micros % 1_000);
+    let mut buf = [0u8; 24];
+    let mut at = buf.len() - 4;
+    buf[at..].copy_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (whole % 10) as u8;
+        whole /= 10;
+        if whole == 0 {
+            break;
+        }
+    }
+    out.write_str(core::str::from_utf8(&buf[at..]).map_err(|_| fmt::Error)?)
 }
 
 #[cfg(test)]
@@ -155,6 +181,22 @@ mod tests {
     }
 
     #[test]
+    fn millis_edge_cases() {
+        for (ns, want) in [
+            (0, "0.000"),
+            (999, "0.000"),
+            (1_000, "0.001"),
+            (999_999, "0.999"),
+            (1_000_000, "1.000"),
+            (u64::MAX, "18446744073709.551"),
+        ] {
+            let mut s = String::new();
+            write_millis(&mut s, ns).unwrap();
+            assert_eq!(s, want);
+        }
+    }
+
+    #[test]
     fn server_timing_format() {
         let t =
             StreamTimes { request_start: Some(1_000), upstream_sent: Some(51_000), response_start: Some(12_345_678) };
@@ -167,6 +209,13 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn millis_match_the_formatter(ns in prop_oneof![0u64..10_000_000, 0u64..u64::MAX]) {
+            let mut fast = String::new();
+            write_millis(&mut fast, ns).unwrap();
+            prop_assert_eq!(fast, std::format!("{}.{:03}", ns / 1_000_000, (ns / 1_000) % 1_000));
+        }
+
         #[test]
         fn latency_never_underflows(a in any::<u64>(), b in any::<u64>(), c in any::<u64>()) {
             let t = StreamTimes { request_start: Some(a), upstream_sent: Some(b), response_start: Some(c) };

@@ -5,18 +5,21 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Empty, Full};
 use tokio::sync::mpsc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Any body, boxed. Not `Send`: a worker's streams never leave its thread, and their bodies
-/// hold the worker's `Rc`s.
-pub struct ProxyBody(Pin<Box<dyn Body<Data = Bytes, Error = BoxError>>>);
+/// Any body. Not `Send`: a worker's streams never leave its thread, and their bodies hold the
+/// worker's `Rc`s. Empty and fixed bodies are not boxed (they are the common case).
+pub enum ProxyBody {
+    Empty,
+    Full(Option<Bytes>),
+    Boxed(Pin<Box<dyn Body<Data = Bytes, Error = BoxError>>>),
+}
 
 impl ProxyBody {
     pub fn new(body: impl Body<Data = Bytes, Error = BoxError> + 'static) -> ProxyBody {
-        ProxyBody(Box::pin(body))
+        ProxyBody::Boxed(Box::pin(body))
     }
 }
 
@@ -24,25 +27,38 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.0.as_mut().poll_frame(cx)
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Boxed(body) => body.as_mut().poll_frame(cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(data) => data.is_none(),
+            ProxyBody::Boxed(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.0.size_hint()
+        match self {
+            ProxyBody::Empty => http_body::SizeHint::with_exact(0),
+            ProxyBody::Full(data) => http_body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ProxyBody::Boxed(body) => body.size_hint(),
+        }
     }
 }
 
 pub fn empty() -> ProxyBody {
-    ProxyBody::new(Empty::new().map_err(|never| match never {}))
+    ProxyBody::Empty
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    ProxyBody::new(Full::new(bytes.into()).map_err(|never| match never {}))
+    let bytes = bytes.into();
+    if bytes.is_empty() { ProxyBody::Empty } else { ProxyBody::Full(Some(bytes)) }
 }
 
 pub type FrameSender = mpsc::UnboundedSender<Result<Frame<Bytes>, BoxError>>;

@@ -135,7 +135,7 @@ fn run_worker(
             .iter()
             .filter_map(|r| {
                 Some(Rc::new(Route {
-                    name: r.name.clone(),
+                    name: Rc::from(r.name.as_str()),
                     prefix: r.prefix.clone(),
                     cluster: upstreams.get(&r.cluster)?,
                     timeout: r.timeout,

@@ -46,6 +46,8 @@ struct Driver {
     response_finished: bool,
 }
 
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// Converts a client request into the map filters see: pseudo-headers first, `Host` folded
 /// into `:authority` as Envoy does, and an `x-request-id` when the client sent none.
 fn request_map(parts: &mut http::request::Parts, worker: &Worker) -> HeaderMap {
@@ -58,16 +60,14 @@ fn request_map(parts: &mut http::request::Parts, worker: &Worker) -> HeaderMap {
         .or_else(|| regular.remove(http::header::HOST).map(|h| Bytes::copy_from_slice(h.as_bytes())))
         .unwrap_or_default();
     regular.remove(http::header::HOST);
-    if !regular.contains_key("x-request-id")
-        && let Ok(v) = HeaderValue::from_str(&worker.request_id())
-    {
-        regular.insert("x-request-id", v);
+    if !regular.contains_key(X_REQUEST_ID) {
+        regular.insert(X_REQUEST_ID, worker.request_id());
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let pseudo = vec![
         (Bytes::from_static(b":authority"), authority),
         (Bytes::from_static(b":path"), Bytes::copy_from_slice(path.as_bytes())),
-        (Bytes::from_static(b":method"), Bytes::copy_from_slice(parts.method.as_str().as_bytes())),
+        (Bytes::from_static(b":method"), method_bytes(&parts.method)),
         (Bytes::from_static(b":scheme"), Bytes::from_static(b"http")),
     ];
     HeaderMap::from_parts(pseudo, regular)
@@ -76,8 +76,49 @@ fn request_map(parts: &mut http::request::Parts, worker: &Worker) -> HeaderMap {
 fn response_map(parts: &mut http::response::Parts) -> HeaderMap {
     let mut regular = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut regular);
-    let status = Bytes::copy_from_slice(parts.status.as_str().as_bytes());
+    let status = status_bytes(parts.status);
     HeaderMap::from_parts(vec![(Bytes::from_static(b":status"), status)], regular)
+}
+
+/// Standard methods need no copy.
+fn method_bytes(method: &http::Method) -> Bytes {
+    use http::Method as M;
+    let name: &'static str = match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::PATCH => "PATCH",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => return Bytes::copy_from_slice(method.as_str().as_bytes()),
+    };
+    Bytes::from_static(name.as_bytes())
+}
+
+/// Common statuses need no copy.
+fn status_bytes(status: StatusCode) -> Bytes {
+    let text: &'static str = match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return Bytes::copy_from_slice(status.as_str().as_bytes()),
+    };
+    Bytes::from_static(text.as_bytes())
 }
 
 fn protocol(version: http::Version) -> &'static str {
@@ -103,15 +144,11 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, BoxError> {
     let (mut parts, body) = request.into_parts();
     let headers = request_map(&mut parts, &worker);
-    let info = StreamInfo {
-        protocol: protocol(parts.version),
-        source: Some(conn.peer),
-        destination: Some(conn.local),
-        connection_id: conn.id,
-        route_name: route.name.clone(),
-        cluster_name: route.cluster.name.clone(),
-        ..StreamInfo::default()
-    };
+    let mut info = StreamInfo::new(route.name.clone(), route.cluster.name.clone());
+    info.protocol = protocol(parts.version);
+    info.source = Some(conn.peer);
+    info.destination = Some(conn.local);
+    info.connection_id = conn.id;
     let end_stream = body.is_end_stream();
     let mut engine = FilterStream::new(chain, headers, info);
     engine.request_headers(end_stream);

@@ -60,31 +60,36 @@ pub struct Endpoint {
 }
 
 pub struct Cluster {
-    pub name: String,
+    pub name: Rc<str>,
     endpoints: Vec<Rc<Endpoint>>,
     next: Cell<usize>,
     connect_timeout: Duration,
 }
 
 /// Headers HTTP/1.1 uses per connection; a proxy must not forward them (RFC 9110 7.6.1).
-pub const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authenticate",
+/// Static names: removing them parses nothing per request.
+const HOP_BY_HOP: [http::HeaderName; 8] = [
+    http::header::CONNECTION,
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHENTICATE,
 ];
 
 pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    // One cheap pass first: most messages carry none of these, and then nothing is hashed.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if let Some(listed) = headers.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
         for name in listed.split(',') {
             headers.remove(name.trim());
         }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -92,7 +97,7 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 impl Cluster {
     pub fn new(name: String, endpoints: &[SocketAddr], connect_timeout: Duration) -> Cluster {
         Cluster {
-            name,
+            name: Rc::from(name),
             endpoints: endpoints
                 .iter()
                 .map(|addr| Rc::new(Endpoint { addr: *addr, idle: RefCell::default() }))
@@ -209,7 +214,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(clusters: impl IntoIterator<Item = Cluster>) -> Upstreams {
-        Upstreams { clusters: clusters.into_iter().map(|c| (c.name.clone(), Rc::new(c))).collect() }
+        Upstreams { clusters: clusters.into_iter().map(|c| (c.name.to_string(), Rc::new(c))).collect() }
     }
 
     pub fn get(&self, name: &str) -> Option<Rc<Cluster>> {

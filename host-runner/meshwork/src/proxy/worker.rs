@@ -20,7 +20,7 @@ use super::body::{self, ProxyBody};
 use super::upstream::{Cluster, Upstreams};
 
 pub struct Route {
-    pub name: String,
+    pub name: Rc<str>,
     pub prefix: String,
     pub cluster: Rc<Cluster>,
     pub timeout: Option<Duration>,
@@ -95,8 +95,9 @@ impl Worker {
         id
     }
 
-    /// A version-4 UUID for `x-request-id`, as Envoy generates (xorshift; not for secrets).
-    pub fn request_id(&self) -> String {
+    /// A version-4 UUID for `x-request-id`, as Envoy generates (xorshift; not for secrets),
+    /// formatted by hand: this runs for every filtered request.
+    pub fn request_id(&self) -> http::HeaderValue {
         let next = || {
             let mut x = self.rng.get();
             x ^= x << 13;
@@ -105,17 +106,20 @@ impl Worker {
             self.rng.set(x);
             x
         };
-        let (a, b) = (next(), next());
-        let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-        let a = (a & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xffff,
-            b >> 48,
-            b & 0xffff_ffff_ffff
-        )
+        let a = (next() & 0xffff_ffff_ffff_0fff) | 0x4000; // version 4
+        let b = (next() & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000; // RFC 4122 variant
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&a.to_be_bytes());
+        bytes[8..].copy_from_slice(&b.to_be_bytes());
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00000000-0000-0000-0000-000000000000";
+        // Where each of the 16 bytes lands in the 8-4-4-4-12 layout.
+        const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+        for (byte, at) in bytes.iter().zip(AT) {
+            out[at] = HEX[(byte >> 4) as usize];
+            out[at + 1] = HEX[(byte & 0xf) as usize];
+        }
+        http::HeaderValue::from_bytes(&out).unwrap_or(http::HeaderValue::from_static("0"))
     }
 }
 

@@ -18,8 +18,12 @@ fn snapshot(state: &HostState, t: BufferType) -> Option<Bytes> {
             let data = stream.borrow();
             let s = &data.stages[stage];
             Some(match t {
-                BufferType::HttpRequestBody if s.access.request_body => Bytes::copy_from_slice(&s.request_body),
-                BufferType::HttpResponseBody if s.access.response_body => Bytes::copy_from_slice(&s.response_body),
+                BufferType::HttpRequestBody if s.access.request_body => {
+                    Bytes::copy_from_slice(s.request_body.as_slice())
+                }
+                BufferType::HttpResponseBody if s.access.response_body => {
+                    Bytes::copy_from_slice(s.response_body.as_slice())
+                }
                 _ => Bytes::new(),
             })
         }
@@ -94,11 +98,11 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let st = &mut s.stages[stage];
                 match t {
                     BufferType::HttpRequestBody if st.access.request_body => {
-                        edit(&mut st.request_body, start, length, &data)?;
+                        edit(st.request_body.owned(), start, length, &data)?;
                         s.request_body_rewritten = true;
                     }
                     BufferType::HttpResponseBody if st.access.response_body => {
-                        edit(&mut st.response_body, start, length, &data)?;
+                        edit(st.response_body.owned(), start, length, &data)?;
                         s.response_body_rewritten = true;
                     }
                     _ => return Err(Status::BadArgument.into()),

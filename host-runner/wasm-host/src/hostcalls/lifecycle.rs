@@ -6,7 +6,7 @@ use wasmtime::{Caller, Linker};
 
 use crate::abi::{AbiVersion, LogLevel, Status};
 use crate::host_state::HostState;
-use crate::memory::{copy_out, finish, read, write_u32, write_u64};
+use crate::memory::{copy_out, finish, with_bytes, write_u32, write_u64};
 
 /// Emits a guest log line through `tracing`, if it passes the filter's level.
 pub fn emit_log(state: &HostState, level: LogLevel, message: &str) {
@@ -35,12 +35,14 @@ pub fn now_ns() -> u64 {
 }
 
 pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_log", |c: Caller<'_, HostState>, level: u32, p: u32, s: u32| {
+    linker.func_wrap("env", "proxy_log", |mut c: Caller<'_, HostState>, level: u32, p: u32, s: u32| {
         finish((|| {
             let level = LogLevel::from_raw(level).ok_or(Status::BadArgument)?;
-            let message = read(&c, p, s)?;
-            emit_log(c.data(), level, &String::from_utf8_lossy(&message));
-            Ok(())
+            with_bytes(&mut c, p, s, |message, state| {
+                if level >= state.plugin.log_level {
+                    emit_log(state, level, &String::from_utf8_lossy(message));
+                }
+            })
         })())
     })?;
     if abi == AbiVersion::V0_2_1 {

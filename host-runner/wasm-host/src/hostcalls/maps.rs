@@ -10,7 +10,7 @@ use wasmtime::{Caller, Linker};
 use crate::abi::{MapType, Status};
 use crate::headers::{HeaderError, HeaderMap, decode_pairs};
 use crate::host_state::HostState;
-use crate::memory::{Hc, copy_out, finish, read, write_u32};
+use crate::memory::{Hc, copy_out, finish, read, with_bytes, with_two, write_u32};
 use crate::stream_data::StreamData;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,12 +56,11 @@ fn stream_map(data: &mut StreamData, t: MapType) -> &mut HeaderMap {
 /// Runs `f` on map `t` of the effective context if the map is available at least as `need`.
 /// Returns `Ok(None)` when it is not, with the availability, so each call picks its status.
 fn with_map<R>(
-    caller: &mut Caller<'_, HostState>,
+    state: &mut HostState,
     t: MapType,
     need: Availability,
     f: impl FnOnce(&mut HeaderMap) -> R,
 ) -> Result<R, (Availability, bool)> {
-    let state = caller.data_mut();
     if matches!(t, MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers) {
         let Some(resp) = state.callout_response.as_mut() else {
             return Err((Availability::Missing, false));
@@ -92,8 +91,8 @@ fn map_type(raw: u32) -> Hc<MapType> {
     MapType::from_raw(raw).ok_or(Status::BadArgument.into())
 }
 
-fn header_status(e: HeaderError, caller: &Caller<'_, HostState>) -> Status {
-    tracing::warn!(filter = %caller.data().plugin.name, "refused header change: {e:?}");
+fn header_status(e: HeaderError, state: &HostState) -> Status {
+    tracing::warn!(filter = %state.plugin.name, "refused header change: {e:?}");
     match e {
         HeaderError::InvalidName | HeaderError::InvalidValue | HeaderError::TooMany => Status::BadArgument,
     }
@@ -106,8 +105,10 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, HostState>, t: u32, kp: u32, ks: u32, vpp: u32, vsp: u32| {
             finish((|| {
                 let t = map_type(t)?;
-                let key = read(&c, kp, ks)?;
-                let value = match with_map(&mut c, t, Availability::ReadOnly, |m| m.get(&key).map(<[u8]>::to_vec)) {
+                let found = with_bytes(&mut c, kp, ks, |key, state| {
+                    with_map(state, t, Availability::ReadOnly, |m| m.get(key).map(<[u8]>::to_vec))
+                })?;
+                let value = match found {
                     Ok(v) => v,
                     Err((_, true)) => return Err(Status::NotFound.into()),
                     Err(_) => return Err(Status::BadArgument.into()),
@@ -124,7 +125,7 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let t = map_type(t)?;
                 // An unavailable map reads as empty, never as an error.
-                let pairs = with_map(&mut c, t, Availability::ReadOnly, |m| m.to_pairs()).unwrap_or_default();
+                let pairs = with_map(c.data_mut(), t, Availability::ReadOnly, |m| m.to_pairs()).unwrap_or_default();
                 copy_out(&mut c, &pairs, pp, sp)
             })())
         },
@@ -142,9 +143,9 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 c.data_mut().abi_warnings += 1;
             }
             let pairs = pairs.unwrap_or_default();
-            let result = with_map(&mut c, t, Availability::ReadWrite, |m| m.set_from_pairs(&pairs))
+            let result = with_map(c.data_mut(), t, Availability::ReadWrite, |m| m.set_from_pairs(&pairs))
                 .map_err(|_| Status::BadArgument)?;
-            result.map_err(|e| header_status(e, &c).into())
+            result.map_err(|e| header_status(e, c.data()).into())
         })())
     })?;
     linker.func_wrap(
@@ -153,11 +154,11 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, HostState>, t: u32, kp: u32, ks: u32, vp: u32, vs: u32| {
             finish((|| {
                 let t = map_type(t)?;
-                let key = read(&c, kp, ks)?;
-                let value = read(&c, vp, vs)?;
-                let result = with_map(&mut c, t, Availability::ReadWrite, |m| m.add(&key, &value))
-                    .map_err(|_| Status::BadArgument)?;
-                result.map_err(|e| header_status(e, &c).into())
+                let result = with_two(&mut c, (kp, ks), (vp, vs), |key, value, state| {
+                    with_map(state, t, Availability::ReadWrite, |m| m.add(key, value))
+                })?
+                .map_err(|_| Status::BadArgument)?;
+                result.map_err(|e| header_status(e, c.data()).into())
             })())
         },
     )?;
@@ -167,11 +168,11 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, HostState>, t: u32, kp: u32, ks: u32, vp: u32, vs: u32| {
             finish((|| {
                 let t = map_type(t)?;
-                let key = read(&c, kp, ks)?;
-                let value = read(&c, vp, vs)?;
-                let result = with_map(&mut c, t, Availability::ReadWrite, |m| m.replace(&key, &value))
-                    .map_err(|_| Status::BadArgument)?;
-                result.map_err(|e| header_status(e, &c).into())
+                let result = with_two(&mut c, (kp, ks), (vp, vs), |key, value, state| {
+                    with_map(state, t, Availability::ReadWrite, |m| m.replace(key, value))
+                })?
+                .map_err(|_| Status::BadArgument)?;
+                result.map_err(|e| header_status(e, c.data()).into())
             })())
         },
     )?;
@@ -181,16 +182,16 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, HostState>, t: u32, kp: u32, ks: u32| {
             finish((|| {
                 let t = map_type(t)?;
-                let key = read(&c, kp, ks)?;
-                with_map(&mut c, t, Availability::ReadWrite, |m| m.remove(&key)).map_err(|_| Status::BadArgument.into())
+                with_bytes(&mut c, kp, ks, |key, state| with_map(state, t, Availability::ReadWrite, |m| m.remove(key)))?
+                    .map_err(|_| Status::BadArgument.into())
             })())
         },
     )?;
     linker.func_wrap("env", "proxy_get_header_map_size", |mut c: Caller<'_, HostState>, t: u32, rp: u32| {
         finish((|| {
             let t = map_type(t)?;
-            let size =
-                with_map(&mut c, t, Availability::ReadWrite, |m| m.byte_size()).map_err(|_| Status::BadArgument)?;
+            let size = with_map(c.data_mut(), t, Availability::ReadWrite, |m| m.byte_size())
+                .map_err(|_| Status::BadArgument)?;
             write_u32(&mut c, rp, size as u32)
         })())
     })?;

@@ -4,7 +4,7 @@ use wasmtime::{Caller, Linker};
 
 use crate::abi::Status;
 use crate::host_state::HostState;
-use crate::memory::{copy_out, finish, read};
+use crate::memory::{copy_out, finish, read, with_bytes};
 use crate::properties;
 
 pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -13,13 +13,11 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_get_property",
         |mut c: Caller<'_, HostState>, pp: u32, ps: u32, vpp: u32, vsp: u32| {
             finish((|| {
-                let path = read(&c, pp, ps)?;
-                let state = c.data();
-                let stream = state.stream();
-                let value = {
+                let value = with_bytes(&mut c, pp, ps, |path, state| {
+                    let stream = state.stream();
                     let data = stream.as_ref().map(|(s, _)| s.borrow());
-                    properties::get(&state.plugin, &state.services, data.as_deref(), &path)?.serialise()?
-                };
+                    properties::get(&state.plugin, &state.services, data.as_deref(), path)?.serialise()
+                })??;
                 copy_out(&mut c, &value, vpp, vsp)
             })())
         },

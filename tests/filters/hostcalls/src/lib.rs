@@ -164,6 +164,13 @@ impl RootContext for Root {
                 }
             }
         };
+        // Shared-data keys are created by unconditional writes, so two workers that both find a
+        // key missing would both "create" it: counters bumped under traffic exist from here on.
+        for key in ["test.counter", "test.ticks", "test.queue.received"] {
+            if let Ok((None, None)) = hostcalls::get_shared_data(key) {
+                let _ = hostcalls::set_shared_data(key, Some(&0u64.to_le_bytes()), None);
+            }
+        }
         if config.tick_ms > 0 {
             self.set_tick_period(Duration::from_millis(config.tick_ms));
         }

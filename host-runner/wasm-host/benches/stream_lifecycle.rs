@@ -1,0 +1,148 @@
+//! The cost of one HTTP stream through the host, without any network: context creation,
+//! request headers, response headers and body, on_log, on_done, on_delete.
+//!
+//! Prints nanoseconds per stream for an empty chain, a module whose callbacks do nothing (the
+//! host's own overhead) and each filter module named on the command line.
+//! `cargo bench -p meshwork-wasm-host --bench stream_lifecycle -- target/filters/measure.wasm`
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meshwork_wasm_host::{
+    Dispatcher, FilterStream, HeaderMap, HttpCallRequest, Output, PluginConfig, PluginTemplate, PluginVm, QueueOwner,
+    Services, StreamInfo, WasmEngine,
+};
+
+struct Nothing;
+impl Dispatcher for Nothing {
+    fn http_call(&self, _: &Rc<PluginVm>, _: HttpCallRequest) {}
+    fn set_tick_period(&self, _: &Rc<PluginVm>, _: Duration) {}
+}
+impl QueueOwner for Nothing {
+    fn queue_ready(&self, _: u32) {}
+}
+
+const NOOP: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) i32.const 1024)
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) i32.const 0)
+  (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) i32.const 0)
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_done") (param i32) (result i32) i32.const 1)
+  (func (export "proxy_on_delete") (param i32)))"#;
+
+fn request() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        (":authority", "app.example:8080"),
+        (":path", "/api/items?page=2"),
+        (":method", "GET"),
+        (":scheme", "http"),
+        ("user-agent", "wrk"),
+        ("accept", "*/*"),
+        ("x-request-id", "2f1c6a1e-8a9e-4c0b-9f5e-6a2b1e0c9d77"),
+    ] {
+        h.add(k.as_bytes(), v.as_bytes()).unwrap();
+    }
+    h
+}
+
+fn response() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        (":status", "200"),
+        ("content-type", "text/plain"),
+        ("content-length", "20"),
+        ("date", "Sun, 22 Nov 2026 05:00:00 GMT"),
+    ] {
+        h.add(k.as_bytes(), v.as_bytes()).unwrap();
+    }
+    h
+}
+
+fn one_stream(vms: &[Rc<PluginVm>], req: &HeaderMap, resp: &HeaderMap, body: &Bytes) {
+    let mut s = FilterStream::new(vms.to_vec(), req.clone(), StreamInfo::default());
+    s.request_headers(true);
+    while s.next_output(meshwork_wasm_host::Dir::Request).is_some() {}
+    s.response_headers(resp.clone(), false);
+    s.response_data(body.clone(), true);
+    while let Some(o) = s.next_output(meshwork_wasm_host::Dir::Response) {
+        std::hint::black_box(&o);
+        if matches!(o, Output::Data { end_stream: true, .. }) {
+            break;
+        }
+    }
+}
+
+/// Median of five timed runs of `iterations` streams, in ns per stream.
+fn measure(vms: &[Rc<PluginVm>], iterations: u32) -> f64 {
+    let (req, resp, body) = (request(), response(), Bytes::from_static(b"hello from upstream\n"));
+    for _ in 0..iterations / 10 {
+        one_stream(vms, &req, &resp, &body);
+    }
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..iterations {
+                one_stream(vms, &req, &resp, &body);
+            }
+            start.elapsed().as_nanos() as f64 / iterations as f64
+        })
+        .collect();
+    runs.sort_by(|a, b| a.total_cmp(b));
+    runs[2]
+}
+
+fn vm(engine: &WasmEngine, services: &Arc<Services>, path: &Path, bytes: Option<&[u8]>, config: &str) -> Rc<PluginVm> {
+    let module = match bytes {
+        Some(b) => engine.load_bytes(path, b).expect("module"),
+        None => engine.load(path).expect("module"),
+    };
+    let mut plugin = PluginConfig::new(path.file_stem().and_then(|s| s.to_str()).unwrap_or("filter"));
+    plugin.configuration = Bytes::copy_from_slice(config.as_bytes());
+    let template = PluginTemplate::new(engine, module, plugin, services.clone()).expect("link");
+    template.instantiate(Rc::new(Nothing), Arc::new(Nothing)).expect("start")
+}
+
+fn main() {
+    let args: Vec<PathBuf> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).map(PathBuf::from).collect();
+    // BENCH_ITERATIONS=200 makes a run short enough for `valgrind --tool=callgrind`.
+    let iterations = std::env::var("BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let engine = WasmEngine::new(None).expect("engine");
+    let services = Services::new(Vec::new(), Default::default());
+    // BENCH_CASE=empty|noop|filters runs one case only (for instruction counting).
+    let case = std::env::var("BENCH_CASE").unwrap_or_default();
+    if case == "empty" {
+        println!("stream lifecycle, empty chain: {:.0} ns", measure(&[], iterations));
+        return;
+    }
+    let empty = if case.is_empty() { measure(&[], iterations) } else { 0.0 };
+    println!("stream lifecycle, empty chain:          {empty:>8.0} ns");
+    let noop_wasm = wat::parse_str(NOOP).expect("wat");
+    if case.is_empty() || case == "noop" {
+        let noop = vm(&engine, &services, Path::new("noop.wasm"), Some(&noop_wasm), "");
+        let host = measure(&[noop], iterations);
+        println!(
+            "stream lifecycle, one no-op filter:     {host:>8.0} ns  (host overhead per filter: {:.0} ns)",
+            host - empty
+        );
+        if case == "noop" {
+            return;
+        }
+    }
+    for path in args {
+        let filter = vm(&engine, &services, &path, None, "");
+        let t = measure(&[filter], iterations);
+        println!(
+            "stream lifecycle, {:<22} {t:>8.0} ns  (added by the filter: {:.0} ns)",
+            path.file_name().unwrap().to_string_lossy(),
+            t - empty
+        );
+    }
+}
