@@ -76,3 +76,26 @@ fn sample_app_answers_as_asked_and_counts() {
     post(&up.url("/stats/reset"), &[], b"");
     assert_eq!(up.requests(), 0);
 }
+
+#[test]
+fn example_configurations_check_out() {
+    for example in ["filters/measure/example.yaml", "filters/local-rate-limit/example.yaml"] {
+        let path = root().join(example);
+        let (code, out, err) = run(&["run", "--config", path.to_str().unwrap(), "--check"]);
+        assert_eq!(code, 0, "{example}: {err}");
+        assert!(out.contains("configuration ok (1 filter(s)"), "{out}");
+    }
+    let dir = scratch("check");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "listen: 127.0.0.1:1\nclusters: [{{name: a, endpoints: [\"127.0.0.1:2\"]}}]\nroute: {{cluster: a}}\nfilters: [{{name: rl, module: {}, configuration: {{burst: 5}}}}]\n",
+            wasm("local-rate-limit").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["run", "--config", bad.to_str().unwrap(), "--check"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing field `rate`"), "the filter's reason is shown: {err}");
+}

@@ -206,6 +206,12 @@ static_resources:
     let codes: Vec<u16> = (0..5).map(|_| get(&format!("{url}/"), &[]).status).collect();
     assert_eq!(codes, [200, 200, 200, 429, 429]);
     assert!(get(&format!("{url}/"), &[]).header("server-timing").is_some(), "measure runs before the limiter");
+    // measure counted all six requests but timed only the three the upstream answered.
+    let admin = line.split("admin on ").nth(1).unwrap().trim().to_owned();
+    let text = get(&format!("{admin}/stats/prometheus"), &[]).text();
+    assert!(text.contains("meshwork_measure_requests_total{route=\"route-0\",class=\"2xx\"} 3\n"), "{text}");
+    assert!(text.contains("meshwork_measure_requests_total{route=\"route-0\",class=\"4xx\"} 3\n"), "{text}");
+    assert!(text.contains("meshwork_measure_upstream_latency_us_count{route=\"route-0\"} 3\n"), "{text}");
 
     // An unsupported field is named, and the run refused.
     let bad = envoy.replace(

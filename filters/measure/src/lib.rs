@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use meshwork_filter_support::{now_ns, property_i64, route_name, tagged};
+use meshwork_filter_support::{now_ns, property, property_i64, route_name, tagged};
 use meshwork_measure_core::{PrefixRoute, StatusClass, StreamTimes, route_for_path, write_server_timing};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -236,7 +236,11 @@ impl HttpContext for Measure {
         };
         let status = self.status.or_else(|| property_i64(b"response\0code").map(|c| c as u32)).unwrap_or(0);
         self.shared.count(&route, StatusClass::of(status));
-        if let Some(ns) = self.times.upstream_latency_ns() {
+        // Only responses that came from the upstream have an upstream latency; local replies (a
+        // rate limiter's 429, say) are counted above but not timed.
+        if let Some(ns) = self.times.upstream_latency_ns()
+            && property(b"response\0code_details").as_deref() == Some(b"via_upstream")
+        {
             let _ = hostcalls::record_metric(route.upstream_latency_us, ns / 1_000);
         }
         let _ = hostcalls::record_metric(route.request_body_bytes, self.request_bytes);

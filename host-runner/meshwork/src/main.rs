@@ -47,6 +47,9 @@ enum Command {
         /// With --envoy-config: warn about unsupported Envoy fields instead of refusing them.
         #[arg(long)]
         allow_unsupported: bool,
+        /// Check the configuration and start every filter once, then exit (listens on nothing).
+        #[arg(long)]
+        check: bool,
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
@@ -98,12 +101,17 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, envoy_config, allow_unsupported, output } => {
+        Command::Run { config, envoy_config, allow_unsupported, check, output } => {
             let config = match (config, envoy_config) {
                 (Some(path), _) => config::ProxyConfig::load(&path)?,
                 (None, Some(path)) => envoy::load(&path, allow_unsupported)?,
                 (None, None) => anyhow::bail!("give --config or --envoy-config"),
             };
+            if check {
+                proxy::check(&config)?;
+                println!("meshwork: configuration ok ({} filter(s) started and configured)", config.filters.len());
+                return Ok(ExitCode::SUCCESS);
+            }
             let workers = config.workers;
             let filters: Vec<String> = config.filters.iter().map(|f| f.plugin.name.clone()).collect();
             let addresses = proxy::start(config)?;

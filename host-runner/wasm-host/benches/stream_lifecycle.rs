@@ -3,7 +3,8 @@
 //!
 //! Prints nanoseconds per stream for an empty chain, a module whose callbacks do nothing (the
 //! host's own overhead) and each filter module named on the command line.
-//! `cargo bench -p meshwork-wasm-host --bench stream_lifecycle -- target/filters/measure.wasm`
+//! `cargo bench -p meshwork-wasm-host --bench stream_lifecycle -- $PWD/target/filters/measure.wasm`
+//! (an argument may carry a configuration: `FILE.wasm={"rate":1000}`).
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -136,8 +137,13 @@ fn main() {
             return;
         }
     }
-    for path in args {
-        let filter = vm(&engine, &services, &path, None, "");
+    // An argument is FILE.wasm or FILE.wasm=CONFIGURATION.
+    for arg in args {
+        let arg = arg.to_string_lossy().into_owned();
+        let (path, config) =
+            arg.split_once(".wasm=").map_or((arg.clone(), String::new()), |(p, c)| (format!("{p}.wasm"), c.to_owned()));
+        let path = PathBuf::from(path);
+        let filter = vm(&engine, &services, &path, None, &config);
         let t = measure(&[filter], iterations);
         println!(
             "stream lifecycle, {:<22} {t:>8.0} ns  (added by the filter: {:.0} ns)",

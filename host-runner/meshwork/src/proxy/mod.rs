@@ -35,6 +35,28 @@ pub struct Addresses {
     pub admin: Option<SocketAddr>,
 }
 
+/// Loads and starts every filter once on a throwaway VM (Envoy's "canary"), without binding
+/// anything: `meshwork run --check`.
+pub fn check(config: &ProxyConfig) -> anyhow::Result<()> {
+    struct Nothing;
+    impl meshwork_wasm_host::Dispatcher for Nothing {
+        fn http_call(&self, _: &Rc<meshwork_wasm_host::PluginVm>, _: meshwork_wasm_host::HttpCallRequest) {}
+        fn set_tick_period(&self, _: &Rc<meshwork_wasm_host::PluginVm>, _: std::time::Duration) {}
+    }
+    impl meshwork_wasm_host::QueueOwner for Nothing {
+        fn queue_ready(&self, _: u32) {}
+    }
+    let engine = WasmEngine::new(config.cache_dir.clone().or_else(default_cache_dir))?;
+    let services = Services::new(config.clusters.iter().map(|c| c.name.clone()), config.node.clone());
+    for f in &config.filters {
+        let module = engine.load(&f.module).with_context(|| format!("filter {}", f.plugin.name))?;
+        let template = PluginTemplate::new(&engine, module, f.plugin.clone(), services.clone())
+            .with_context(|| format!("filter {}", f.plugin.name))?;
+        template.instantiate(Rc::new(Nothing), Arc::new(Nothing))?;
+    }
+    Ok(())
+}
+
 /// Loads every filter, binds the listeners, starts the workers and the admin listener.
 /// Returns once every worker has started its VMs, or with the first start-up error.
 pub fn start(config: ProxyConfig) -> anyhow::Result<Addresses> {

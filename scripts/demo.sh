@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# meshwork demo: the sample app behind `meshwork run` with the measure and local-rate-limit
+# filters on two workers, some traffic, and what the filters saw. Stops everything it starts.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin="$root/target/release/meshwork"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts a process and waits for its first line, which names the address it listens on.
+start() {
+  local name=$1; shift
+  "$@" > "$work/$name.out" 2> "$work/$name.err" &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    [ -s "$work/$name.out" ] && return 0
+    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/$name.err" >&2; echo "demo: $name failed to start" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "demo: $name did not start" >&2; exit 1
+}
+addr() { grep -o "$2http://127.0.0.1:[0-9]*" "$work/$1.out" | head -1 | sed "s|^$2||"; }
+
+echo "== starting the sample app and meshwork (2 workers, filters: measure, local-rate-limit)"
+start upstream "$bin" upstream --listen 127.0.0.1:0 --name app
+app=$(addr upstream "")
+cat > "$work/meshwork.yaml" <<EOF
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+workers: 2
+clusters: [{name: app, endpoints: ["${app#http://}"]}]
+route: {cluster: app, name: shop}
+filters:
+  - name: measure
+    module: $root/target/filters/measure.wasm
+    configuration: {routes: [{name: api, prefix: /api/}, {name: static, prefix: /static/}]}
+  - name: ratelimit
+    module: $root/target/filters/local-rate-limit.wasm
+    configuration: {rate: 20, period: 1s, burst: 10, key: {header: x-user}}
+EOF
+start meshwork "$bin" run --config "$work/meshwork.yaml"
+proxy=$(addr meshwork "listening on ")
+admin=$(addr meshwork "admin on ")
+echo "   sample app $app, proxy $proxy, admin $admin"
+
+echo "== sending traffic: alice hammers /api/items, bob calls a slow endpoint, carol fetches assets, dave hits a broken one"
+requests() {
+  for _ in $(seq 1 120); do echo "alice /api/items?delay=5ms"; done
+  for _ in $(seq 1 20); do echo "bob /api/reports?delay=40ms"; done
+  for _ in $(seq 1 15); do echo "carol /static/app.js?size=4096"; done
+  for _ in $(seq 1 8); do echo "dave /api/orders?status=503"; done
+}
+requests | xargs -P 8 -L 1 sh -c 'curl -s -o /dev/null -w "%{http_code} $0\n" -H "x-user: $0" "'"$proxy"'$1"' > "$work/results.txt"
+curl -s -D - -o /dev/null -H "x-user: erin" "$proxy/api/items" | grep -i "^server-timing" | sed 's/^/   a response carries /' || true
+
+curl -s "$admin/stats?format=json" > "$work/stats.json"
+python3 - "$work/results.txt" "$work/stats.json" <<'EOF'
+import collections, json, sys
+results = collections.defaultdict(collections.Counter)
+for line in open(sys.argv[1]):
+    code, user = line.split()
+    results[user][code] += 1
+print("\n== what the clients got (status: count)")
+for user in sorted(results):
+    print(f"   {user:<6} " + "  ".join(f"{c}: {n}" for c, n in sorted(results[user].items())))
+stats = json.load(open(sys.argv[2]))["stats"]
+def find(name):
+    return [s for s in stats if s["name"] == name]
+print("\n== local-rate-limit (shared by both workers through CAS on shared data)")
+for s in find("meshwork_local_rate_limit_requests_total"):
+    print(f"   {s['tags']['outcome']:<10} {s['value']}")
+print("\n== measure: requests by route and status class")
+rows = collections.defaultdict(dict)
+for s in find("meshwork_measure_requests_total"):
+    if s["value"]:
+        rows[s["tags"]["route"]][s["tags"]["class"]] = s["value"]
+for route, classes in sorted(rows.items()):
+    print(f"   {route:<8} " + "  ".join(f"{c}: {n}" for c, n in sorted(classes.items())))
+print("\n== measure: upstream latency by route (filter-defined histogram, microseconds)")
+print(f"   {'route':<8}{'count':>7}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
+for s in sorted(find("meshwork_measure_upstream_latency_us"), key=lambda s: s["tags"]["route"]):
+    q = {round(x["quantile"], 3): x["value"] for x in s["quantiles"]}
+    print(f"   {s['tags']['route']:<8}{s['count']:>7}{q[0.5]:>9}{q[0.9]:>9}{q[0.99]:>9}{s['max']:>9}")
+workers = {s["tags"]["worker"]: s["value"] for s in find("meshwork_downstream_cx_total")}
+print(f"\n== connections per worker: {workers}")
+EOF
+echo
+echo "== metrics in Prometheus format: $admin/stats/prometheus (stopping everything now)"
