@@ -99,3 +99,28 @@ fn example_configurations_check_out() {
     assert_eq!(code, 1);
     assert!(err.contains("missing field `rate`"), "the filter's reason is shown: {err}");
 }
+
+#[test]
+fn compiled_modules_are_cached_on_disk() {
+    let dir = scratch("cache");
+    let cache = dir.join("modules");
+    let config = dir.join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:1\ncache_dir: {}\nclusters: [{{name: a, endpoints: [\"127.0.0.1:2\"]}}]\nroute: {{cluster: a}}\nfilters: [{{name: m, module: {}}}]\n",
+            cache.display(),
+            wasm("measure").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["run", "--config", config.to_str().unwrap(), "--check"]);
+    assert_eq!(code, 0, "{err}");
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].extension().is_some_and(|e| e == "cwasm"));
+    let modified = std::fs::metadata(&entries[0]).unwrap().modified().unwrap();
+    let (code, _, _) = run(&["run", "--config", config.to_str().unwrap(), "--check"]);
+    assert_eq!(code, 0);
+    assert_eq!(std::fs::metadata(&entries[0]).unwrap().modified().unwrap(), modified, "reused, not rewritten");
+}

@@ -63,6 +63,10 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// Generate load: open-loop constant rate (coordinated-omission-correct) or closed-loop max.
+    Load(meshwork_load::LoadArgs),
+    /// Run an SMP performance profile: scenarios side by side, SMP result documents.
+    Bench(meshwork_load::BenchArgs),
     /// Work with proxy-wasm filter modules.
     Filter {
         #[command(subcommand)]
@@ -144,6 +148,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             app::serve(listen, name, threads)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Load(args) => meshwork_load::run_load(args),
+        Command::Bench(args) => meshwork_load::run_bench(args),
         Command::Filter { command: FilterCommand::Inspect { file, output } } => {
             let report = inspect::inspect(&file)?;
             match output {

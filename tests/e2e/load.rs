@@ -1,0 +1,1 @@
+//! meshwork load and meshwork bench, end to end (issue 4).
