@@ -8,14 +8,12 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use meshwork_filter_support::{
-    ConfigDuration, MetricCache, SharedSlots, fingerprint, now_ns, property_string, route_name, tagged,
-};
-use meshwork_token_bucket::Limit;
-use meshwork_token_bucket::table::{self, Outcome};
+use meshwork_cas_table::Outcome;
+use meshwork_filter_support::{ConfigDuration, SharedTable, fingerprint, now_ns, property_string, route_name, tagged};
+use meshwork_token_bucket::{Limit, State};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use serde::Deserialize;
 
 proxy_wasm::main! {{
@@ -66,15 +64,12 @@ fn default_max_keys() -> usize {
     1024
 }
 
-/// Linear probing stops after this many slots; past it the table counts as full.
-const MAX_PROBE: usize = 8;
-
 struct Limiter {
     config: Config,
     limit: Limit,
-    slots_prefix: String,
-    metrics: MetricCache,
-    plugin: String,
+    table: SharedTable,
+    /// Counter ids for the outcomes allowed, limited, undecided (defined once).
+    outcomes: [u32; 3],
 }
 
 #[derive(Default)]
@@ -100,11 +95,16 @@ impl RateLimitRoot {
         }
         let plugin = property_string(&["plugin_name"]).unwrap_or_else(|| "local-rate-limit".into());
         // A new configuration gets fresh buckets: the namespace includes its fingerprint.
-        let slots_prefix = format!("meshwork.local-rate-limit.{plugin}.{:016x}", fingerprint(bytes));
-        SharedSlots::new(slots_prefix.clone())
-            .create(config.max_keys)
-            .map_err(|s| format!("cannot create shared-data slots: {s:?}"))?;
-        self.limiter = Some(Rc::new(Limiter { config, limit, slots_prefix, metrics: MetricCache::default(), plugin }));
+        let table = SharedTable::new(
+            format!("meshwork.local-rate-limit.{plugin}.{:016x}", fingerprint(bytes)),
+            config.max_keys,
+        );
+        table.create().map_err(|s| format!("cannot create shared-data slots: {s:?}"))?;
+        let outcomes = ["allowed", "limited", "undecided"].map(|outcome| {
+            let name = tagged("meshwork_local_rate_limit_requests_total", &[("plugin", &plugin), ("outcome", outcome)]);
+            hostcalls::define_metric(MetricType::Counter, &name).unwrap_or(0)
+        });
+        self.limiter = Some(Rc::new(Limiter { config, limit, table, outcomes }));
         Ok(())
     }
 }
@@ -146,12 +146,9 @@ impl RateLimit {
         }
     }
 
-    fn count(&self, outcome: &str) {
-        let l = &self.limiter;
-        l.metrics.increment(
-            &tagged("meshwork_local_rate_limit_requests_total", &[("plugin", &l.plugin), ("outcome", outcome)]),
-            1,
-        );
+    /// Counts an outcome: 0 allowed, 1 limited, 2 undecided.
+    fn count(&self, outcome: usize) {
+        let _ = hostcalls::increment_metric(self.limiter.outcomes[outcome], 1);
     }
 }
 
@@ -169,27 +166,27 @@ impl HttpContext for RateLimit {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let limiter = Rc::clone(&self.limiter);
         let key = self.key();
-        let mut store = SharedSlots::new(limiter.slots_prefix.clone());
+        let now = now_ns();
         let outcome =
-            table::take(&mut store, limiter.config.max_keys, MAX_PROBE, key.as_bytes(), &limiter.limit, now_ns(), 1);
+            limiter.table.update(key.as_bytes(), &limiter.limit, now, |s: &mut State| s.take(&limiter.limit, now, 1));
         let decision = match outcome {
-            Outcome::Decided(d) => d,
+            Outcome::Done(d) => d,
             other => {
                 // The limiter cannot decide (table full, never created, extreme contention):
                 // let the request through and say so, rather than refuse traffic blindly.
                 log(LogLevel::Warn, &format!("local-rate-limit: {other:?} for key {key:?}; allowing"));
-                self.count("undecided");
+                self.count(2);
                 return Action::Continue;
             }
         };
         if decision.allowed {
-            self.count("allowed");
+            self.count(0);
             if limiter.config.headers_on_success {
                 self.allowed = Some(headers(&limiter.limit, decision.remaining, decision.reset_ns));
             }
             return Action::Continue;
         }
-        self.count("limited");
+        self.count(1);
         let mut reply = headers(&limiter.limit, 0, decision.reset_ns);
         reply.push(("retry-after", decision.retry_after_ns.div_ceil(1_000_000_000).max(1).to_string()));
         reply.push(("content-type", "text/plain".into()));

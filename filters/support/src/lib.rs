@@ -3,11 +3,9 @@
 //! Everything here is host-neutral: it uses only ABI v0.2.1 hostcalls and Envoy's property
 //! paths, so filters built on it run unchanged in Envoy, Istio, Consul, Kuma and meshwork.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use meshwork_token_bucket::table::{CasStore, SLOT_LEN};
+use meshwork_cas_table::{CasStore, MAX_VALUE, Outcome, SlotState};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MetricType, Status};
 use serde::{Deserialize, Deserializer};
@@ -100,41 +98,6 @@ pub fn property_i64(path: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(property(path)?.as_slice().try_into().ok()?))
 }
 
-/// Metrics defined on first use and cached by full name (one cache per VM).
-#[derive(Default)]
-pub struct MetricCache {
-    ids: RefCell<HashMap<String, Option<u32>>>,
-}
-
-impl MetricCache {
-    fn id(&self, kind: MetricType, name: &str) -> Option<u32> {
-        if let Some(id) = self.ids.borrow().get(name) {
-            return *id;
-        }
-        let id = hostcalls::define_metric(kind, name).ok();
-        self.ids.borrow_mut().insert(name.to_owned(), id);
-        id
-    }
-
-    pub fn increment(&self, name: &str, delta: i64) {
-        if let Some(id) = self.id(MetricType::Counter, name) {
-            let _ = hostcalls::increment_metric(id, delta);
-        }
-    }
-
-    pub fn record(&self, name: &str, value: u64) {
-        if let Some(id) = self.id(MetricType::Histogram, name) {
-            let _ = hostcalls::record_metric(id, value);
-        }
-    }
-
-    pub fn set_gauge(&self, name: &str, value: u64) {
-        if let Some(id) = self.id(MetricType::Gauge, name) {
-            let _ = hostcalls::record_metric(id, value);
-        }
-    }
-}
-
 /// A metric name with tags in meshwork's tag convention (see `meshwork_measure_core`).
 pub fn tagged(base: &str, tags: &[(&str, &str)]) -> String {
     let mut name = String::with_capacity(base.len() + 32 * tags.len());
@@ -142,17 +105,24 @@ pub fn tagged(base: &str, tags: &[(&str, &str)]) -> String {
     name
 }
 
-/// Token-bucket slots kept in proxy-wasm shared data under `<prefix>.<slot>`.
-pub struct SharedSlots {
+/// Per-key state shared by every worker, in proxy-wasm shared data under `<prefix>.<slot>`:
+/// a fixed table of CAS slots (see `meshwork_cas_table` for why slots are created up front).
+pub struct SharedTable {
     prefix: String,
+    slots: usize,
 }
 
-/// Marker of a free slot. Not empty: some hosts treat an empty value as "delete the key".
+/// Linear probing looks at most this many slots; past it the table counts as full.
+pub const MAX_PROBE: usize = 8;
+
+/// Marker of a never-used slot. Not empty: some hosts treat an empty value as "delete the key".
 const FREE_SLOT: &[u8] = &[0];
 
-impl SharedSlots {
-    pub fn new(prefix: String) -> SharedSlots {
-        SharedSlots { prefix }
+impl SharedTable {
+    /// A table of `slots` slots under `prefix`. Give each configuration its own prefix
+    /// (see [`fingerprint`]) so a changed configuration starts from fresh state.
+    pub fn new(prefix: String, slots: usize) -> SharedTable {
+        SharedTable { prefix, slots }
     }
 
     fn key(&self, slot: usize) -> String {
@@ -161,8 +131,8 @@ impl SharedSlots {
 
     /// Creates every slot that does not exist yet. Call from `on_configure`, before traffic:
     /// creation is an unconditional write, and existing slots are left as they are.
-    pub fn create(&self, slots: usize) -> Result<(), Status> {
-        for slot in 0..slots {
+    pub fn create(&self) -> Result<(), Status> {
+        for slot in 0..self.slots {
             let key = self.key(slot);
             if let (None, None) = hostcalls::get_shared_data(&key)? {
                 hostcalls::set_shared_data(&key, Some(FREE_SLOT), None)?;
@@ -170,32 +140,47 @@ impl SharedSlots {
         }
         Ok(())
     }
+
+    /// Applies `f` to `key`'s state with compare-and-swap (`f` may run more than once).
+    pub fn update<T: SlotState, R>(
+        &self,
+        key: &[u8],
+        config: &T::Config,
+        now_ns: u64,
+        f: impl FnMut(&mut T) -> R,
+    ) -> Outcome<R> {
+        meshwork_cas_table::update(&mut Store(self), self.slots, MAX_PROBE, key, config, now_ns, f)
+    }
+
+    /// `key`'s state without writing (fresh when it has none yet).
+    pub fn read<T: SlotState>(&self, key: &[u8], config: &T::Config, now_ns: u64) -> Option<T> {
+        meshwork_cas_table::read(&mut Store(self), self.slots, MAX_PROBE, key, config, now_ns)
+    }
 }
 
-impl CasStore for SharedSlots {
-    fn get(&mut self, slot: usize, buf: &mut [u8; SLOT_LEN]) -> Option<(usize, u32)> {
-        match hostcalls::get_shared_data(&self.key(slot)) {
+struct Store<'a>(&'a SharedTable);
+
+impl CasStore for Store<'_> {
+    fn get(&mut self, slot: usize, buf: &mut [u8; MAX_VALUE]) -> Option<(usize, u32)> {
+        match hostcalls::get_shared_data(&self.0.key(slot)) {
             Ok((value, Some(cas))) => {
                 let value = value.unwrap_or_default();
-                if value.len() == SLOT_LEN {
-                    buf.copy_from_slice(&value);
-                    Some((SLOT_LEN, cas))
-                } else {
-                    Some((0, cas))
-                }
+                let len = value.len().min(MAX_VALUE);
+                buf[..len].copy_from_slice(&value[..len]);
+                Some((if value.len() > MAX_VALUE { 0 } else { len }, cas))
             }
             _ => None,
         }
     }
 
     fn set(&mut self, slot: usize, value: &[u8], cas: u32) -> bool {
-        hostcalls::set_shared_data(&self.key(slot), Some(value), Some(cas)).is_ok()
+        hostcalls::set_shared_data(&self.0.key(slot), Some(value), Some(cas)).is_ok()
     }
 }
 
 /// FNV-1a of a config blob, to give each configuration its own shared-data namespace.
 pub fn fingerprint(bytes: &[u8]) -> u64 {
-    meshwork_token_bucket::table::key_hash(bytes)
+    meshwork_cas_table::key_hash(bytes)
 }
 
 #[cfg(test)]

@@ -143,123 +143,28 @@ impl State {
     }
 }
 
-/// Buckets for many keys in a fixed table of compare-and-swap slots.
-///
-/// Proxy-wasm shared data can only create a key with an unconditional write, so two workers that
-/// both find a key missing would each take from a "full" bucket and one take would be lost. The
-/// table avoids creation during traffic: every slot exists from configure time (empty), keys are
-/// placed by hash with linear probing, and every update is a CAS. A slot whose bucket has refilled
-/// completely is indistinguishable from an empty one, so idle keys give their slot up to others.
-pub mod table {
-    use super::{Decision, Limit, State};
+/// A bucket per key in a table all workers share (see `meshwork_cas_table`). A full bucket is
+/// idle: it says nothing a new one would not, so its slot may go to another key.
+impl meshwork_cas_table::SlotState for State {
+    type Config = Limit;
+    const LEN: usize = State::ENCODED_LEN;
 
-    /// A slot's value: the key's 64-bit hash and its bucket. An empty value is a free slot.
-    pub const SLOT_LEN: usize = 24;
-
-    /// Shared storage with compare-and-swap, as proxy-wasm shared data provides.
-    pub trait CasStore {
-        /// Reads a slot into `buf`; returns the value's length (0 for free) and its CAS token.
-        /// `None` when the slot was never created.
-        fn get(&mut self, slot: usize, buf: &mut [u8; SLOT_LEN]) -> Option<(usize, u32)>;
-        /// Writes a slot if its CAS token is still `cas`; `false` on mismatch.
-        fn set(&mut self, slot: usize, value: &[u8], cas: u32) -> bool;
+    fn fresh(limit: &Limit, now_ns: u64) -> State {
+        State::full(limit, now_ns)
     }
 
-    /// What happened to one request.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Outcome {
-        Decided(Decision),
-        /// Every probed slot holds another active key: the table is too small for the traffic.
-        TableFull,
-        /// A slot was missing: the table was not created before traffic.
-        NotInitialised,
-        /// Too many CAS conflicts in a row (extreme contention on one key).
-        Contended,
+    fn is_idle(&self, limit: &Limit, now_ns: u64) -> bool {
+        let mut refilled = *self;
+        refilled.refill(limit, now_ns);
+        refilled.units >= limit.capacity_units()
     }
 
-    /// FNV-1a: stable across builds and targets, cheap, good enough to spread keys.
-    pub fn key_hash(key: &[u8]) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in key {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h
+    fn encode(&self, out: &mut [u8]) {
+        out.copy_from_slice(&State::encode(self));
     }
 
-    fn encode(hash: u64, state: &State) -> [u8; SLOT_LEN] {
-        let mut out = [0u8; SLOT_LEN];
-        out[..8].copy_from_slice(&hash.to_le_bytes());
-        out[8..].copy_from_slice(&state.encode());
-        out
-    }
-
-    /// Takes `cost` tokens from `key`'s bucket, probing at most `max_probe` of `slots` slots.
-    pub fn take<S: CasStore>(
-        store: &mut S,
-        slots: usize,
-        max_probe: usize,
-        key: &[u8],
-        limit: &Limit,
-        now_ns: u64,
-        cost: u64,
-    ) -> Outcome {
-        let hash = key_hash(key);
-        let start = (hash % slots.max(1) as u64) as usize;
-        for probe in 0..max_probe.min(slots) {
-            match take_from_slot(store, (start + probe) % slots, hash, limit, now_ns, cost) {
-                SlotResult::Done(decision) => return Outcome::Decided(decision),
-                SlotResult::Busy => continue,
-                SlotResult::Missing => return Outcome::NotInitialised,
-                SlotResult::Contended => return Outcome::Contended,
-            }
-        }
-        Outcome::TableFull
-    }
-
-    enum SlotResult {
-        Done(Decision),
-        Busy,
-        Missing,
-        Contended,
-    }
-
-    fn take_from_slot<S: CasStore>(
-        store: &mut S,
-        slot: usize,
-        hash: u64,
-        limit: &Limit,
-        now_ns: u64,
-        cost: u64,
-    ) -> SlotResult {
-        const MAX_CAS_RETRIES: usize = 64;
-        let mut buf = [0u8; SLOT_LEN];
-        for _ in 0..MAX_CAS_RETRIES {
-            let Some((len, cas)) = store.get(slot, &mut buf) else {
-                return SlotResult::Missing;
-            };
-            let held = (len == SLOT_LEN).then(|| {
-                let (h, state) = buf.split_at(8);
-                (u64::from_le_bytes(h.try_into().unwrap_or_default()), State::decode(state))
-            });
-            let mut state = match held {
-                Some((h, Some(state))) if h == hash => state,
-                Some((_, Some(mut other))) => {
-                    // Another key's bucket: free only once it has refilled completely.
-                    other.take(limit, now_ns, 0);
-                    if other.units < limit.capacity_units() {
-                        return SlotResult::Busy;
-                    }
-                    State::full(limit, now_ns)
-                }
-                _ => State::full(limit, now_ns),
-            };
-            let decision = state.take(limit, now_ns, cost);
-            if store.set(slot, &encode(hash, &state), cas) {
-                return SlotResult::Done(decision);
-            }
-        }
-        SlotResult::Contended
+    fn decode(bytes: &[u8]) -> Option<State> {
+        State::decode(bytes)
     }
 }
 
@@ -378,114 +283,66 @@ mod tests {
         }
     }
 
-    mod table_tests {
+    mod shared_table {
         extern crate std;
-        use super::super::table::{self, CasStore, Outcome, SLOT_LEN};
         use super::super::*;
+        use meshwork_cas_table::mem::MemStore;
+        use meshwork_cas_table::{CasStore, MAX_VALUE, Outcome, update};
         use proptest::prelude::*;
-        use std::vec;
-        use std::vec::Vec;
 
-        /// Shared data as the host keeps it: value plus a CAS token bumped on every write.
-        struct MemStore {
-            slots: Vec<Option<(Vec<u8>, u32)>>,
-            next_cas: u32,
+        fn take(store: &mut impl CasStore, limit: &Limit, now: u64) -> Outcome<Decision> {
+            update(store, 8, 4, b"route", limit, now, |s: &mut State| s.take(limit, now, 1))
         }
 
-        impl MemStore {
-            fn created(n: usize) -> MemStore {
-                MemStore { slots: vec![Some((Vec::new(), 1)); n], next_cas: 2 }
-            }
-        }
-
-        impl CasStore for MemStore {
-            fn get(&mut self, slot: usize, buf: &mut [u8; SLOT_LEN]) -> Option<(usize, u32)> {
-                let (v, cas) = self.slots[slot].as_ref()?;
-                buf[..v.len()].copy_from_slice(v);
-                Some((v.len(), *cas))
-            }
-            fn set(&mut self, slot: usize, value: &[u8], cas: u32) -> bool {
-                let entry = self.slots[slot].as_mut().expect("slot exists");
-                if cas != 0 && cas != entry.1 {
-                    return false;
-                }
-                *entry = (value.to_vec(), self.next_cas);
-                self.next_cas += 1;
-                true
-            }
-        }
-
-        /// Between every read and write, a second worker may run a whole take on the same key.
+        /// Between every read and write, a second worker may take a token from the same key.
         struct Interfering<'a> {
             inner: MemStore,
             schedule: &'a [bool],
             step: usize,
-            key: &'a [u8],
             limit: Limit,
-            now: u64,
             rival_admitted: u64,
         }
 
         impl CasStore for Interfering<'_> {
-            fn get(&mut self, slot: usize, buf: &mut [u8; SLOT_LEN]) -> Option<(usize, u32)> {
+            fn get(&mut self, slot: usize, buf: &mut [u8; MAX_VALUE]) -> Option<(usize, u32)> {
                 self.inner.get(slot, buf)
             }
             fn set(&mut self, slot: usize, value: &[u8], cas: u32) -> bool {
                 let interfere = self.schedule.get(self.step).copied().unwrap_or(false);
                 self.step += 1;
-                if interfere {
-                    let n = self.inner.slots.len();
-                    if let Outcome::Decided(d) = table::take(&mut self.inner, n, 4, self.key, &self.limit, self.now, 1)
-                    {
-                        self.rival_admitted += d.allowed as u64;
-                    }
+                if interfere && let Outcome::Done(d) = take(&mut self.inner, &self.limit, 5) {
+                    self.rival_admitted += d.allowed as u64;
                 }
                 self.inner.set(slot, value, cas)
             }
         }
 
         #[test]
-        fn uncreated_table_is_reported() {
-            let mut store = MemStore { slots: vec![None; 4], next_cas: 1 };
-            let limit = Limit::new(1, 1_000, 1).unwrap();
-            assert_eq!(table::take(&mut store, 4, 4, b"k", &limit, 0, 1), Outcome::NotInitialised);
-        }
-
-        #[test]
-        fn keys_are_independent_and_full_table_is_reported() {
+        fn a_refilled_bucket_frees_its_slot() {
             let limit = Limit::new(1, 1_000_000_000, 2).unwrap();
-            let mut store = MemStore::created(2);
-            for key in [b"a", b"b"] {
-                for _ in 0..2 {
-                    assert!(
-                        matches!(table::take(&mut store, 2, 2, key, &limit, 0, 1), Outcome::Decided(d) if d.allowed)
-                    );
-                }
-                assert!(matches!(table::take(&mut store, 2, 2, key, &limit, 0, 1), Outcome::Decided(d) if !d.allowed));
-            }
-            assert_eq!(table::take(&mut store, 2, 2, b"c", &limit, 0, 1), Outcome::TableFull);
-            // Once "a" has refilled completely its slot is free for "c".
+            let mut store = MemStore::created(1);
+            let mut go =
+                |k: &[u8], now| update(&mut store, 1, 1, k, &limit, now, |s: &mut State| s.take(&limit, now, 1));
+            assert!(matches!(go(b"a", 0), Outcome::Done(d) if d.allowed));
+            assert_eq!(go(b"b", 0), Outcome::TableFull, "a's bucket is not full yet");
             assert!(
-                matches!(table::take(&mut store, 2, 2, b"c", &limit, 2_000_000_000, 1), Outcome::Decided(d) if d.allowed)
+                matches!(go(b"b", 2_000_000_000), Outcome::Done(d) if d.allowed),
+                "a refilled: b may take the slot"
             );
         }
 
         proptest! {
-            /// Two workers racing on one key never admit more than the burst from a full bucket,
-            /// and never lose a token: together they admit exactly `burst`.
+            /// Two workers racing on one key admit exactly `burst` from a full bucket together.
             #[test]
             fn racing_workers_admit_exactly_burst(
                 burst in 1u64..20,
                 schedule in proptest::collection::vec(any::<bool>(), 0..200),
             ) {
                 let limit = Limit::new(1, 1_000_000_000_000, burst).unwrap();
-                let mut store = Interfering {
-                    inner: MemStore::created(8), schedule: &schedule, step: 0,
-                    key: b"route", limit, now: 5, rival_admitted: 0,
-                };
+                let mut store = Interfering { inner: MemStore::created(8), schedule: &schedule, step: 0, limit, rival_admitted: 0 };
                 let mut admitted = 0;
                 for _ in 0..(burst * 2 + 5) {
-                    if let Outcome::Decided(d) = table::take(&mut store, 8, 4, b"route", &limit, 5, 1) {
+                    if let Outcome::Done(d) = take(&mut store, &limit, 5) {
                         admitted += d.allowed as u64;
                     }
                 }
