@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshwork_cas_table::{CasStore, MAX_VALUE, Outcome, SlotState};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{MetricType, Status};
+use proxy_wasm::types::Status;
 use serde::{Deserialize, Deserializer};
 
 /// A duration in config: `"250ms"`, `"1.5s"`, `"2m"`, `"1h"`, `"100us"`, or a number of milliseconds.
