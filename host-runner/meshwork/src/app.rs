@@ -3,6 +3,8 @@
 //! Each request chooses its answer with query parameters (or `x-upstream-<name>` headers):
 //! `status=503`, `delay=20ms`, `size=1024` (body bytes; without it the body echoes the request
 //! as JSON), `header=name:value` (repeatable), `reset=1` (drop the connection, no response).
+//! `fail_first=N` with `key=K` applies `status`, `delay` and `reset` only to the first N
+//! requests with that key and answers plainly after: a service that recovers, for retries.
 //! Every request except `/stats` is counted — in total, by path, by status and by the `key`
 //! parameter — and `GET /stats` reports the counts (`POST /stats/reset` zeroes them).
 
@@ -41,6 +43,7 @@ struct Ask {
     headers: Vec<(HeaderName, HeaderValue)>,
     reset: bool,
     key: Option<String>,
+    fail_first: Option<u64>,
 }
 
 fn param(query: &[(String, String)], headers: &http::HeaderMap, name: &str) -> Vec<String> {
@@ -111,13 +114,21 @@ impl Ask {
             let value = HeaderValue::from_str(v.trim()).map_err(|_| format!("bad header value {v:?}"))?;
             extra.push((name, value));
         }
+        let fail_first = one("fail_first")
+            .map(|n| n.parse::<u64>().map_err(|_| format!("fail_first {n:?} is not a count")))
+            .transpose()?;
+        let key = one("key");
+        if fail_first.is_some() && key.is_none() {
+            return Err("fail_first needs a key to count requests by".into());
+        }
         Ok(Ask {
             status,
             delay,
             size,
             headers: extra,
             reset: one("reset").is_some_and(|v| v == "1" || v == "true"),
-            key: one("key"),
+            key,
+            fail_first,
         })
     }
 }
@@ -144,19 +155,23 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
         _ => {}
     }
     // Every request is counted, malformed ones (answered 400) included.
-    let ask = Ask::from(&request);
+    let mut ask = Ask::from(&request);
     let path = request.uri().path().to_owned();
     {
         let mut c = app.counts.lock().map_err(|_| "poisoned")?;
         c.requests_total += 1;
         *c.by_path.entry(path.clone()).or_default() += 1;
-        match &ask {
+        match &mut ask {
             Ok(ask) => {
+                if let Some(k) = &ask.key {
+                    let seen = c.by_key.entry(k.clone()).or_default();
+                    *seen += 1;
+                    if ask.fail_first.is_some_and(|n| *seen > n) {
+                        (ask.status, ask.delay, ask.reset) = (StatusCode::OK, Duration::ZERO, false);
+                    }
+                }
                 if !ask.reset {
                     *c.by_status.entry(ask.status.as_u16()).or_default() += 1;
-                }
-                if let Some(k) = &ask.key {
-                    *c.by_key.entry(k.clone()).or_default() += 1;
                 }
             }
             Err(_) => *c.by_status.entry(400).or_default() += 1,

@@ -37,9 +37,18 @@ pub struct RouteConfig {
     pub name: String,
     /// Requests whose path starts with this go to this route ("/" matches all).
     pub prefix: String,
-    pub cluster: String,
+    pub target: RouteTarget,
     /// The whole-request timeout (Envoy's route timeout); None disables it.
     pub timeout: Option<Duration>,
+}
+
+/// Where a route sends its requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteTarget {
+    Cluster(String),
+    /// The cluster named by this request header, as set by a filter (Envoy's `cluster_header`,
+    /// how the traffic-split filter picks a version).
+    ClusterHeader(String),
 }
 
 #[derive(Clone, Debug)]
@@ -83,7 +92,8 @@ struct FileCluster {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRoute {
-    cluster: String,
+    cluster: Option<String>,
+    cluster_header: Option<String>,
     name: Option<String>,
     prefix: Option<String>,
     timeout: Option<String>,
@@ -222,10 +232,16 @@ impl ProxyConfig {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut routes = Vec::new();
         for r in file.route.into_iter().chain(file.routes) {
+            let name = r.name.unwrap_or_else(|| "default".into());
+            let target = match (r.cluster, r.cluster_header) {
+                (Some(c), None) => RouteTarget::Cluster(c),
+                (None, Some(h)) => RouteTarget::ClusterHeader(h.to_ascii_lowercase()),
+                _ => bail!("route {name:?} needs exactly one of cluster or cluster_header"),
+            };
             routes.push(RouteConfig {
-                name: r.name.unwrap_or_else(|| "default".into()),
+                name,
                 prefix: r.prefix.unwrap_or_else(|| "/".into()),
-                cluster: r.cluster,
+                target,
                 timeout: match r.timeout.as_deref() {
                     None => Some(Duration::from_secs(15)),
                     Some("0" | "0s" | "none") => None,
@@ -301,8 +317,14 @@ impl ProxyConfig {
             }
         }
         for r in &self.routes {
-            if !names.contains(r.cluster.as_str()) {
-                bail!("route {:?} points at cluster {:?}, which is not defined", r.name, r.cluster);
+            match &r.target {
+                RouteTarget::Cluster(c) if !names.contains(c.as_str()) => {
+                    bail!("route {:?} points at cluster {:?}, which is not defined", r.name, c)
+                }
+                RouteTarget::ClusterHeader(h) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
+                    bail!("route {:?} cluster_header {:?} is not a valid header name", r.name, h)
+                }
+                _ => {}
             }
             if !r.prefix.starts_with('/') {
                 bail!("route {:?} prefix {:?} must start with /", r.name, r.prefix);

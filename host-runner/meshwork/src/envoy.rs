@@ -19,7 +19,7 @@ use bytes::Bytes;
 use meshwork_wasm_host::{NodeInfo, PluginConfig};
 use serde_json::{Map, Value};
 
-use crate::config::{ClusterConfig, FilterConfig, ProxyConfig, RouteConfig, parse_addr, parse_duration};
+use crate::config::{ClusterConfig, FilterConfig, ProxyConfig, RouteConfig, RouteTarget, parse_addr, parse_duration};
 
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const HCM_TYPE: &str =
@@ -262,12 +262,19 @@ fn route_config(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Vec
         let action = w.object(
             route.get("route").with_context(|| format!("{apath} is missing (only route actions are supported)"))?,
             &apath,
-            &["cluster", "timeout"],
+            &["cluster", "cluster_header", "timeout"],
         )?;
+        let target = match (action.get("cluster"), action.get("cluster_header")) {
+            (Some(_), None) => RouteTarget::Cluster(string(action, "cluster", &apath)?.to_owned()),
+            (None, Some(_)) => {
+                RouteTarget::ClusterHeader(string(action, "cluster_header", &apath)?.to_ascii_lowercase())
+            }
+            _ => bail!("{apath} needs exactly one of cluster or cluster_header"),
+        };
         routes.push(RouteConfig {
             name: route.get("name").and_then(Value::as_str).map_or_else(|| format!("route-{i}"), str::to_owned),
             prefix,
-            cluster: string(action, "cluster", &apath)?.to_owned(),
+            target,
             // Envoy's default route timeout is 15s; "0s" disables it.
             timeout: match duration(action.get("timeout"), &format!("{apath}.timeout"))? {
                 None => Some(Duration::from_secs(15)),
@@ -546,6 +553,17 @@ static_resources:
         assert!(all.contains("static_resources.clusters[0].transport_socket: not supported"), "{all}");
         assert!(all.contains("lb_policy: RING_HASH"), "{all}");
         assert!(all.contains("routes[0].route.retry_policy: not supported"), "{all}");
+    }
+
+    #[test]
+    fn cluster_header_routes_translate() {
+        let yaml = TYPICAL.replace("route: {cluster: app, timeout: 2s}", "route: {cluster_header: X-Version}");
+        let (c, w) = walk(&yaml);
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        assert_eq!(c.unwrap().routes[0].target, RouteTarget::ClusterHeader("x-version".into()));
+        let yaml = TYPICAL.replace("route: {cluster: app, timeout: 2s}", "route: {timeout: 2s}");
+        let err = walk(&yaml).0.err().expect("a route without a target is refused");
+        assert!(format!("{err:#}").contains("exactly one of cluster or cluster_header"), "{err:#}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod body;
 mod forward;
+mod router;
 mod stream;
 pub mod upstream;
 pub mod worker;
@@ -19,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use meshwork_wasm_host::{PluginTemplate, Services, WasmEngine};
 use tokio::sync::mpsc;
 
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, RouteTarget};
 use body::ProxyBody;
 use upstream::{Cluster, Upstreams};
 use worker::{Chain, ConnInfo, FilterSlot, Route, Worker, WorkerDispatcher, WorkerQueueOwner};
@@ -156,10 +157,16 @@ fn run_worker(
             .routes
             .iter()
             .filter_map(|r| {
+                let target = match &r.target {
+                    RouteTarget::Cluster(c) => router::Target::Cluster(upstreams.get(c)?),
+                    RouteTarget::ClusterHeader(h) => {
+                        router::Target::Header(http::HeaderName::from_bytes(h.as_bytes()).ok()?)
+                    }
+                };
                 Some(Rc::new(Route {
                     name: Rc::from(r.name.as_str()),
                     prefix: r.prefix.clone(),
-                    cluster: upstreams.get(&r.cluster)?,
+                    target,
                     timeout: r.timeout,
                 }))
             })
@@ -177,7 +184,7 @@ fn run_worker(
                 }
             }
         }
-        let worker = Rc::new(Worker::new(index, routes, slots, services, cluster_names));
+        let worker = Rc::new(Worker::new(index, routes, upstreams.clone(), slots, services, cluster_names));
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
             Err(e) => {

@@ -7,14 +7,13 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use meshwork_wasm_host::headers::HeaderMap;
@@ -22,13 +21,24 @@ use meshwork_wasm_host::{Dir, FilterStream, LocalReply, Output, PluginVm, Stream
 use tokio::time::Sleep;
 
 use super::body::{self, BoxError, FrameSender, ProxyBody};
-use super::upstream::{PooledBody, UpstreamError, strip_hop_by_hop};
+use super::router::{self, Exchange, Replayable, RetryPolicy, Target};
+use super::upstream::{Cluster, PooledBody, strip_hop_by_hop};
 use super::worker::{ConnInfo, Route, Worker};
 
-type UpstreamFuture = Pin<Box<dyn Future<Output = Result<(Response<PooledBody>, SocketAddr), UpstreamError>>>>;
+/// The most request body meshwork buffers to be able to retry (Envoy's default
+/// `per_request_buffer_limit_bytes`); larger requests that ask for retries get 413.
+pub const MAX_REPLAY_BODY: usize = 1 << 20;
+
+type UpstreamFuture = Pin<Box<dyn Future<Output = Exchange>>>;
 
 enum Upstream {
     NotStarted,
+    /// Retries need the whole request: its body is gathered before the first attempt.
+    Collecting {
+        request: Replayable,
+        cluster: Rc<Cluster>,
+        policy: RetryPolicy,
+    },
     Waiting(UpstreamFuture),
     Streaming(PooledBody),
     Done,
@@ -43,6 +53,9 @@ struct Driver {
     upstream: Upstream,
     deadline: Option<Pin<Box<Sleep>>>,
     upstream_started: Option<Instant>,
+    /// The request asked for retries: the response says how many attempts it took.
+    report_attempts: bool,
+    cluster_name: Rc<str>,
     response_finished: bool,
 }
 
@@ -144,7 +157,11 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, BoxError> {
     let (mut parts, body) = request.into_parts();
     let headers = request_map(&mut parts, &worker);
-    let mut info = StreamInfo::new(route.name.clone(), route.cluster.name.clone());
+    let cluster_name = match &route.target {
+        Target::Cluster(c) => c.name.clone(),
+        Target::Header(_) => Rc::from(""),
+    };
+    let mut info = StreamInfo::new(route.name.clone(), cluster_name.clone());
     info.protocol = protocol(parts.version);
     info.source = Some(conn.peer);
     info.destination = Some(conn.local);
@@ -161,6 +178,8 @@ pub async fn handle(
         upstream: Upstream::NotStarted,
         deadline: None,
         upstream_started: None,
+        report_attempts: false,
+        cluster_name,
         response_finished: false,
     }));
     let end_stream = std::future::poll_fn(|cx| driver.borrow_mut().poll_response_headers(cx)).await?;
@@ -222,6 +241,25 @@ impl Driver {
             match output {
                 Output::Headers { end_stream } => self.start_upstream(end_stream),
                 Output::Data { bytes, end_stream } => {
+                    if let Upstream::Collecting { request, .. } = &mut self.upstream {
+                        if request.body.len() + bytes.len() > MAX_REPLAY_BODY {
+                            self.engine.local_reply(local(
+                                413,
+                                "request_payload_exceeded_retry_buffer_limit",
+                                "request body too large to retry\n",
+                            ));
+                            self.upstream = Upstream::Done;
+                            continue;
+                        }
+                        let mut body =
+                            std::mem::take(&mut request.body).try_into_mut().unwrap_or_else(|b| b.as_ref().into());
+                        body.extend_from_slice(&bytes);
+                        request.body = body.freeze();
+                        if end_stream {
+                            self.launch();
+                        }
+                        continue;
+                    }
                     if let Some(tx) = &self.upstream_tx {
                         let _ = tx.send(Ok(Frame::data(bytes)));
                     }
@@ -230,6 +268,11 @@ impl Driver {
                     }
                 }
                 Output::Trailers => {
+                    if matches!(self.upstream, Upstream::Collecting { .. }) {
+                        // Retried requests go without trailers (HTTP/1.1 upstreams rarely take them).
+                        self.launch();
+                        continue;
+                    }
                     let trailers = self.engine.data().borrow().request_trailers.clone().unwrap_or_default();
                     if let Some(tx) = self.upstream_tx.take() {
                         let _ = tx.send(Ok(Frame::trailers(trailers.into_regular())));
@@ -241,7 +284,7 @@ impl Driver {
             // A local reply answers the client: the upstream request is abandoned.
             self.upstream_tx = None;
             self.downstream = None;
-            if matches!(self.upstream, Upstream::Waiting(_) | Upstream::Streaming(_)) {
+            if matches!(self.upstream, Upstream::Waiting(_) | Upstream::Streaming(_) | Upstream::Collecting { .. }) {
                 self.upstream = Upstream::Done;
                 self.deadline = None;
             }
@@ -249,44 +292,80 @@ impl Driver {
         progressed
     }
 
+    /// The request left the filter chain: pick the cluster, then send it (streaming), or gather
+    /// its body first when it asks for retries.
     fn start_upstream(&mut self, end_stream: bool) {
-        let request = {
+        let (method, uri, mut headers, cluster) = {
             let data = self.engine.data().borrow();
             let h = &data.request_headers;
-            let mut builder =
-                Request::builder().method(h.get(b":method").unwrap_or(b"GET")).uri(h.get(b":path").unwrap_or(b"/"));
-            if let Some(headers) = builder.headers_mut() {
-                *headers = h.regular().clone();
-                if let Some(authority) = h.get(b":authority").and_then(|a| HeaderValue::from_bytes(a).ok()) {
-                    headers.insert(http::header::HOST, authority);
-                }
-            }
-            let body = if end_stream {
-                body::empty()
-            } else {
-                let (tx, body) = body::channel();
-                self.upstream_tx = Some(tx);
-                ProxyBody::new(body)
-            };
-            builder.body(body)
-        };
-        let request = match request {
-            Ok(r) => r,
-            Err(e) => {
-                self.engine.local_reply(local(
-                    500,
-                    "filter_made_invalid_request",
-                    format!("invalid request after filters: {e}\n"),
-                ));
+            let method = Method::from_bytes(h.get(b":method").unwrap_or(b"GET"));
+            let uri = Uri::try_from(h.get(b":path").unwrap_or(b"/"));
+            let (Ok(method), Ok(uri)) = (method, uri) else {
+                drop(data);
+                self.engine.local_reply(local(500, "filter_made_invalid_request", "invalid request after filters\n"));
                 return;
+            };
+            let mut headers = h.regular().clone();
+            if let Some(authority) = h.get(b":authority").and_then(|a| HeaderValue::from_bytes(a).ok()) {
+                headers.insert(http::header::HOST, authority);
             }
+            let cluster = match &self.route.target {
+                Target::Cluster(c) => Some(c.clone()),
+                Target::Header(name) => h
+                    .get(name.as_str().as_bytes())
+                    .and_then(|c| std::str::from_utf8(c).ok())
+                    .and_then(|c| self.worker.cluster(c)),
+            };
+            (method, uri, headers, cluster)
         };
-        let cluster = self.route.cluster.clone();
-        self.upstream = Upstream::Waiting(Box::pin(async move { cluster.send(request).await }));
+        let Some(cluster) = cluster else {
+            // Envoy answers a cluster_header naming no cluster with 404.
+            self.engine.local_reply(local(404, "cluster_not_found", "no cluster for this request\n"));
+            return;
+        };
+        self.cluster_name = cluster.name.clone();
+        self.engine.data().borrow_mut().info.cluster_name = cluster.name.clone();
+        let policy = RetryPolicy::from_headers(&headers);
+        let timeout = router::request_timeout(&headers, self.route.timeout);
+        router::strip_control_headers(&mut headers);
         self.upstream_started = Some(Instant::now());
-        if let Some(timeout) = self.route.timeout {
+        if let Some(timeout) = timeout {
             self.deadline = Some(Box::pin(tokio::time::sleep(timeout)));
         }
+        if let Some(policy) = policy {
+            self.report_attempts = true;
+            let request = Replayable { method, uri, headers, body: Bytes::new() };
+            self.upstream = Upstream::Collecting { request, cluster, policy };
+            if end_stream {
+                self.launch();
+            }
+            return;
+        }
+        let body = if end_stream {
+            body::empty()
+        } else {
+            let (tx, body) = body::channel();
+            self.upstream_tx = Some(tx);
+            ProxyBody::new(body)
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        self.upstream = Upstream::Waiting(Box::pin(async move {
+            Exchange { result: cluster.send(request).await.map_err(Into::into), attempts: 1 }
+        }));
+    }
+
+    /// Starts the retrying exchange once the whole request is known.
+    fn launch(&mut self) {
+        let Upstream::Collecting { request, cluster, policy } = std::mem::replace(&mut self.upstream, Upstream::Done)
+        else {
+            return;
+        };
+        let worker = self.worker.clone();
+        self.upstream =
+            Upstream::Waiting(Box::pin(router::exchange(cluster, request, policy, move || worker.random_unit())));
     }
 
     fn read_downstream(&mut self, cx: &mut Context<'_>) -> bool {
@@ -330,18 +409,23 @@ impl Driver {
     fn read_upstream(&mut self, cx: &mut Context<'_>) -> bool {
         match &mut self.upstream {
             Upstream::NotStarted | Upstream::Done => false,
+            Upstream::Collecting { .. } => false,
             Upstream::Waiting(future) => {
-                let result = match future.as_mut().poll(cx) {
+                let Exchange { result, attempts } = match future.as_mut().poll(cx) {
                     Poll::Pending => return false,
                     Poll::Ready(r) => r,
                 };
+                self.worker.stats.upstream_retries(&self.cluster_name, attempts - 1);
                 match result {
                     Ok((response, addr)) => {
                         if let Some(start) = self.upstream_started {
-                            self.worker.stats.upstream_time(&self.route.cluster.name, start.elapsed());
+                            self.worker.stats.upstream_time(&self.cluster_name, start.elapsed());
                         }
                         let (mut parts, body) = response.into_parts();
                         let end = body.is_end_stream();
+                        if self.report_attempts {
+                            parts.headers.insert(router::ATTEMPT_COUNT, HeaderValue::from(attempts));
+                        }
                         self.engine.data().borrow_mut().info.upstream = Some(addr);
                         self.upstream = if end { Upstream::Done } else { Upstream::Streaming(body) };
                         if end {
@@ -350,11 +434,19 @@ impl Driver {
                         self.engine.response_headers(response_map(&mut parts), end);
                     }
                     Err(e) => {
-                        tracing::debug!(cluster = %self.route.cluster.name, "upstream failed: {e}");
-                        self.worker.stats.upstream_failure(&self.route.cluster.name);
+                        tracing::debug!(cluster = %self.cluster_name, attempts, "upstream failed: {e}");
+                        self.worker.stats.upstream_failure(&self.cluster_name);
                         self.upstream = Upstream::Done;
                         self.deadline = None;
-                        self.engine.local_reply(local(503, e.details(), e.body()));
+                        let (status, details, body) = e.reply();
+                        let mut reply = local(status as u32, details, body);
+                        if self.report_attempts {
+                            reply.headers.push((
+                                router::ATTEMPT_COUNT.as_str().as_bytes().to_vec(),
+                                attempts.to_string().into_bytes(),
+                            ));
+                        }
+                        self.engine.local_reply(reply);
                     }
                 }
                 true
@@ -407,7 +499,7 @@ impl Driver {
         self.deadline = None;
         self.upstream = Upstream::Done;
         self.upstream_tx = None;
-        self.worker.stats.upstream_timeout(&self.route.cluster.name);
+        self.worker.stats.upstream_timeout(&self.cluster_name);
         self.engine.local_reply(local(504, "upstream_response_timeout", "upstream request timeout"));
         true
     }

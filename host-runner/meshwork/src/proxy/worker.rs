@@ -17,12 +17,13 @@ use meshwork_wasm_host::{
 use tokio::sync::mpsc;
 
 use super::body::{self, ProxyBody};
+use super::router::Target;
 use super::upstream::{Cluster, Upstreams};
 
 pub struct Route {
     pub name: Rc<str>,
     pub prefix: String,
-    pub cluster: Rc<Cluster>,
+    pub target: Target,
     pub timeout: Option<Duration>,
 }
 
@@ -43,6 +44,7 @@ pub enum Chain {
 
 pub struct Worker {
     routes: Vec<Rc<Route>>,
+    upstreams: Rc<Upstreams>,
     pub filters: Vec<FilterSlot>,
     pub stats: Stats,
     next_connection: Cell<u64>,
@@ -53,6 +55,7 @@ impl Worker {
     pub fn new(
         index: usize,
         routes: Vec<Rc<Route>>,
+        upstreams: Rc<Upstreams>,
         filters: Vec<FilterSlot>,
         services: &Arc<Services>,
         clusters: &[String],
@@ -61,6 +64,7 @@ impl Worker {
         let _ = getrandom::fill(&mut seed);
         Worker {
             routes,
+            upstreams,
             filters,
             stats: Stats::new(services, clusters, index),
             next_connection: Cell::new((index as u64) << 48),
@@ -71,6 +75,10 @@ impl Worker {
     /// The longest-prefix route for `path`.
     pub fn route(&self, path: &str) -> Option<Rc<Route>> {
         self.routes.iter().filter(|r| path.starts_with(&r.prefix)).max_by_key(|r| r.prefix.len()).cloned()
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<Rc<Cluster>> {
+        self.upstreams.get(name)
     }
 
     pub fn has_filters(&self) -> bool {
@@ -95,17 +103,25 @@ impl Worker {
         id
     }
 
-    /// A version-4 UUID for `x-request-id`, as Envoy generates (xorshift; not for secrets),
-    /// formatted by hand: this runs for every filtered request.
+    /// xorshift64: request ids and retry jitter, not secrets.
+    fn next_random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x
+    }
+
+    /// Uniform in [0, 1).
+    pub fn random_unit(&self) -> f64 {
+        (self.next_random() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A version-4 UUID for `x-request-id`, as Envoy generates, formatted by hand: this runs for
+    /// every filtered request.
     pub fn request_id(&self) -> http::HeaderValue {
-        let next = || {
-            let mut x = self.rng.get();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.rng.set(x);
-            x
-        };
+        let next = || self.next_random();
         let a = (next() & 0xffff_ffff_ffff_0fff) | 0x4000; // version 4
         let b = (next() & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000; // RFC 4122 variant
         let mut bytes = [0u8; 16];
@@ -330,6 +346,7 @@ pub struct Stats {
     upstream_time: HashMap<String, Arc<Metric>>,
     upstream_failures: HashMap<String, Arc<Metric>>,
     upstream_timeouts: HashMap<String, Arc<Metric>>,
+    upstream_retries: HashMap<String, Arc<Metric>>,
     pub connections: Arc<Metric>,
     pub unavailable: Arc<Metric>,
 }
@@ -352,6 +369,7 @@ impl Stats {
             upstream_time: per_cluster("meshwork_upstream_rq_time_us", true),
             upstream_failures: per_cluster("meshwork_upstream_rq_failures_total", false),
             upstream_timeouts: per_cluster("meshwork_upstream_rq_timeouts_total", false),
+            upstream_retries: per_cluster("meshwork_upstream_rq_retries_total", false),
             connections: m.counter(&format!("meshwork_downstream_cx_total;.;worker=.={worker}")),
             unavailable: m.counter("meshwork_filter_unavailable_rq_total"),
         }
@@ -374,6 +392,12 @@ impl Stats {
     pub fn upstream_failure(&self, cluster: &str) {
         if let Some(m) = self.upstream_failures.get(cluster) {
             m.increment(1).ok();
+        }
+    }
+
+    pub fn upstream_retries(&self, cluster: &str, retries: u32) {
+        if let (Some(m), 1..) = (self.upstream_retries.get(cluster), retries) {
+            m.increment(retries as i64).ok();
         }
     }
 

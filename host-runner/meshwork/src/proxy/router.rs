@@ -1,0 +1,270 @@
+//! What Envoy's router does after the filters, as far as meshwork implements it: the cluster a
+//! route names or a request header picks, retries asked for with `x-envoy-retry-on` and
+//! friends, and per-request timeouts from `x-envoy-upstream-rq-timeout-ms`. Filters written for
+//! Envoy's router (the retry and timeout filters' "envoy-native" mode) therefore work here too.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+
+use super::body::{self, ProxyBody};
+use super::upstream::{Cluster, PooledBody, UpstreamError};
+
+pub const RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on");
+pub const MAX_RETRIES: HeaderName = HeaderName::from_static("x-envoy-max-retries");
+pub const RETRIABLE_STATUS_CODES: HeaderName = HeaderName::from_static("x-envoy-retriable-status-codes");
+pub const PER_TRY_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
+pub const REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+
+/// Envoy's retry back-off: fully jittered exponential, base 25 ms, capped at ten times that.
+const BACKOFF_BASE: Duration = Duration::from_millis(25);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+/// Which outcomes a request may be retried on (`x-envoy-retry-on`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Any 5xx, connect failures, resets and per-try timeouts.
+    pub on_5xx: bool,
+    /// 502, 503, 504, connect failures, resets and per-try timeouts.
+    pub on_gateway_error: bool,
+    pub on_reset: bool,
+    pub on_connect_failure: bool,
+    /// 409.
+    pub on_retriable_4xx: bool,
+    /// The statuses in `x-envoy-retriable-status-codes`.
+    pub status_codes: Vec<u16>,
+    pub max_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+}
+
+fn header_u64(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+impl RetryPolicy {
+    /// The policy a request's headers ask for; `None` when they ask for no retries.
+    pub fn from_headers(headers: &HeaderMap) -> Option<RetryPolicy> {
+        let retry_on = headers.get(RETRY_ON)?.to_str().ok()?;
+        let mut p = RetryPolicy::default();
+        for condition in retry_on.split(',').map(str::trim) {
+            match condition {
+                "5xx" => p.on_5xx = true,
+                "gateway-error" => p.on_gateway_error = true,
+                "reset" => p.on_reset = true,
+                "connect-failure" => p.on_connect_failure = true,
+                "retriable-4xx" => p.on_retriable_4xx = true,
+                "retriable-status-codes" => {
+                    p.status_codes = headers
+                        .get(RETRIABLE_STATUS_CODES)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+                        .unwrap_or_default();
+                }
+                // Conditions meshwork has no cause for (refused-stream is HTTP/2 upstream only,
+                // header-based conditions need a route configuration): ignored, as Envoy ignores
+                // unknown ones.
+                _ => {}
+            }
+        }
+        // Envoy's default when retry-on is given without a count is one retry.
+        p.max_retries = header_u64(headers, &MAX_RETRIES).map_or(1, |n| n.min(u32::MAX as u64) as u32);
+        p.per_try_timeout = header_u64(headers, &PER_TRY_TIMEOUT).filter(|ms| *ms > 0).map(Duration::from_millis);
+        Some(p)
+    }
+
+    fn retries_status(&self, status: u16) -> bool {
+        (self.on_5xx && (500..600).contains(&status))
+            || (self.on_gateway_error && matches!(status, 502..=504))
+            || (self.on_retriable_4xx && status == 409)
+            || self.status_codes.contains(&status)
+    }
+
+    fn retries_failure(&self, failure: &Failure) -> bool {
+        match failure {
+            Failure::Connect => self.on_connect_failure || self.on_5xx || self.on_gateway_error,
+            Failure::Reset => self.on_reset || self.on_5xx || self.on_gateway_error,
+            Failure::PerTryTimeout => self.on_5xx || self.on_gateway_error || self.on_reset,
+        }
+    }
+}
+
+/// The overall timeout: `x-envoy-upstream-rq-timeout-ms` when given (0 disables it), else the
+/// route's.
+pub fn request_timeout(headers: &HeaderMap, route_timeout: Option<Duration>) -> Option<Duration> {
+    match header_u64(headers, &REQUEST_TIMEOUT) {
+        Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => route_timeout,
+    }
+}
+
+/// Removes the router's control headers, which are for meshwork (or Envoy), not the upstream.
+pub fn strip_control_headers(headers: &mut HeaderMap) {
+    for name in [RETRY_ON, MAX_RETRIES, RETRIABLE_STATUS_CODES, PER_TRY_TIMEOUT, REQUEST_TIMEOUT] {
+        headers.remove(name);
+    }
+}
+
+enum Failure {
+    Connect,
+    Reset,
+    PerTryTimeout,
+}
+
+/// How an exchange with retries ended.
+pub struct Exchange {
+    pub result: Result<(Response<PooledBody>, SocketAddr), ExchangeError>,
+    pub attempts: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("per-try timeout")]
+    PerTryTimeout,
+}
+
+impl ExchangeError {
+    /// The local reply Envoy gives for this outcome: status, details, body.
+    pub fn reply(&self) -> (u16, &'static str, String) {
+        match self {
+            ExchangeError::Upstream(e) => (503, e.details(), e.body()),
+            ExchangeError::PerTryTimeout => (504, "upstream_per_try_timeout", "upstream request timeout".into()),
+        }
+    }
+}
+
+/// A request whose body is fully known, so it can be sent more than once.
+pub struct Replayable {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Replayable {
+    fn build(&self, attempt: u32) -> Request<ProxyBody> {
+        let mut request = Request::new(body::full(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request.headers_mut().insert(ATTEMPT_COUNT, HeaderValue::from(attempt));
+        request
+    }
+}
+
+/// Sends `request` to `cluster`, retrying as `policy` allows with Envoy's back-off. The last
+/// response (or failure) is the answer; retried responses are discarded.
+pub async fn exchange(
+    cluster: Rc<Cluster>,
+    request: Replayable,
+    policy: RetryPolicy,
+    jitter: impl Fn() -> f64,
+) -> Exchange {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let sent = cluster.send(request.build(attempts));
+        let outcome = match policy.per_try_timeout {
+            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
+            None => Ok(sent.await),
+        };
+        let retries_left = attempts <= policy.max_retries;
+        let result = match outcome {
+            Ok(Ok((response, addr))) => {
+                if retries_left && policy.retries_status(response.status().as_u16()) {
+                    drop(response); // the connection is not reused: its body was not read
+                    backoff(attempts, &jitter).await;
+                    continue;
+                }
+                Ok((response, addr))
+            }
+            Ok(Err(e)) => {
+                let failure = match &e {
+                    UpstreamError::Connect(..) | UpstreamError::ConnectTimeout(_) => Failure::Connect,
+                    UpstreamError::Reset(..) => Failure::Reset,
+                };
+                if retries_left && policy.retries_failure(&failure) {
+                    backoff(attempts, &jitter).await;
+                    continue;
+                }
+                Err(e.into())
+            }
+            Err(()) => {
+                if retries_left && policy.retries_failure(&Failure::PerTryTimeout) {
+                    backoff(attempts, &jitter).await;
+                    continue;
+                }
+                Err(ExchangeError::PerTryTimeout)
+            }
+        };
+        return Exchange { result, attempts };
+    }
+}
+
+/// Fully jittered exponential back-off before retry `n` (1-based): uniform in
+/// [0, min(base * (2^n - 1), max)].
+async fn backoff(n: u32, jitter: &impl Fn() -> f64) {
+    let ceiling = BACKOFF_BASE.saturating_mul((1u32 << n.min(16)) - 1).min(BACKOFF_MAX);
+    tokio::time::sleep(ceiling.mul_f64(jitter().clamp(0.0, 1.0))).await;
+}
+
+/// Where a route sends requests.
+#[derive(Clone)]
+pub enum Target {
+    Cluster(Rc<Cluster>),
+    /// The cluster named by this request header (Envoy's `cluster_header`).
+    Header(HeaderName),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn parses_envoys_retry_headers() {
+        assert_eq!(RetryPolicy::from_headers(&headers(&[])), None);
+        let p = RetryPolicy::from_headers(&headers(&[
+            ("x-envoy-retry-on", "5xx, retriable-status-codes"),
+            ("x-envoy-retriable-status-codes", "418,429"),
+            ("x-envoy-max-retries", "3"),
+            ("x-envoy-upstream-rq-per-try-timeout-ms", "250"),
+        ]))
+        .unwrap();
+        assert!(p.on_5xx && !p.on_gateway_error);
+        assert_eq!(p.status_codes, vec![418, 429]);
+        assert_eq!(p.max_retries, 3);
+        assert_eq!(p.per_try_timeout, Some(Duration::from_millis(250)));
+        assert!(p.retries_status(503) && p.retries_status(429) && !p.retries_status(404));
+        let g = RetryPolicy::from_headers(&headers(&[("x-envoy-retry-on", "gateway-error")])).unwrap();
+        assert_eq!(g.max_retries, 1, "Envoy's default");
+        assert!(g.retries_status(502) && !g.retries_status(500));
+        assert!(g.retries_failure(&Failure::Connect) && g.retries_failure(&Failure::PerTryTimeout));
+        let c = RetryPolicy::from_headers(&headers(&[("x-envoy-retry-on", "connect-failure")])).unwrap();
+        assert!(c.retries_failure(&Failure::Connect) && !c.retries_failure(&Failure::Reset) && !c.retries_status(503));
+    }
+
+    #[test]
+    fn request_timeout_header_overrides_the_route() {
+        let route = Some(Duration::from_secs(15));
+        assert_eq!(request_timeout(&headers(&[]), route), route);
+        assert_eq!(
+            request_timeout(&headers(&[("x-envoy-upstream-rq-timeout-ms", "40")]), route),
+            Some(Duration::from_millis(40))
+        );
+        assert_eq!(request_timeout(&headers(&[("x-envoy-upstream-rq-timeout-ms", "0")]), route), None);
+    }
+}
