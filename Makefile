@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
-FILTERS := measure local-rate-limit
+FILTERS := measure local-rate-limit circuit-breaker bulkhead retry timeout global-rate-limit health-check traffic-split fault-injection
 TEST_FILTERS := hostcalls misbehave
 STAMP := target/.setup-done
 

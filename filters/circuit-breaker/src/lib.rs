@@ -1,0 +1,1 @@
+//! `circuit-breaker` (being written).

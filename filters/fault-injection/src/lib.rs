@@ -1,0 +1,1 @@
+//! `fault-injection` (being written).

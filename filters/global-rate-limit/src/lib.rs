@@ -1,0 +1,1 @@
+//! `global-rate-limit` (being written).

@@ -1,0 +1,1 @@
+//! `health-check` (being written).

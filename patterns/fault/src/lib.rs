@@ -1,0 +1,2 @@
+//! Fault injection: which requests get a delay or an abort.
+#![no_std]

@@ -1,0 +1,2 @@
+//! Global rate limiting: descriptors from request attributes, the limit tree, fixed windows.
+#![no_std]

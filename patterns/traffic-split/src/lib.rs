@@ -1,0 +1,2 @@
+//! Traffic split: match rules, then a weighted pick among backends.
+#![no_std]
