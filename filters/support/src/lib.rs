@@ -5,6 +5,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod callout;
+pub mod outcome;
+pub mod wakeups;
+
 use meshwork_cas_table::{CasStore, MAX_VALUE, Outcome, SlotState};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
@@ -49,6 +53,37 @@ impl<'de> Deserialize<'de> for ConfigDuration {
             Raw::Millis(ms) => Ok(ConfigDuration(Duration::from_millis(ms))),
             Raw::Text(t) => ConfigDuration::parse(&t).map(ConfigDuration).map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// A fast random source for sampling decisions (fault percentages, split weights, jitter): a
+/// xorshift generator seeded from WASI `random_get`. Not for secrets.
+pub struct Random(std::cell::Cell<u64>);
+
+impl Default for Random {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState's keys come from the host's random_get; hashing the clock adds per-VM
+        // variety even where a host hands out fixed keys.
+        let mut h = std::hash::RandomState::new().build_hasher();
+        h.write_u64(now_ns());
+        Random(std::cell::Cell::new(h.finish() | 1))
+    }
+}
+
+impl Random {
+    pub fn next_u64(&self) -> u64 {
+        let mut x = self.0.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0.set(x);
+        x
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

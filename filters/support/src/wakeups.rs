@@ -1,0 +1,59 @@
+//! Wake-ups for HTTP contexts. Proxy-wasm has no per-stream timers, only the root context's
+//! tick, so a stream that must wait (a fault delay, a retry back-off) is registered here and the
+//! root's `on_tick` asks which are due. The tick runs only while something is waiting.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+
+/// Tick period while wake-ups are pending: the resolution of every delay.
+const RESOLUTION: Duration = Duration::from_millis(1);
+
+#[derive(Default)]
+pub struct Wakeups {
+    /// (due time in ns since the epoch, context id), earliest first.
+    pending: RefCell<BinaryHeap<Reverse<(u64, u32)>>>,
+}
+
+impl Wakeups {
+    /// Wakes `context_id` at `due_ns` (host clock, ns since the epoch) or on the first tick after.
+    /// Callable from any context of the VM: the tick belongs to the VM's root context.
+    pub fn schedule(&self, context_id: u32, due_ns: u64) {
+        let mut pending = self.pending.borrow_mut();
+        if pending.is_empty() {
+            let _ = hostcalls::set_tick_period(RESOLUTION);
+        }
+        pending.push(Reverse((due_ns, context_id)));
+    }
+
+    /// The contexts due at `now_ns`, earliest first; stops the tick when nothing is left.
+    /// Call from the root context's `on_tick`.
+    pub fn take_due(&self, now_ns: u64) -> Vec<u32> {
+        let mut pending = self.pending.borrow_mut();
+        let mut due = Vec::new();
+        while let Some(Reverse((at, id))) = pending.peek().copied() {
+            if at > now_ns {
+                break;
+            }
+            pending.pop();
+            due.push(id);
+        }
+        if pending.is_empty() {
+            let _ = hostcalls::set_tick_period(Duration::ZERO);
+        }
+        due
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.borrow().is_empty()
+    }
+}
+
+/// Makes `context_id` the target of the stream hostcalls that follow (the root context acting
+/// for a stream it woke up). `false` when the stream has ended meanwhile.
+pub fn act_for(context_id: u32) -> bool {
+    hostcalls::set_effective_context(context_id).is_ok()
+}
