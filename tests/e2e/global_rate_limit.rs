@@ -1,0 +1,1 @@
+//! End-to-end tests for the global-rate-limit filter (being written).

@@ -1,0 +1,1 @@
+//! End-to-end tests for the health-check filter (being written).
