@@ -5,6 +5,10 @@
 //! as JSON), `header=name:value` (repeatable), `reset=1` (drop the connection, no response).
 //! `fail_first=N` with `key=K` applies `status`, `delay` and `reset` only to the first N
 //! requests with that key and answers plainly after: a service that recovers, for retries.
+//! For load-generator tests: `stall=200ms&period=1s` holds every request that arrives in the
+//! first 200 ms of each 1 s period (counted from start-up) until that stall ends, a known
+//! latency distribution with periodic stalls; `limit=4` serves at most 4 such requests at once
+//! (a capacity of limit/delay).
 //! Every request except `/stats` is counted — in total, by path, by status and by the `key`
 //! parameter — and `GET /stats` reports the counts (`POST /stats/reset` zeroes them).
 
@@ -33,6 +37,9 @@ struct Counts {
 struct App {
     name: String,
     counts: Mutex<Counts>,
+    /// Stall windows are counted from here.
+    epoch: std::time::Instant,
+    limits: Mutex<BTreeMap<usize, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// What one request asked for.
@@ -44,6 +51,9 @@ struct Ask {
     reset: bool,
     key: Option<String>,
     fail_first: Option<u64>,
+    /// (stall, period)
+    stall: Option<(Duration, Duration)>,
+    limit: Option<usize>,
 }
 
 fn param(query: &[(String, String)], headers: &http::HeaderMap, name: &str) -> Vec<String> {
@@ -129,6 +139,25 @@ impl Ask {
             reset: one("reset").is_some_and(|v| v == "1" || v == "true"),
             key,
             fail_first,
+            stall: match one("stall") {
+                Some(s) => {
+                    let stall = crate::config::parse_duration(&s).map_err(|e| e.to_string())?;
+                    let period = match one("period") {
+                        Some(p) => crate::config::parse_duration(&p).map_err(|e| e.to_string())?,
+                        None => Duration::from_secs(1),
+                    };
+                    if period.is_zero() || stall > period {
+                        return Err(format!("stall {s:?} must fit in a non-zero period"));
+                    }
+                    Some((stall, period))
+                }
+                None => None,
+            },
+            limit: one("limit")
+                .map(|s| {
+                    s.parse::<usize>().ok().filter(|n| *n > 0).ok_or(format!("limit {s:?} is not a positive number"))
+                })
+                .transpose()?,
         })
     }
 }
@@ -189,6 +218,29 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
         echo_headers.entry(k.to_string()).and_modify(|e| *e = format!("{e}, {v}")).or_insert(v);
     }
     let body = request.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    if let Some((stall, period)) = ask.stall {
+        let phase = (app.epoch.elapsed().as_nanos() % period.as_nanos()) as u64;
+        if let Some(left) = (stall.as_nanos() as u64).checked_sub(phase).filter(|n| *n > 0) {
+            // A blocking sleep wakes within tens of µs; tokio's timer rounds to milliseconds,
+            // which would blur the distribution the load generator's accuracy is tested against.
+            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(Duration::from_nanos(left))).await;
+        }
+    }
+    let semaphore = match ask.limit {
+        Some(n) => Some(
+            app.limits
+                .lock()
+                .map_err(|_| "poisoned")?
+                .entry(n)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(n)))
+                .clone(),
+        ),
+        None => None,
+    };
+    let _permit = match semaphore {
+        Some(s) => Some(s.acquire_owned().await.map_err(|e| e.to_string())?),
+        None => None,
+    };
     if !ask.delay.is_zero() {
         tokio::time::sleep(ask.delay).await;
     }
@@ -227,7 +279,12 @@ pub fn serve(listen: SocketAddr, name: String, threads: usize) -> anyhow::Result
         println!("meshwork upstream {name}: listening on http://{local}");
         use std::io::Write;
         std::io::stdout().flush()?;
-        let app = Arc::new(App { name, counts: Mutex::default() });
+        let app = Arc::new(App {
+            name,
+            counts: Mutex::default(),
+            epoch: std::time::Instant::now(),
+            limits: Mutex::default(),
+        });
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
