@@ -128,6 +128,40 @@ pub fn route_name() -> Option<Vec<u8>> {
     property(b"xds\0route_name").or_else(|| property(b"route_name")).filter(|r| !r.is_empty())
 }
 
+/// The cluster the route sends to: `xds.cluster_name` (Envoy 1.33 and later), else the older
+/// `cluster_name`. Empty before the host has picked one.
+pub fn cluster_name() -> Option<Vec<u8>> {
+    property(b"xds\0cluster_name").or_else(|| property(b"cluster_name")).filter(|c| !c.is_empty())
+}
+
+/// What per-key state (a circuit, a bulkhead, a budget) is kept per.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RequestKey {
+    /// The upstream cluster (the route's name when the host has not picked one yet).
+    #[default]
+    Cluster,
+    Route,
+    /// Each value of a request header; requests without it share the key `-`.
+    Header(String),
+}
+
+impl RequestKey {
+    /// The current request's key (call while request headers are available).
+    pub fn of_request(&self) -> Vec<u8> {
+        match self {
+            RequestKey::Cluster => cluster_name().or_else(route_name).unwrap_or_default(),
+            RequestKey::Route => route_name().unwrap_or_default(),
+            RequestKey::Header(name) => {
+                hostcalls::get_map_value_bytes(proxy_wasm::types::MapType::HttpRequestHeaders, name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| b"-".to_vec())
+            }
+        }
+    }
+}
+
 /// An integer property (Envoy serialises int64/uint64 attributes as 8 little-endian bytes).
 pub fn property_i64(path: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(property(path)?.as_slice().try_into().ok()?))

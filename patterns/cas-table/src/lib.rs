@@ -9,7 +9,7 @@
 #![no_std]
 
 /// The largest slot value: an 8-byte key hash and the state.
-pub const MAX_VALUE: usize = 64;
+pub const MAX_VALUE: usize = 128;
 
 /// Shared storage with compare-and-swap, as proxy-wasm shared data provides.
 pub trait CasStore {
@@ -126,7 +126,8 @@ fn find<S: CasStore, T: SlotState>(
 }
 
 /// Applies `f` to `key`'s state (fresh if the key has none) and stores the result with CAS,
-/// retrying on conflict; `f` may therefore run more than once and must only compute.
+/// retrying on conflict; `f` may therefore run more than once and must only compute. When `f`
+/// changes nothing the slot is not written: a decision that only reads costs one read.
 pub fn update<S: CasStore, T: SlotState, R>(
     store: &mut S,
     slots: usize,
@@ -148,9 +149,14 @@ pub fn update<S: CasStore, T: SlotState, R>(
             Found::Full => return Outcome::TableFull,
             Found::Missing => return Outcome::NotInitialised,
         };
+        let mut before = [0u8; MAX_VALUE];
+        state.encode(&mut before[..T::LEN]);
         let result = f(&mut state);
         out[..8].copy_from_slice(&hash.to_le_bytes());
         state.encode(&mut out[8..8 + T::LEN]);
+        if out[8..8 + T::LEN] == before[..T::LEN] {
+            return Outcome::Done(result);
+        }
         if store.set(slot, &out[..8 + T::LEN], cas) {
             return Outcome::Done(result);
         }
