@@ -1,8 +1,9 @@
 //! Wake-ups for HTTP contexts. Proxy-wasm has no per-stream timers, only the root context's
 //! tick, so a stream that must wait (a fault delay, a retry back-off) is registered here and the
-//! root's `on_tick` asks which are due. The tick runs only while something is waiting.
+//! root's `on_tick` asks which are due. The tick runs fast only while something is waiting; the
+//! rest of the time at the idle period (none unless the filter asks for a periodic tick).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
@@ -16,9 +17,17 @@ const RESOLUTION: Duration = Duration::from_millis(1);
 pub struct Wakeups {
     /// (due time in ns since the epoch, context id), earliest first.
     pending: RefCell<BinaryHeap<Reverse<(u64, u32)>>>,
+    /// Tick period when nothing is waiting (zero: no tick).
+    idle_period: Cell<Duration>,
 }
 
 impl Wakeups {
+    /// For a root that also needs a periodic tick of its own (heartbeats, probes).
+    pub fn with_idle_period(period: Duration) -> Wakeups {
+        let _ = hostcalls::set_tick_period(period);
+        Wakeups { pending: RefCell::default(), idle_period: Cell::new(period) }
+    }
+
     /// Wakes `context_id` at `due_ns` (host clock, ns since the epoch) or on the first tick after.
     /// Callable from any context of the VM: the tick belongs to the VM's root context.
     pub fn schedule(&self, context_id: u32, due_ns: u64) {
@@ -42,7 +51,7 @@ impl Wakeups {
             due.push(id);
         }
         if pending.is_empty() {
-            let _ = hostcalls::set_tick_period(Duration::ZERO);
+            let _ = hostcalls::set_tick_period(self.idle_period.get());
         }
         due
     }
