@@ -228,7 +228,7 @@ impl ProgressLine {
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
                 ticks += 1;
-                if !tty && ticks % 4 != 0 {
+                if !tty && !ticks.is_multiple_of(4) {
                     continue;
                 }
                 let done = progress.done.load(Ordering::Relaxed);
