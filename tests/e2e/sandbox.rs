@@ -5,6 +5,8 @@
 use meshwork_e2e::*;
 
 fn misbehaving_proxy(up: &Upstream, misdeed: &str, at: &str, fail: &str, restarts: u32, workers: usize) -> Proxy {
+    // A memory bomb must meet the memory cap, not the deadline, even on a loaded machine.
+    let callback_timeout = if misdeed == "memory" { "2s" } else { "50ms" };
     proxy(&format!(
         r#"workers: {workers}
 clusters: [{}]
@@ -14,7 +16,7 @@ filters:
     module: {}
     configuration: {{do: {misdeed}, at: {at}}}
     fail: {fail}
-    limits: {{memory: 32MiB, callback_timeout: 50ms, max_restarts_per_minute: {restarts}}}
+    limits: {{memory: 32MiB, callback_timeout: {callback_timeout}, max_restarts_per_minute: {restarts}}}
 "#,
         cluster("app", up),
         wasm("misbehave").display()

@@ -110,6 +110,9 @@ struct FileFilter {
     vm_configuration: Option<serde_yaml::Value>,
     #[serde(default)]
     fail: FailPolicy,
+    /// Envoy's option of the same name: Pause on headers stops only the headers.
+    #[serde(default)]
+    allow_on_headers_stop_iteration: bool,
     #[serde(default)]
     env: BTreeMap<String, String>,
     log_level: Option<String>,
@@ -259,6 +262,7 @@ impl ProxyConfig {
             plugin.vm_configuration =
                 configuration_bytes(f.vm_configuration.as_ref()).with_context(|| format!("filter {}", f.name))?;
             plugin.fail_open = f.fail == FailPolicy::Open;
+            plugin.allow_on_headers_stop_iteration = f.allow_on_headers_stop_iteration;
             plugin.env = f.env.into_iter().collect();
             if let Some(level) = f.log_level {
                 plugin.log_level = parse_log_level(&level).with_context(|| format!("filter {}", f.name))?;

@@ -4,6 +4,7 @@
 //! Understood: one listener with an http_connection_manager; its route_config (prefix or path
 //! routes to clusters, route timeouts); `envoy.filters.http.wasm` filters (local code,
 //! StringValue/BytesValue configuration, root_id, vm_id, fail_open / failure_policy,
+//! allow_on_headers_stop_iteration,
 //! environment variables) followed by the router; STATIC clusters with IP endpoints; admin;
 //! node. Every other field is reported by its path. Fields that only affect observability
 //! (access logs, stat prefixes) are warnings; anything that would change how traffic flows is
@@ -348,13 +349,31 @@ fn wasm_filter(
     filter_name: &str,
     base: &Path,
 ) -> anyhow::Result<FilterConfig> {
-    let c = w.object(value, path, &["name", "root_id", "configuration", "vm_config", "fail_open", "failure_policy"])?;
+    let c = w.object(
+        value,
+        path,
+        &[
+            "name",
+            "root_id",
+            "configuration",
+            "vm_config",
+            "fail_open",
+            "failure_policy",
+            "allow_on_headers_stop_iteration",
+        ],
+    )?;
     let mut plugin = PluginConfig::new(c.get("name").and_then(Value::as_str).unwrap_or(filter_name));
     plugin.root_id = c.get("root_id").and_then(Value::as_str).unwrap_or_default().into();
     if let Some(cfg) = c.get("configuration") {
         plugin.configuration = wrapped_bytes(w, cfg, &format!("{path}.configuration"))?;
     }
     plugin.fail_open = c.get("fail_open").and_then(Value::as_bool).unwrap_or(false);
+    // A BoolValue in Envoy's proto: plain `true` or `{value: true}`.
+    plugin.allow_on_headers_stop_iteration = match c.get("allow_on_headers_stop_iteration") {
+        Some(Value::Object(o)) => o.get("value").and_then(Value::as_bool).unwrap_or(false),
+        Some(v) => v.as_bool().unwrap_or(false),
+        None => false,
+    };
     match c.get("failure_policy").and_then(Value::as_str) {
         None | Some("UNSPECIFIED") => {}
         Some("FAIL_OPEN") => plugin.fail_open = true,

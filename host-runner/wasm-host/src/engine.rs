@@ -3,7 +3,9 @@
 //! Requests pass filters 0..n, responses n..0. At each filter a callback's answer decides:
 //! - headers: Continue passes them on; Pause holds the stream there (Envoy's
 //!   StopAllIterationAndWatermark): body data is buffered by the host without callbacks and is
-//!   delivered in one body callback after `proxy_continue_stream`;
+//!   delivered in one body callback after `proxy_continue_stream`. For a plugin configured with
+//!   `allow_on_headers_stop_iteration`, Pause holds only the headers (Envoy's StopIteration):
+//!   the filter still sees the body and trailers, and Continue from them releases the headers;
 //! - body: Pause buffers (the next callback sees everything buffered so far); Envoy's
 //!   StopIterationNoBuffer drops the chunk; Continue passes the buffer on;
 //! - trailers: Pause holds them (and any data held with them).
@@ -54,6 +56,8 @@ enum HeadersAt {
     #[default]
     NotSeen,
     Stopped,
+    /// Stopped, but the filter still gets body and trailer callbacks (StopIteration).
+    StoppedSeeingBody,
     Passed,
 }
 
@@ -336,7 +340,7 @@ impl FilterStream {
 
     fn holds(&self, d: Dir, f: usize) -> bool {
         let flow = &self.stages[f].flows[d as usize];
-        flow.headers == HeadersAt::Stopped || flow.hold != Hold::Nothing
+        matches!(flow.headers, HeadersAt::Stopped | HeadersAt::StoppedSeeingBody) || flow.hold != Hold::Nothing
     }
 
     fn take_buffer(&self, d: Dir, f: usize) -> Bytes {
@@ -374,7 +378,11 @@ impl FilterStream {
             match self.headers_step(d, f, eos) {
                 Step::Continue => self.flow(d, f).headers = HeadersAt::Passed,
                 Step::Stop { .. } => {
-                    self.flow(d, f).headers = HeadersAt::Stopped;
+                    self.flow(d, f).headers = if self.stages[f].vm.plugin.allow_on_headers_stop_iteration && !eos {
+                        HeadersAt::StoppedSeeingBody
+                    } else {
+                        HeadersAt::Stopped
+                    };
                     return;
                 }
                 Step::Abort => return,
@@ -432,6 +440,9 @@ impl FilterStream {
                 Step::Continue => {
                     self.flow(d, f).hold = Hold::Nothing;
                     chunk = self.take_buffer(d, f);
+                    if flow.headers == HeadersAt::StoppedSeeingBody {
+                        self.release_headers(d, f, p);
+                    }
                     if eos && !trailers_before && self.has_trailers(d) {
                         // The filter added trailers to the last chunk: they follow the data.
                         eos = false;
@@ -472,6 +483,9 @@ impl FilterStream {
             }
             match self.trailers_step(d, f) {
                 Step::Continue => {
+                    if flow.headers == HeadersAt::StoppedSeeingBody {
+                        self.release_headers(d, f, p);
+                    }
                     if matches!(flow.hold, Hold::Buffer | Hold::NoBuffer) {
                         // Trailers end the body: data held for the body goes on first.
                         self.flow(d, f).hold = Hold::Nothing;
@@ -494,11 +508,38 @@ impl FilterStream {
         }
     }
 
+    /// Headers a filter stopped with StopIteration go on (before the data it releases).
+    fn release_headers(&mut self, d: Dir, f: usize, p: usize) {
+        let eos = {
+            let flow = self.flow(d, f);
+            flow.headers = HeadersAt::Passed;
+            flow.headers_eos
+        };
+        self.set_access(d, f, Access::Headers, false);
+        self.run_headers(d, p + 1, eos);
+    }
+
     /// Releases what filter `f` holds in direction `d` (its `proxy_continue_stream`).
     fn resume(&mut self, d: Dir, f: usize) {
         let p = (0..self.stages.len()).find(|p| self.position(d, *p) == f).unwrap_or(0);
         let flow = *self.flow(d, f);
         match (flow.headers, flow.hold) {
+            (HeadersAt::StoppedSeeingBody, hold) => {
+                // The filter has seen what it holds: headers, then that data and trailers, go
+                // on to the next filter.
+                self.release_headers(d, f, p);
+                self.flow(d, f).hold = Hold::Nothing;
+                self.flow(d, f).eos_held = false;
+                self.set_access(d, f, Access::Body, false);
+                let chunk = self.take_buffer(d, f);
+                if !chunk.is_empty() || flow.eos_held {
+                    self.run_data(d, p + 1, chunk, flow.eos_held);
+                }
+                if hold == Hold::Trailers {
+                    self.set_access(d, f, Access::Trailers, false);
+                    self.run_trailers(d, p + 1);
+                }
+            }
             (HeadersAt::Stopped, _) => {
                 {
                     let flow = self.flow(d, f);

@@ -29,6 +29,12 @@ pub struct PluginConfig {
     pub limits: VmLimits,
     /// Messages below this level are dropped; `proxy_get_log_level` reports it.
     pub log_level: LogLevel,
+    /// A request or response header callback that returns Pause stops only the headers: the
+    /// filter still gets the body and trailers callbacks, and Continue from one of them lets
+    /// everything it held go on (Envoy's StopIteration, its Wasm PluginConfig option of the
+    /// same name). Off, Pause on headers holds everything, as proxy-wasm-cpp-host does by
+    /// default (StopAllIterationAndWatermark).
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 impl PluginConfig {
@@ -43,6 +49,7 @@ impl PluginConfig {
             fail_open: false,
             limits: VmLimits::default(),
             log_level: LogLevel::Info,
+            allow_on_headers_stop_iteration: false,
             name,
         }
     }
