@@ -6,6 +6,7 @@ mod config;
 mod envoy;
 mod inspect;
 mod proxy;
+mod ratelimit;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -63,6 +64,9 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// Serve global rate limits: Envoy's rate-limit service API as JSON (POST /json), counters
+    /// in memory or shared through Redis.
+    RatelimitService(ratelimit::Args),
     /// Generate load: open-loop constant rate (coordinated-omission-correct) or closed-loop max.
     Load(meshwork_load::LoadArgs),
     /// Run an SMP performance profile: scenarios side by side, SMP result documents.
@@ -146,6 +150,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Upstream { listen, name, threads } => {
             app::serve(listen, name, threads)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RatelimitService(args) => {
+            ratelimit::serve(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Load(args) => meshwork_load::run_load(args),
