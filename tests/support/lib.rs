@@ -394,3 +394,13 @@ pub fn wat_module(dir: &Path, name: &str, wat: &str) -> PathBuf {
 pub fn cluster(name: &str, upstream: &Upstream) -> String {
     format!("{{name: {name}, endpoints: [\"{}\"]}}", upstream.addr)
 }
+
+/// Starts the sample upstream on `addr`, e.g. to bring one back where a stopped one listened
+/// (retrying for a few seconds while the port is still being released).
+pub fn upstream_at(name: &str, addr: SocketAddr) -> Upstream {
+    let listen = addr.to_string();
+    let process =
+        eventually(Duration::from_secs(10), || Process::start(&["upstream", "--listen", &listen, "--name", name]).ok())
+            .unwrap_or_else(|| panic!("upstream {name} cannot listen on {listen}"));
+    Upstream { process, addr }
+}
