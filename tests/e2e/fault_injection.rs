@@ -137,8 +137,10 @@ fn max_active_faults_caps_faults_and_a_reset_gives_the_place_back() {
     let up = upstream("app");
     let p = faulty(&up, "{delay: {header_delay: {}}, max_active_faults: 1}");
     let active = |n: i64| {
-        eventually(Duration::from_secs(10), || (counter(&p, "meshwork_fault_injection_active_faults") == n).then_some(()))
-            .is_some()
+        eventually(Duration::from_secs(10), || {
+            (counter(&p, "meshwork_fault_injection_active_faults") == n).then_some(())
+        })
+        .is_some()
     };
 
     // One request holds the only place for a minute...

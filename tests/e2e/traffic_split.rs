@@ -56,8 +56,11 @@ fn weights_split_the_traffic() {
     assert_eq!(to_v1 + to_v2, n);
     assert_binomial(to_v2, n, 0.1, "v2 at weight 10 of 100");
     let metric = |backend| {
-        p.stat("meshwork_traffic_split_requests_total", &[("plugin", "split"), ("rule", "default"), ("backend", backend)])
-            .unwrap_or(0) as usize
+        p.stat(
+            "meshwork_traffic_split_requests_total",
+            &[("plugin", "split"), ("rule", "default"), ("backend", backend)],
+        )
+        .unwrap_or(0) as usize
     };
     assert_eq!((metric("v1"), metric("v2")), (to_v1, to_v2));
 }
