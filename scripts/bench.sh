@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # meshwork benchmarks, all measured in this run on this machine:
 #  1. the cost of one stream lifecycle through the wasm host (no network), per filter;
-#  2. one proxy hop: meshwork (no filter, with measure) vs nginx, CPU per request and req/s.
+#  2. one proxy hop: meshwork (no filter, with measure) vs nginx, CPU per request and req/s;
+#  3. the load generator: requests per CPU-second of meshwork load vs wrk and h2load.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -14,3 +15,7 @@ cargo bench -q -p meshwork-wasm-host --bench stream_lifecycle -- \
 echo
 echo "== 2. one proxy hop vs nginx (targets: meshwork hop <= 1.0x nginx CPU/request; measure adds <= 1.2 us)"
 python3 scripts/bench_hop.py --filters measure "$@"
+
+echo
+echo "== 3. the load generator's own cost: meshwork load vs wrk and h2load, requests per CPU-second (target >= 1.0x wrk)"
+python3 scripts/bench_load.py

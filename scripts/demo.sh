@@ -91,5 +91,6 @@ for s in sorted(find("meshwork_measure_upstream_latency_us"), key=lambda s: s["t
 workers = {s["tags"]["worker"]: s["value"] for s in find("meshwork_downstream_cx_total")}
 print(f"\n== connections per worker: {workers}")
 EOF
+echo; "$root/scripts/demo_bench.sh" "$app"  # direct vs through meshwork with these filters: SMP results, table, SVG
 echo
 echo "== metrics in Prometheus format: $admin/stats/prometheus (stopping everything now)"

@@ -10,11 +10,13 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
-# Debian packages: node/npm (AssemblyScript test filter), wrk and nginx (benchmarks), curl (demo).
+# Debian packages: node/npm (AssemblyScript test filter), wrk, h2load and nginx (benchmarks),
+# curl (demo).
 need=()
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v nginx >/dev/null && [ -x "$(command -v nginx)" ] || need+=(nginx-light)
 command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then

@@ -156,13 +156,18 @@ pub fn percentile_curve(h: &Latency) -> Vec<(f64, f64)> {
     }
     // Stop where the data runs out: past 1 − 1/count every quantile is the maximum.
     let x_end = (h.len() as f64).log10().clamp(1.0, 6.0);
-    (0..=((x_end * 20.0) as usize))
+    let mut points: Vec<(f64, f64)> = (0..=((x_end * 20.0) as usize))
         .map(|k| {
             let x = k as f64 / 20.0;
             let q = 1.0 - 10f64.powf(-x);
             (x, histogram::ms(h.value_at_quantile(q)))
         })
-        .collect()
+        .collect();
+    // The curve ends at the maximum (rounding near 1 − 1/count could stop one sample short).
+    if let Some(last) = points.last_mut() {
+        last.1 = histogram::ms(h.max());
+    }
+    points
 }
 
 pub fn percentile_ticks() -> Vec<(f64, String)> {
