@@ -310,8 +310,9 @@ impl Checker {
                 })
             }
         };
-        // Room for every target with space to spare, so probing stays short.
-        let table = SharedTable::new(format!("{namespace}.targets"), config.targets.len() * 2 + 1);
+        // Targets never give their slot up, so keep the table at most a quarter full: a target
+        // then always finds a slot within the probe limit.
+        let table = SharedTable::new(format!("{namespace}.targets"), config.targets.len() * 4 + 8);
         table.create().map_err(|s| format!("cannot create shared-data slots: {s:?}"))?;
 
         let metric = |kind, base: &str, tags: &[(&str, &str)]| {
@@ -601,6 +602,9 @@ impl HttpContext for HealthCheck {
     }
 
     fn on_log(&mut self) {
+        if self.checker.policy.ejection.is_none() {
+            return;
+        }
         let error = match Outcome::of_stream() {
             Outcome::Upstream(status) => status >= 500,
             Outcome::ConnectFailure | Outcome::Reset | Outcome::Timeout => true,
