@@ -404,3 +404,124 @@ pub fn upstream_at(name: &str, addr: SocketAddr) -> Upstream {
             .unwrap_or_else(|| panic!("upstream {name} cannot listen on {listen}"));
     Upstream { process, addr }
 }
+
+// ----- global rate limiting: the rate-limit service and a private Redis ----------------------
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then released): a service that is down.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A running `meshwork ratelimit-service`.
+pub struct RateLimitService {
+    pub process: Process,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+/// Starts `meshwork ratelimit-service` with `limits` (envoyproxy/ratelimit YAML) as its limits
+/// file, counting in memory or in the Redis at `redis_url`.
+pub fn ratelimit_service(limits: &str, redis_url: Option<&str>) -> RateLimitService {
+    let dir = scratch("ratelimit");
+    let path = dir.join("limits.yaml");
+    std::fs::write(&path, limits).expect("write limits");
+    let mut args = vec!["ratelimit-service", "--listen", "127.0.0.1:0", "--config", path.to_str().unwrap()];
+    if let Some(url) = redis_url {
+        args.extend(["--redis", url]);
+    }
+    let process = Process::start(&args).unwrap_or_else(|e| panic!("{e}"));
+    let addr = find_addr(&process.first_line, "listening on http://").expect("ratelimit-service address");
+    RateLimitService { process, addr, dir }
+}
+
+impl RateLimitService {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// A private `redis-server` on a free loopback port, without persistence; killed when dropped.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one on a free port (Debian's `redis-server`; `make setup` installs it).
+    pub fn start() -> RedisServer {
+        for _ in 0..5 {
+            if let Some(server) = RedisServer::try_start(closed_port()) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on a free port")
+    }
+
+    /// Starts one on `port` (to bring one back where a stopped one listened), retrying while
+    /// the port is still being released.
+    pub fn start_on(port: u16) -> RedisServer {
+        eventually(Duration::from_secs(10), || RedisServer::try_start(port))
+            .unwrap_or_else(|| panic!("redis-server cannot listen on port {port}"))
+    }
+
+    fn try_start(port: u16) -> Option<RedisServer> {
+        let dir = scratch("redis");
+        let log = std::fs::File::create(dir.join("redis.log")).expect("redis log");
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}): install it with `make setup`"));
+        let ready = eventually(Duration::from_secs(10), || {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return Some(false);
+            }
+            redis_ping(port).then_some(true)
+        });
+        if ready == Some(true) {
+            return Some(RedisServer { child, port });
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it and waits until it is gone.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn redis_ping(port: u16) -> bool {
+    use std::io::Write;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+/// Waits, if needed, until at least `margin` is left in the current fixed window of
+/// `window_s` seconds (windows are aligned to the epoch), so a test's requests share one.
+pub fn fresh_window(window_s: u64, margin: Duration) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    let into_window = Duration::from_nanos((now.as_nanos() % (u128::from(window_s) * 1_000_000_000)) as u64);
+    let left = Duration::from_secs(window_s) - into_window;
+    if left < margin {
+        std::thread::sleep(left + Duration::from_millis(50));
+    }
+}

@@ -217,7 +217,7 @@ struct ProgressLine {
 }
 
 impl ProgressLine {
-    fn start(progress: Arc<Progress>, total: Option<Duration>, label: String) -> ProgressLine {
+    fn start(progress: Arc<Progress>, total: Option<Duration>, label: String, counts: bool) -> ProgressLine {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -245,7 +245,12 @@ impl ProgressLine {
                     }
                     None => format!("{elapsed:>6.1}s"),
                 };
-                let line = format!("{label} {bar}  {done} done  {rate:.0} req/s  {errors} errors");
+                // Worker processes report only at the end: then the bar is all there is to show.
+                let line = if counts {
+                    format!("{label} {bar}  {done} done  {rate:.0} req/s  {errors} errors")
+                } else {
+                    format!("{label} {bar}")
+                };
                 let mut err = std::io::stderr();
                 let _ = if tty { write!(err, "\r{line}\x1b[K") } else { writeln!(err, "{line}") };
                 let _ = err.flush();
@@ -277,7 +282,8 @@ fn expected_length(spec: &LoadSpec) -> Option<Duration> {
 /// One run (in this process, or in worker processes), with a progress line.
 fn run_once(spec: &LoadSpec, workers: usize, quiet: bool) -> anyhow::Result<RunResult> {
     let progress = Arc::new(Progress::default());
-    let _line = (!quiet).then(|| ProgressLine::start(progress.clone(), expected_length(spec), "load".into()));
+    let label = if workers > 1 { format!("load ({workers} workers)") } else { "load".into() };
+    let _line = (!quiet).then(|| ProgressLine::start(progress.clone(), expected_length(spec), label, workers == 1));
     let result =
         if workers > 1 { distrib::run_workers(spec, workers)? } else { run::run(spec, Share::WHOLE, progress)? };
     Ok(result)
