@@ -177,7 +177,8 @@ pub fn tagged(base: &str, tags: &[(&str, &str)]) -> String {
 /// Per-key state shared by every worker, in proxy-wasm shared data under `<prefix>.<slot>`:
 /// a fixed table of CAS slots (see `meshwork_cas_table` for why slots are created up front).
 pub struct SharedTable {
-    prefix: String,
+    /// The shared-data key of each slot, formatted once: every request reads and writes them.
+    keys: Vec<String>,
     slots: usize,
 }
 
@@ -191,11 +192,11 @@ impl SharedTable {
     /// A table of `slots` slots under `prefix`. Give each configuration its own prefix
     /// (see [`fingerprint`]) so a changed configuration starts from fresh state.
     pub fn new(prefix: String, slots: usize) -> SharedTable {
-        SharedTable { prefix, slots }
+        SharedTable { keys: (0..slots).map(|slot| format!("{prefix}.{slot}")).collect(), slots }
     }
 
-    fn key(&self, slot: usize) -> String {
-        format!("{}.{slot}", self.prefix)
+    fn key(&self, slot: usize) -> &str {
+        &self.keys[slot]
     }
 
     /// Creates every slot that does not exist yet. Call from `on_configure`, before traffic:
@@ -203,8 +204,8 @@ impl SharedTable {
     pub fn create(&self) -> Result<(), Status> {
         for slot in 0..self.slots {
             let key = self.key(slot);
-            if let (None, None) = hostcalls::get_shared_data(&key)? {
-                hostcalls::set_shared_data(&key, Some(FREE_SLOT), None)?;
+            if let (None, None) = hostcalls::get_shared_data(key)? {
+                hostcalls::set_shared_data(key, Some(FREE_SLOT), None)?;
             }
         }
         Ok(())
@@ -231,7 +232,7 @@ struct Store<'a>(&'a SharedTable);
 
 impl CasStore for Store<'_> {
     fn get(&mut self, slot: usize, buf: &mut [u8; MAX_VALUE]) -> Option<(usize, u32)> {
-        match hostcalls::get_shared_data(&self.0.key(slot)) {
+        match hostcalls::get_shared_data(self.0.key(slot)) {
             Ok((value, Some(cas))) => {
                 let value = value.unwrap_or_default();
                 let len = value.len().min(MAX_VALUE);
@@ -243,7 +244,7 @@ impl CasStore for Store<'_> {
     }
 
     fn set(&mut self, slot: usize, value: &[u8], cas: u32) -> bool {
-        hostcalls::set_shared_data(&self.0.key(slot), Some(value), Some(cas)).is_ok()
+        hostcalls::set_shared_data(self.0.key(slot), Some(value), Some(cas)).is_ok()
     }
 }
 
