@@ -40,6 +40,8 @@ struct App {
     /// Stall windows are counted from here.
     epoch: std::time::Instant,
     limits: Mutex<BTreeMap<usize, Arc<tokio::sync::Semaphore>>>,
+    /// Per (stall, period): how many stalls have ended, published by one releasing thread.
+    stalls: Mutex<BTreeMap<(Duration, Duration), tokio::sync::watch::Receiver<u64>>>,
 }
 
 /// What one request asked for.
@@ -219,11 +221,11 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
     }
     let body = request.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     if let Some((stall, period)) = ask.stall {
-        let phase = (app.epoch.elapsed().as_nanos() % period.as_nanos()) as u64;
-        if let Some(left) = (stall.as_nanos() as u64).checked_sub(phase).filter(|n| *n > 0) {
-            // A blocking sleep wakes within tens of µs; tokio's timer rounds to milliseconds,
-            // which would blur the distribution the load generator's accuracy is tested against.
-            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(Duration::from_nanos(left))).await;
+        let elapsed = app.epoch.elapsed().as_nanos();
+        let window = (elapsed / period.as_nanos()) as u64;
+        if elapsed % period.as_nanos() < stall.as_nanos() {
+            let mut released = stall_releases(&app, stall, period)?;
+            let _ = released.wait_for(|ended| *ended > window).await;
         }
     }
     let semaphore = match ask.limit {
@@ -269,6 +271,44 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
     Ok(response)
 }
 
+/// The stall clock for (stall, period): one thread sleeps to the end of each stall and releases
+/// every request held in it at once. A thread's sleep wakes within tens of µs, where tokio's
+/// timer rounds to milliseconds — which would blur the distribution the load generator's
+/// accuracy is tested against.
+fn stall_releases(
+    app: &Arc<App>,
+    stall: Duration,
+    period: Duration,
+) -> Result<tokio::sync::watch::Receiver<u64>, String> {
+    let mut stalls = app.stalls.lock().map_err(|_| "poisoned")?;
+    if let Some(rx) = stalls.get(&(stall, period)) {
+        return Ok(rx.clone());
+    }
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let epoch = app.epoch;
+    std::thread::spawn(move || {
+        loop {
+            let elapsed = epoch.elapsed().as_nanos();
+            let window = elapsed / period.as_nanos();
+            let end = window * period.as_nanos() + stall.as_nanos();
+            if end > elapsed {
+                std::thread::sleep(Duration::from_nanos((end - elapsed) as u64));
+            }
+            // Stalls 0..=window have ended.
+            if tx.send(window as u64 + 1).is_err() {
+                return;
+            }
+            let next = (window + 1) * period.as_nanos();
+            let now = epoch.elapsed().as_nanos();
+            if next > now {
+                std::thread::sleep(Duration::from_nanos((next - now) as u64));
+            }
+        }
+    });
+    stalls.insert((stall, period), rx.clone());
+    Ok(rx)
+}
+
 /// Serves until the process ends. Prints the address it listens on once ready.
 pub fn serve(listen: SocketAddr, name: String, threads: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
@@ -284,6 +324,7 @@ pub fn serve(listen: SocketAddr, name: String, threads: usize) -> anyhow::Result
             counts: Mutex::default(),
             epoch: std::time::Instant::now(),
             limits: Mutex::default(),
+            stalls: Mutex::default(),
         });
         loop {
             let (stream, _) = listener.accept().await?;
