@@ -160,11 +160,11 @@ fn failure_mode_allow_or_deny_when_the_service_cannot_decide() {
     let up = upstream("app");
     // Accepts connections (the kernel completes them) and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let down: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let down = refusing_port();
     // Not a rate-limit service: the sample app answers bytes (`size`), or echoes the request as
     // JSON, which has no overall code.
     let cases = [
-        ("down", down, "/json", "answered 503"),
+        ("down", down.addr, "/json", "answered 503"),
         ("silent", silent.local_addr().unwrap(), "/json", "answered 504"),
         ("not JSON", up.addr, "/json?size=12", "not a RateLimitResponse"),
         ("no code", up.addr, "/json", "overall code UNKNOWN"),

@@ -407,9 +407,23 @@ pub fn upstream_at(name: &str, addr: SocketAddr) -> Upstream {
 
 // ----- global rate limiting: the rate-limit service and a private Redis ----------------------
 
-/// A port on 127.0.0.1 that nothing listens on (bound, then released): a service that is down.
-pub fn closed_port() -> u16 {
+/// A free port on 127.0.0.1 (bound, then released) for a server to take.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// An address on 127.0.0.1 where connections are refused: a service that is down. The port is
+/// bound without listening, so nothing else can take it while this is held.
+pub struct RefusingPort {
+    _socket: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+pub fn refusing_port() -> RefusingPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    RefusingPort { _socket: socket, addr }
 }
 
 /// A running `meshwork ratelimit-service`.
@@ -450,7 +464,7 @@ impl RedisServer {
     /// Starts one on a free port (Debian's `redis-server`; `make setup` installs it).
     pub fn start() -> RedisServer {
         for _ in 0..5 {
-            if let Some(server) = RedisServer::try_start(closed_port()) {
+            if let Some(server) = RedisServer::try_start(free_port()) {
                 return server;
             }
         }
