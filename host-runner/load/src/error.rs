@@ -19,7 +19,8 @@ pub enum LoadError {
     Worker(String),
     #[error("histogram: {0}")]
     Histogram(String),
-    #[error("{context}: {source}")]
+    /// The cause follows in the error chain (`{:#}` prints it).
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

@@ -39,9 +39,22 @@ pub enum Output {
     Json,
 }
 
-/// `meshwork load URL ...`
+/// `meshwork load URL ...` (boxed: the options are many, and the CLI's command enum stays small).
 #[derive(clap::Args, Debug)]
 pub struct LoadArgs {
+    #[command(flatten)]
+    pub options: Box<LoadOptions>,
+}
+
+impl std::ops::Deref for LoadArgs {
+    type Target = LoadOptions;
+    fn deref(&self) -> &LoadOptions {
+        &self.options
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LoadOptions {
     /// The URL to load (http://host:port/path).
     #[arg(required_unless_present_any = ["collect", "worker_spec"])]
     pub url: Option<String>,
@@ -52,6 +65,7 @@ pub struct LoadArgs {
     /// Closed loop, as fast as possible (same as --rps 0).
     #[arg(long)]
     pub max: bool,
+    /// Connections, across all workers.
     #[arg(long, short = 'c', default_value_t = 10)]
     pub connections: usize,
     /// Event-loop threads (per worker).
@@ -69,10 +83,13 @@ pub struct LoadArgs {
     /// A request header, 'name: value' (repeatable).
     #[arg(long = "header", short = 'H')]
     pub headers: Vec<String>,
+    /// The request method.
     #[arg(long, short = 'X', default_value = "GET")]
     pub method: String,
+    /// The request body.
     #[arg(long, conflicts_with = "body_file")]
     pub body: Option<String>,
+    /// The request body, from a file.
     #[arg(long)]
     pub body_file: Option<PathBuf>,
     /// HTTP/2 over cleartext (h2c, prior knowledge).
@@ -84,6 +101,7 @@ pub struct LoadArgs {
     /// Per-request timeout; also how long after the schedule ends unsent requests are given up.
     #[arg(long, default_value = "2s")]
     pub timeout: String,
+    /// text: the wrk2-style summary; json: the full report with the encoded histogram.
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
     /// Also write fortio's result JSON (for fortio's report UI and Meshery).
@@ -108,10 +126,13 @@ pub struct LoadArgs {
     /// The latency objective for --find-max, e.g. 'p99<=10ms'.
     #[arg(long)]
     pub slo: Option<String>,
+    /// The error budget for --find-max: failures plus statuses outside 2xx/3xx, e.g. 0.1%.
     #[arg(long, default_value = "0.1%")]
     pub max_error_rate: String,
+    /// The first rate --find-max tries.
     #[arg(long, default_value_t = 100.0)]
     pub start_rps: f64,
+    /// The highest rate --find-max tries.
     #[arg(long, default_value_t = 1_000_000.0)]
     pub max_rps: f64,
     /// Length of each --find-max step.
@@ -120,6 +141,7 @@ pub struct LoadArgs {
     /// Stop the binary search when the bracket is narrower than this fraction.
     #[arg(long, default_value_t = 0.05)]
     pub precision: f64,
+    /// At most this many --find-max steps.
     #[arg(long, default_value_t = 24)]
     pub max_steps: usize,
 
@@ -132,8 +154,10 @@ pub struct LoadArgs {
     /// Container image with the meshwork binary.
     #[arg(long, default_value = "meshwork:latest")]
     pub image: String,
+    /// The Job's namespace.
     #[arg(long, default_value = "default")]
     pub namespace: String,
+    /// The Job's name (a DNS label).
     #[arg(long, default_value = "meshwork-load")]
     pub job_name: String,
     /// CPU request and limit per pod, e.g. 1 or 500m.
@@ -171,6 +195,7 @@ pub struct BenchArgs {
     /// Where SMP result documents and the comparison SVG go.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
+    /// text: the comparison table; json: the SMP result documents.
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
     /// No progress on stderr.
