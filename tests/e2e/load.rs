@@ -214,6 +214,7 @@ fn every_output_format_round_trips() {
     let p99 = f(&report["latency_ms"]["p99"]);
     assert!(rows[at - 1][0] <= p99 + 0.001 && p99 <= rows[at][0] + 0.001, "{:?} {p99} {:?}", rows[at - 1], rows[at]);
     assert!(text.contains("#[Max     =") && text.contains("Total count    =          400"));
+    assert!(text.contains("SubBuckets     =         2048"), "{text}");
 
     let picture = std::fs::read_to_string(&svg).unwrap();
     assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
@@ -587,4 +588,31 @@ fn kubernetes_job_manifest_and_log_collection() {
     let (code, _, err) = run(&["load", "--collect", log_file.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("expected results from 3 workers, found 2"), "{err}");
+}
+
+/// Ctrl-C ends a long run early and still reports what was measured, over the time it ran.
+#[test]
+fn interrupt_reports_the_run_so_far() {
+    let _serial = serial();
+    let app = upstream("interrupt");
+    let child = Command::new(meshwork_bin())
+        .args(["load", &app.url("/"), "--rps", "200", "-c", "2", "-d", "60s", "-q", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let start = std::time::Instant::now();
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "took {:?} to stop", start.elapsed());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["interrupted"], true);
+    let n = r["requests"].as_u64().unwrap();
+    assert!((150..=450).contains(&n), "{n} requests in about 1.5 s at 200/s");
+    // The rate is over the time it ran, not over the 60 s planned.
+    assert!(f(&r["achieved_rps"]) > 150.0, "{r}");
+    assert_eq!(r["errors_total"], 0);
 }

@@ -344,6 +344,7 @@ fn emit(result: &RunResult, args: &LoadArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    run::stop_on_sigint();
     // A worker of a distributed run (local process or Kubernetes pod): one result line.
     if let Some(json) = &args.worker_spec {
         let spec: LoadSpec = serde_json::from_str(json).context("--worker-spec is not a load spec")?;

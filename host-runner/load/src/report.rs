@@ -77,6 +77,9 @@ pub fn summary(r: &RunResult) -> String {
         fmt_ms(h.stdev() as u64),
         fmt_ms(h.max())
     );
+    if crate::run::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = writeln!(out, "  (interrupted: the figures cover the run until Ctrl-C)");
+    }
     let _ = writeln!(out, "  {} requests in {:.2}s, {} bytes read", c.responses, r.window_s, c.bytes_read);
     let statuses: Vec<String> = c.status.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let _ = writeln!(out, "  Status codes: {}", if statuses.is_empty() { "none".into() } else { statuses.join(", ") });
@@ -153,6 +156,7 @@ pub fn json_report(r: &RunResult) -> Value {
         "errors_total": r.counters.errors_total(),
         "non_2xx_3xx": r.counters.bad_status(),
         "error_rate": r.counters.error_rate(),
+        "interrupted": crate::run::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed),
         "bytes_read": r.counters.bytes_read,
         "connects": r.counters.connects,
         "latency_ms": latency_ms(&r.latency),
@@ -269,7 +273,9 @@ pub fn hgrm(h: &Latency) -> String {
     let (mean, stdev) = if h.is_empty() { (0.0, 0.0) } else { (h.mean() / 1000.0, h.stdev() / 1000.0) };
     let _ = writeln!(out, "#[Mean    = {mean:>12.3}, StdDeviation   = {stdev:>12.3}]");
     let _ = writeln!(out, "#[Max     = {:>12.3}, Total count    = {:>12}]", ms(h.max()), h.len());
-    let _ = writeln!(out, "#[Buckets = {:>12}, SubBuckets     = {:>12}]", h.buckets(), h.distinct_values());
+    // HdrHistogram's sub-bucket count: 2^ceil(log2(2·10^digits)), 2048 for 3 digits.
+    let sub_buckets = (2.0 * 10f64.powi(i32::from(histogram::SIGFIG))).log2().ceil().exp2() as u64;
+    let _ = writeln!(out, "#[Buckets = {:>12}, SubBuckets     = {:>12}]", h.buckets(), sub_buckets);
     out
 }
 

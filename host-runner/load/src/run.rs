@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -99,6 +99,31 @@ impl RunResult {
     }
 }
 
+/// Set on Ctrl-C: slots stop sending, in-flight requests finish, and the run reports what it has.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+    // A second Ctrl-C ends the process at once. (Both calls are async-signal-safe.)
+    // SAFETY: resetting a signal's disposition to the default.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+}
+
+/// Ctrl-C stops the run gracefully instead of losing it.
+pub fn stop_on_sigint() {
+    let handler: extern "C" fn(libc::c_int) = on_sigint;
+    // SAFETY: the handler only stores to an atomic and resets the disposition.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
 /// Live counts for the progress line.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -176,7 +201,8 @@ pub fn run(spec: &LoadSpec, share: Share, progress: Arc<Progress>) -> Result<Run
         (None, Stop::Duration(d)) => record_from + d,
         (None, Stop::Requests(_)) => record_from,
     };
-    let end = last_done.max(planned_end);
+    // Interrupted: the window ends with the last response, not with the plan.
+    let end = if interrupted() { last_done } else { last_done.max(planned_end) };
     if let Some(path) = &spec.samples_file {
         let text: String = samples.iter().map(|s| format!("{s}\n")).collect();
         std::fs::write(path, text).map_err(|e| LoadError::io(format!("cannot write {path}"), e))?;
@@ -413,14 +439,25 @@ async fn slot_loop(ctx: Rc<Ctx>, slot_index: usize, mut slot: Slot) {
             // counted, so an overloaded target cannot stretch a run without bound.
             let give_up = ctx.begin + plan.window_end() + ctx.spec.timeout;
             let mut indices = plan.indices(slot_index);
-            while let Some(i) = indices.next() {
+            'requests: while let Some(i) = indices.next() {
                 let due = ctx.begin + plan.due(i);
-                let paced = match pacer.as_mut() {
-                    Some(p) => p.sleep_until(due).await.is_ok(),
-                    None => false,
-                };
-                if !paced {
-                    tokio::time::sleep_until(due.into()).await;
+                // Sleep in steps of at most 100 ms, so Ctrl-C is noticed even at low rates.
+                loop {
+                    if interrupted() {
+                        break 'requests;
+                    }
+                    let now = Instant::now();
+                    if now >= due {
+                        break;
+                    }
+                    let until = due.min(now + Duration::from_millis(100));
+                    let paced = match pacer.as_mut() {
+                        Some(p) => p.sleep_until(until).await.is_ok(),
+                        None => false,
+                    };
+                    if !paced {
+                        tokio::time::sleep_until(until.into()).await;
+                    }
                 }
                 if Instant::now() > give_up {
                     let left = std::iter::once(i).chain(indices).filter(|&j| j >= plan.first).count();
@@ -443,7 +480,7 @@ async fn slot_loop(ctx: Rc<Ctx>, slot_index: usize, mut slot: Slot) {
             };
             loop {
                 let sent = Instant::now();
-                if end.is_some_and(|e| sent >= e) {
+                if end.is_some_and(|e| sent >= e) || interrupted() {
                     break;
                 }
                 let recording = sent >= record_from;
