@@ -89,6 +89,9 @@ struct Shared {
     /// Other holders' heartbeats: (heartbeat, when read).
     seen: RefCell<HashMap<u32, (u64, u64)>>,
     places: RefCell<HashMap<u32, Place>>,
+    /// Streams of this VM waiting in the queue: most of the time none, and then a finished
+    /// request need not look for one to hand its place to.
+    waiting: Cell<usize>,
     arrivals: Cell<u64>,
     wakeups: Wakeups,
     /// admitted, queued, rejected, timed_out, undecided, reclaimed
@@ -179,12 +182,14 @@ impl Shared {
                 _ => continue,
             };
             if matches!(self.update(&key, now, |b| b.promote(&self.limits, self.holder)), TableOutcome::Done(true)) {
+                self.waiting.set(self.waiting.get() - 1);
                 self.places.borrow_mut().insert(id, Place::Holding { key });
                 if act_for(id) {
                     let _ = hostcalls::resume_http_request();
                 }
             } else if now >= deadline_ns {
                 let _ = self.update(&key, now, |b| b.leave_queue(self.holder));
+                self.waiting.set(self.waiting.get() - 1);
                 self.places.borrow_mut().remove(&id);
                 self.count(TIMED_OUT, 1);
                 if act_for(id) {
@@ -243,6 +248,7 @@ impl BulkheadRoot {
             last_heartbeat: Cell::new(0),
             seen: RefCell::default(),
             places: RefCell::default(),
+            waiting: Cell::new(0),
             arrivals: Cell::new(0),
             wakeups: Wakeups::with_idle_period(config.lease.0 / 4),
             metrics,
@@ -332,6 +338,7 @@ impl HttpContext for Bounded {
                 s.arrivals.set(arrived);
                 let deadline_ns = now.saturating_add(nanos(s.config.queue_timeout.0));
                 s.places.borrow_mut().insert(self.id, Place::Waiting { key, deadline_ns, arrived });
+                s.waiting.set(s.waiting.get() + 1);
                 s.wakeups.schedule(self.id, now + nanos(QUEUE_POLL));
                 Action::Pause
             }
@@ -351,6 +358,9 @@ impl HttpContext for Bounded {
             Some(Place::Holding { key }) => {
                 let _ = s.update(&key, now, |b| b.release(s.holder));
                 // Hand the place to this VM's oldest waiting request at once, if any.
+                if s.waiting.get() == 0 {
+                    return;
+                }
                 let waiting: Vec<u32> = s
                     .places
                     .borrow()
@@ -363,6 +373,7 @@ impl HttpContext for Bounded {
                 }
             }
             Some(Place::Waiting { key, .. }) => {
+                s.waiting.set(s.waiting.get() - 1);
                 let _ = s.update(&key, now, |b| b.leave_queue(s.holder));
             }
             None => {}

@@ -10,7 +10,7 @@
 //! Both modes add `x-meshwork-attempts` to the response and keep the budget shared by all
 //! workers in shared data (see `meshwork-retry`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -193,6 +193,10 @@ fn nanos(d: Duration) -> u64 {
 
 const ATTEMPTS: &str = "x-meshwork-attempts";
 
+/// A worker adds its requests to the shared budget after this many, or this long.
+const FLUSH_REQUESTS: u32 = 16;
+const FLUSH_NS: u64 = 10_000_000;
+
 /// A request being retried in callout mode.
 struct Job {
     request: HeldRequest,
@@ -213,6 +217,12 @@ struct Shared {
     table: SharedTable,
     wakeups: Wakeups,
     jobs: RefCell<HashMap<u32, Job>>,
+    /// Requests counted here and added to the shared budget in batches: one shared-data write
+    /// per batch instead of one per request.
+    unrecorded: RefCell<HashMap<Vec<u8>, u32>>,
+    last_flush_ns: Cell<u64>,
+    /// The budget of each key as of the last batch (envoy mode decides on it).
+    seen: RefCell<HashMap<Vec<u8>, Budget>>,
     /// Tries the root sent after a back-off: callout token → stream.
     root_tokens: RefCell<HashMap<u32, u32>>,
     random: Random,
@@ -240,8 +250,36 @@ impl Shared {
 
     fn record_request(&self, key: &[u8], now: u64) {
         self.count(0, 1);
-        if let Some(budget) = &self.budget {
-            let _ = self.table.update(key, budget, now, |b: &mut Budget| b.record_request(budget, now));
+        if self.budget.is_none() {
+            return;
+        }
+        let pending = {
+            let mut unrecorded = self.unrecorded.borrow_mut();
+            match unrecorded.get_mut(key) {
+                Some(n) => *n += 1,
+                None => {
+                    unrecorded.insert(key.to_vec(), 1);
+                }
+            }
+            unrecorded.values().sum::<u32>()
+        };
+        if pending >= FLUSH_REQUESTS || now.saturating_sub(self.last_flush_ns.get()) >= FLUSH_NS {
+            self.flush(now);
+        }
+    }
+
+    /// Adds the requests counted here to the shared budgets.
+    fn flush(&self, now: u64) {
+        let Some(budget) = &self.budget else { return };
+        self.last_flush_ns.set(now);
+        let batch = std::mem::take(&mut *self.unrecorded.borrow_mut());
+        for (key, n) in batch {
+            if let TableOutcome::Done(state) = self.table.update(&key, budget, now, |b: &mut Budget| {
+                b.record_requests(budget, now, n);
+                *b
+            }) {
+                self.seen.borrow_mut().insert(key, state);
+            }
         }
     }
 
@@ -249,10 +287,36 @@ impl Shared {
     /// reached (table full) grants it: retries then have only `max_retries` as their limit.
     fn take_retry(&self, key: &[u8], now: u64) -> bool {
         let Some(budget) = &self.budget else { return true };
-        !matches!(
-            self.table.update(key, budget, now, |b: &mut Budget| b.try_retry(budget, now)),
-            TableOutcome::Done(false)
-        )
+        self.flush(now);
+        match self.table.update(key, budget, now, |b: &mut Budget| (b.try_retry(budget, now), *b)) {
+            TableOutcome::Done((granted, state)) => {
+                self.seen.borrow_mut().insert(key.to_vec(), state);
+                granted
+            }
+            _ => true,
+        }
+    }
+
+    /// Envoy mode: charges the retries the router made.
+    fn charge_retries(&self, key: &[u8], n: u32, now: u64) {
+        self.count(1, n);
+        let Some(budget) = &self.budget else { return };
+        if let TableOutcome::Done(state) = self.table.update(key, budget, now, |b: &mut Budget| {
+            b.record_retries(budget, now, n);
+            *b
+        }) {
+            self.seen.borrow_mut().insert(key.to_vec(), state);
+        }
+    }
+
+    /// Envoy mode: whether the budget had room at the last batch (the router retries later,
+    /// and the filter charges what it did when the response says).
+    fn had_room(&self, key: &[u8], now: u64) -> bool {
+        let Some(budget) = &self.budget else { return true };
+        if !self.seen.borrow().contains_key(key) {
+            self.flush(now);
+        }
+        self.seen.borrow().get(key).is_none_or(|b| b.has_room(budget, now))
     }
 
     /// Callout mode: decides what follows a try's answer.
@@ -415,6 +479,9 @@ impl RetryRoot {
             table,
             wakeups: Wakeups::default(),
             jobs: RefCell::default(),
+            unrecorded: RefCell::default(),
+            last_flush_ns: Cell::new(0),
+            seen: RefCell::default(),
             root_tokens: RefCell::default(),
             random: Random::default(),
             metrics,
@@ -500,17 +567,14 @@ impl Retried {
         let mut max_retries = 0;
         if retriable {
             max_retries = s.config.max_retries;
-            if let Some(budget) = &s.budget
-                && s.table.read::<Budget>(&self.key, budget, now).is_some_and(|b| !b.has_room(budget, now))
-            {
+            if !s.had_room(&self.key, now) {
                 s.count(2, 1);
                 max_retries = 0;
             }
         }
-        // The filter owns the retry policy: whatever the client asked for is replaced.
-        for name in ["x-envoy-retry-on", "x-envoy-max-retries", "x-envoy-retriable-status-codes"] {
-            self.set_http_request_header(name, None);
-        }
+        // The filter owns the retry policy: whatever the client asked for is replaced (no
+        // retries is max-retries 0, whatever retry-on a client sent).
+        self.set_http_request_header("x-envoy-max-retries", Some(&max_retries.to_string()));
         if max_retries == 0 {
             return;
         }
@@ -521,7 +585,6 @@ impl Retried {
             self.set_http_request_header("x-envoy-retriable-status-codes", Some(&codes));
         }
         self.set_http_request_header("x-envoy-retry-on", Some(&retry_on.join(",")));
-        self.set_http_request_header("x-envoy-max-retries", Some(&max_retries.to_string()));
         if let Some(t) = s.config.per_try_timeout {
             self.set_http_request_header("x-envoy-upstream-rq-per-try-timeout-ms", Some(&t.0.as_millis().to_string()));
         }
@@ -584,12 +647,7 @@ impl HttpContext for Retried {
         // Envoy reports tries only with the route's include_attempt_count_in_response.
         if let Some(attempts) = self.get_http_response_header("x-envoy-attempt-count") {
             if let Ok(n @ 2..) = attempts.parse::<u32>() {
-                s.count(1, n - 1);
-                if let Some(budget) = &s.budget {
-                    let now = now_ns();
-                    let _ =
-                        s.table.update(&self.key, budget, now, |b: &mut Budget| b.record_retries(budget, now, n - 1));
-                }
+                s.charge_retries(&self.key, n - 1, now_ns());
             }
             self.set_http_response_header(ATTEMPTS, Some(&attempts));
         }

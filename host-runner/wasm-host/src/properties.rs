@@ -5,7 +5,9 @@
 //! nanoseconds, maps in the header-pairs encoding. meshwork answers both the current `xds.*`
 //! names and the top-level names Envoy had before 1.33 (`route_name`, `node`, ...).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
@@ -19,6 +21,8 @@ use crate::stream_data::StreamData;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Str(Bytes),
+    /// A name the stream already holds (route, cluster): shared, not copied.
+    Name(Rc<str>),
     Int(i64),
     UInt(u64),
     Bool(bool),
@@ -36,26 +40,22 @@ impl Value {
         Value::Str(Bytes::copy_from_slice(s.as_ref()))
     }
 
-    pub fn serialise(&self) -> Result<Vec<u8>, Status> {
+    /// The wire form; strings are lent, not copied (this runs for every property read).
+    pub fn serialise(&self) -> Result<Cow<'_, [u8]>, Status> {
         Ok(match self {
-            Value::Str(b) => b.to_vec(),
-            Value::Int(i) | Value::Duration(i) | Value::Timestamp(i) => i.to_le_bytes().to_vec(),
-            Value::UInt(u) => u.to_le_bytes().to_vec(),
-            Value::Bool(b) => vec![*b as u8],
+            Value::Str(b) => Cow::Borrowed(b.as_ref()),
+            Value::Name(n) => Cow::Borrowed(n.as_bytes()),
+            Value::Int(i) | Value::Duration(i) | Value::Timestamp(i) => Cow::Owned(i.to_le_bytes().to_vec()),
+            Value::UInt(u) => Cow::Owned(u.to_le_bytes().to_vec()),
+            Value::Bool(b) => Cow::Owned(vec![*b as u8]),
             Value::Map(pairs) => {
-                let values: Vec<(Bytes, Vec<u8>)> =
-                    pairs.iter().map(|(k, v)| Ok((k.clone(), v.serialise()?))).collect::<Result<_, Status>>()?;
-                encode_pairs(&values.iter().map(|(k, v)| (k.as_ref(), v.as_slice())).collect::<Vec<_>>())
+                let values: Vec<(&[u8], Cow<'_, [u8]>)> =
+                    pairs.iter().map(|(k, v)| Ok((k.as_ref(), v.serialise()?))).collect::<Result<_, Status>>()?;
+                Cow::Owned(encode_pairs(&values.iter().map(|(k, v)| (*k, v.as_ref())).collect::<Vec<_>>()))
             }
             Value::Unserialisable => return Err(Status::SerializationFailure),
         })
     }
-}
-
-/// Splits a NUL-separated path; one trailing NUL (the C++ SDK's form) is ignored.
-pub fn split_path(path: &[u8]) -> Vec<&[u8]> {
-    let path = path.strip_suffix(b"\0").unwrap_or(path);
-    path.split(|b| *b == 0).collect()
 }
 
 fn headers_map(h: &HeaderMap) -> Value {
@@ -83,14 +83,19 @@ pub fn get(
     stream: Option<&StreamData>,
     path: &[u8],
 ) -> Result<Value, Status> {
-    let segments = split_path(path);
-    let (first, rest) = segments.split_first().ok_or(Status::SerializationFailure)?;
-    let (mut value, used_next) = top_level(plugin, services, stream, first, rest.first().copied())?;
+    // Segments are NUL-separated; one trailing NUL (the C++ SDK's form) is ignored.
+    let path = path.strip_suffix(b"\0").unwrap_or(path);
+    let mut segments = path.split(|b| *b == 0).peekable();
+    let first = segments.next().ok_or(Status::SerializationFailure)?;
+    let (mut value, used_next) = top_level(plugin, services, stream, first, segments.peek().copied())?;
+    if used_next {
+        segments.next();
+    }
     // Segments the top-level lookup did not use walk into maps.
-    for seg in rest.iter().skip(used_next as usize) {
+    for seg in segments {
         value = match value {
             Value::Map(pairs) => {
-                pairs.into_iter().find(|(k, _)| k.as_ref() == *seg).map(|(_, v)| v).ok_or(Status::NotFound)?
+                pairs.into_iter().find(|(k, _)| k.as_ref() == seg).map(|(_, v)| v).ok_or(Status::NotFound)?
             }
             _ => return Err(Status::NotFound),
         };
@@ -130,8 +135,8 @@ fn top_level(
             };
             let v = match field {
                 b"node" => node(),
-                b"route_name" => Value::str(stream.ok_or(Status::NotFound)?.info.route_name.as_bytes()),
-                b"cluster_name" => Value::str(stream.ok_or(Status::NotFound)?.info.cluster_name.as_bytes()),
+                b"route_name" => Value::Name(stream.ok_or(Status::NotFound)?.info.route_name.clone()),
+                b"cluster_name" => Value::Name(stream.ok_or(Status::NotFound)?.info.cluster_name.clone()),
                 b"listener_direction" => Value::Int(0),
                 b"filter_chain_name" | b"virtual_host_name" => Value::str(""),
                 _ => return Err(Status::NotFound),
@@ -144,8 +149,8 @@ fn top_level(
     let info = &s.info;
     let leaf = |v: Option<Value>| v.map(|v| (v, true)).ok_or(Status::NotFound);
     match name {
-        b"route_name" => Ok((Value::str(info.route_name.as_bytes()), false)),
-        b"cluster_name" => Ok((Value::str(info.cluster_name.as_bytes()), false)),
+        b"route_name" => Ok((Value::Name(info.route_name.clone()), false)),
+        b"cluster_name" => Ok((Value::Name(info.cluster_name.clone()), false)),
         b"listener_direction" => Ok((Value::Int(0), false)),
         b"connection_id" => Ok((Value::UInt(info.connection_id), false)),
         b"request" => {
@@ -281,7 +286,7 @@ mod tests {
     }
 
     fn get_bytes(s: Option<&StreamData>, path: &[u8]) -> Result<Vec<u8>, Status> {
-        get(&plugin(), &Services::default(), s, path)?.serialise()
+        get(&plugin(), &Services::default(), s, path)?.serialise().map(Cow::into_owned)
     }
 
     #[test]

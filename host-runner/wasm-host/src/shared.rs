@@ -11,8 +11,13 @@ use crate::abi::Status;
 
 const SHARDS: usize = 16;
 
-/// (vm_id, key) → (value, CAS token).
-type Shard = Mutex<HashMap<(String, Vec<u8>), (Bytes, u32)>>;
+/// A fast hasher with a per-process random seed: filters read and write shared data on every
+/// request, and keys may carry request data, so SipHash is too slow and no seed too naive.
+type Fast = foldhash::fast::RandomState;
+
+/// vm_id → key → (value, CAS token). Two levels so a lookup borrows its key instead of
+/// building an owned (vm_id, key) pair.
+type Shard = Mutex<HashMap<String, HashMap<Vec<u8>, (Bytes, u32), Fast>, Fast>>;
 
 /// Shared key-value data. CAS tokens come from one global counter that starts at 1 and never
 /// yields 0, because SDKs treat a CAS of 0 as "unconditional".
@@ -24,7 +29,10 @@ pub struct SharedData {
 
 impl Default for SharedData {
     fn default() -> Self {
-        SharedData { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), next_cas: AtomicU32::new(1) }
+        SharedData {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::with_hasher(Fast::default()))).collect(),
+            next_cas: AtomicU32::new(1),
+        }
     }
 }
 
@@ -53,23 +61,26 @@ impl SharedData {
     /// The value and its CAS token; `NotFound` for a key never set.
     pub fn get(&self, vm_id: &str, key: &[u8]) -> Result<(Bytes, u32), Status> {
         let shard = lock(self.shard(key));
-        shard.get(&(vm_id.to_owned(), key.to_vec())).cloned().ok_or(Status::NotFound)
+        shard.get(vm_id).and_then(|keys| keys.get(key)).cloned().ok_or(Status::NotFound)
     }
 
     /// Stores `value` unless the key exists, `cas` is non-zero and differs from its token.
     /// A missing key is created whatever `cas` says (Envoy's behaviour).
     pub fn set(&self, vm_id: &str, key: &[u8], value: Bytes, cas: u32) -> Result<(), Status> {
         let mut shard = lock(self.shard(key));
-        let entry = shard.entry((vm_id.to_owned(), key.to_vec()));
-        match entry {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                if cas != 0 && cas != e.get().1 {
+        if !shard.contains_key(vm_id) {
+            shard.insert(vm_id.to_owned(), HashMap::with_hasher(Fast::default()));
+        }
+        let keys = shard.get_mut(vm_id).expect("inserted above");
+        match keys.get_mut(key) {
+            Some(entry) => {
+                if cas != 0 && cas != entry.1 {
                     return Err(Status::CasMismatch);
                 }
-                e.insert((value, self.next_cas()));
+                *entry = (value, self.next_cas());
             }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert((value, self.next_cas()));
+            None => {
+                keys.insert(key.to_vec(), (value, self.next_cas()));
             }
         }
         Ok(())

@@ -117,8 +117,14 @@ impl Budget {
 
     /// Counts an original request (not a retry).
     pub fn record_request(&mut self, config: &BudgetConfig, now_ns: u64) {
+        self.record_requests(config, now_ns, 1);
+    }
+
+    /// Counts `n` original requests at once (a worker's batch: counting late only makes the
+    /// budget stricter for a moment, never looser).
+    pub fn record_requests(&mut self, config: &BudgetConfig, now_ns: u64, n: u32) {
         self.roll(config, now_ns);
-        self.current.0 = self.current.0.saturating_add(1);
+        self.current.0 = self.current.0.saturating_add(n);
     }
 
     /// Whether a retry would be allowed now, without taking it.

@@ -16,9 +16,9 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let value = with_bytes(&mut c, pp, ps, |path, state| {
                     let stream = state.stream();
                     let data = stream.as_ref().map(|(s, _)| s.borrow());
-                    properties::get(&state.plugin, &state.services, data.as_deref(), path)?.serialise()
+                    properties::get(&state.plugin, &state.services, data.as_deref(), path)
                 })??;
-                copy_out(&mut c, &value, vpp, vsp)
+                copy_out(&mut c, &value.serialise()?, vpp, vsp)
             })())
         },
     )?;
