@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # meshwork demo: the sample app behind `meshwork run` with the measure and local-rate-limit
-# filters on two workers, some traffic, and what the filters saw. Stops everything it starts.
+# filters on two workers, some traffic, and what the filters saw; then retries and a circuit
+# breaker at work (scripts/demo_patterns.sh). Stops everything it starts.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -91,6 +92,10 @@ for s in sorted(find("meshwork_measure_upstream_latency_us"), key=lambda s: s["t
 workers = {s["tags"]["worker"]: s["value"] for s in find("meshwork_downstream_cx_total")}
 print(f"\n== connections per worker: {workers}")
 EOF
+echo
+echo "== patterns: retries and a circuit breaker in front of a flaky service and a dead one"
+"$root/scripts/demo_patterns.sh" "$app"
+
 echo; "$root/scripts/demo_bench.sh" "$app"  # direct vs through meshwork with these filters: SMP results, table, SVG
 echo
 echo "== metrics in Prometheus format: $admin/stats/prometheus (stopping everything now)"
