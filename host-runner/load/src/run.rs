@@ -504,3 +504,30 @@ async fn slot_loop(ctx: Rc<Ctx>, slot_index: usize, mut slot: Slot) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_merge_and_rates() {
+        let mut a = Counters { responses: 90, status: BTreeMap::from([(200, 80), (503, 10)]), ..Counters::default() };
+        a.errors.insert("timeout".into(), 5);
+        let b = Counters {
+            responses: 5,
+            status: BTreeMap::from([(200, 5)]),
+            errors: BTreeMap::from([("timeout".into(), 1), ("connect".into(), 4)]),
+            bytes_read: 10,
+            connects: 2,
+        };
+        a.merge(&b);
+        assert_eq!(a.responses, 95);
+        assert_eq!(a.status[&200], 85);
+        assert_eq!(a.errors["timeout"], 6);
+        assert_eq!(a.errors_total(), 10);
+        assert_eq!(a.bad_status(), 10);
+        assert_eq!(a.attempted(), 105);
+        assert!((a.error_rate() - 20.0 / 105.0).abs() < 1e-12);
+        assert_eq!(Counters::default().error_rate(), 0.0);
+    }
+}
