@@ -1,21 +1,49 @@
 #!/usr/bin/env bash
 # meshwork benchmarks, all measured in this run on this machine:
-#  1. the cost of one stream lifecycle through the wasm host (no network), per filter;
+#  1. the cost of one stream lifecycle through the wasm host (no network), per filter, on the
+#     filter's happy path;
 #  2. one proxy hop: meshwork (no filter, with measure) vs nginx, CPU per request and req/s;
-#  3. the load generator: requests per CPU-second of meshwork load vs wrk and h2load.
+#  3. the same filters' cost in instructions (callgrind), which does not move with the load;
+#  4. the load generator: requests per CPU-second of meshwork load vs wrk and h2load.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# Every product filter on its happy path: nothing limited, tripped, failed or injected.
+f="$root/target/filters"
+happy_path=(
+  "$f/measure.wasm"
+  "$f/local-rate-limit.wasm={\"rate\": 1000000000, \"burst\": 1000000000}"
+  "$f/circuit-breaker.wasm={}"
+  "$f/bulkhead.wasm={\"max_concurrent\": 1000000}"
+  "$f/retry.wasm={\"mode\": \"envoy\"}"
+  "$f/retry.wasm={}"
+  "$f/timeout.wasm={\"mode\": \"envoy\", \"timeout\": \"15s\"}"
+  "$f/timeout.wasm={\"timeout\": \"15s\"}"
+  "$f/global-rate-limit.wasm={\"domain\": \"edge\", \"rate_limit_service\": {\"cluster\": \"rls\"}, \"rate_limits\": [{\"actions\": [{\"generic_key\": {\"descriptor_value\": \"all\"}}]}]}"
+  "$f/health-check.wasm={\"targets\": [{\"cluster\": \"bench-cluster\"}]}"
+  "$f/traffic-split.wasm={\"backends\": [{\"name\": \"v1\", \"weight\": 90}, {\"name\": \"v2\", \"weight\": 10}]}"
+  "$f/fault-injection.wasm={\"abort\": {\"http_status\": 503, \"percentage\": 0}}"
+)
+
 echo "== 1. stream lifecycle through the host (context create, headers, body, log, done, delete)"
-cargo bench -q -p meshwork-wasm-host --bench stream_lifecycle -- \
-  "$root/target/filters/measure.wasm" \
-  "$root/target/filters/local-rate-limit.wasm={\"rate\": 1000000000, \"burst\": 1000000000}" 2>/dev/null
+echo "   CPU each filter adds per request on its happy path (target for the pattern filters: <= 2 us);"
+echo "   callout-mode filters (retry and timeout without mode, global-rate-limit) include their callout,"
+echo "   answered in process"
+cargo bench -q -p meshwork-wasm-host --bench stream_lifecycle -- "${happy_path[@]}" 2>/dev/null
 
 echo
 echo "== 2. one proxy hop vs nginx (targets: meshwork hop <= 1.0x nginx CPU/request; measure adds <= 1.2 us)"
 python3 scripts/bench_hop.py --filters measure "$@"
 
 echo
-echo "== 3. the load generator's own cost: meshwork load vs wrk and h2load, requests per CPU-second (target >= 1.0x wrk)"
+echo "== 3. instructions per stream each filter adds (callgrind; does not move with the machine's load)"
+if command -v valgrind >/dev/null; then
+  scripts/count_filter_instructions.sh "${happy_path[@]}"
+else
+  echo "   (valgrind is not installed: skipped)"
+fi
+
+echo
+echo "== 4. the load generator's own cost: meshwork load vs wrk and h2load, requests per CPU-second (target >= 1.0x wrk)"
 python3 scripts/bench_load.py

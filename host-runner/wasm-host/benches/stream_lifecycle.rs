@@ -161,13 +161,14 @@ fn main() {
         return;
     }
     let empty = if case.is_empty() { measure(&[], iterations) } else { 0.0 };
-    println!("stream lifecycle, empty chain:          {empty:>8.0} ns");
+    println!("stream lifecycle, {:<46} {empty:>8.0} ns", "empty chain");
     let noop_wasm = wat::parse_str(NOOP).expect("wat");
     if case.is_empty() || case == "noop" {
         let noop = vm(&engine, &services, Path::new("noop.wasm"), Some(&noop_wasm), "");
         let host = measure(&[noop], iterations);
         println!(
-            "stream lifecycle, one no-op filter:     {host:>8.0} ns  (host overhead per filter: {:.0} ns)",
+            "stream lifecycle, {:<46} {host:>8.0} ns  (host overhead per filter: {:.0} ns)",
+            "one no-op filter",
             host - empty
         );
         if case == "noop" {
@@ -182,10 +183,11 @@ fn main() {
         let path = PathBuf::from(path);
         let filter = vm(&engine, &services, &path, None, &config);
         let t = measure(&[filter], iterations);
-        println!(
-            "stream lifecycle, {:<22} {t:>8.0} ns  (added by the filter: {:.0} ns)",
-            path.file_name().unwrap().to_string_lossy(),
-            t - empty
-        );
+        // A label such as `retry {"mode":"envoy"}` tells apart runs of one module.
+        let mut label = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if !config.is_empty() && config != "{}" {
+            label = format!("{label} {}", config.chars().take(28).collect::<String>());
+        }
+        println!("stream lifecycle, {label:<46} {t:>8.0} ns  (added by the filter: {:.0} ns)", t - empty);
     }
 }
