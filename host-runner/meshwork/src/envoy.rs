@@ -581,7 +581,7 @@ static_resources:
         assert!(w.errors.is_empty(), "{:?}", w.errors);
         assert_eq!(c.unwrap().routes[0].target, RouteTarget::ClusterHeader("x-version".into()));
         let yaml = TYPICAL.replace("route: {cluster: app, timeout: 2s}", "route: {timeout: 2s}");
-        let err = walk(&yaml).0.err().expect("a route without a target is refused");
+        let err = walk(&yaml).0.expect_err("a route without a target is refused");
         assert!(format!("{err:#}").contains("exactly one of cluster or cluster_header"), "{err:#}");
     }
 

@@ -35,7 +35,7 @@ enum Upstream {
     NotStarted,
     /// Retries need the whole request: its body is gathered before the first attempt.
     Collecting {
-        request: Replayable,
+        request: Box<Replayable>,
         cluster: Rc<Cluster>,
         policy: RetryPolicy,
     },
@@ -334,7 +334,7 @@ impl Driver {
         }
         if let Some(policy) = policy {
             self.report_attempts = true;
-            let request = Replayable { method, uri, headers, body: Bytes::new() };
+            let request = Box::new(Replayable { method, uri, headers, body: Bytes::new() });
             self.upstream = Upstream::Collecting { request, cluster, policy };
             if end_stream {
                 self.launch();
@@ -365,7 +365,7 @@ impl Driver {
         };
         let worker = self.worker.clone();
         self.upstream =
-            Upstream::Waiting(Box::pin(router::exchange(cluster, request, policy, move || worker.random_unit())));
+            Upstream::Waiting(Box::pin(router::exchange(cluster, *request, policy, move || worker.random_unit())));
     }
 
     fn read_downstream(&mut self, cx: &mut Context<'_>) -> bool {
