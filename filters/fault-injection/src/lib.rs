@@ -15,6 +15,7 @@ use meshwork_fault::{
     ABORT_HEADER, ABORT_PERCENTAGE_HEADER, AbortPolicy, AbortStatus, ActiveFaults, DELAY_HEADER,
     DELAY_PERCENTAGE_HEADER, DelayLength, DelayPolicy, Denominator, FaultHeaders, Fraction, Policy,
 };
+use meshwork_filter_support::config::{ConfigObject, header_name};
 use meshwork_filter_support::wakeups::{Wakeups, act_for};
 use meshwork_filter_support::{ConfigDuration, Random, SharedTable, fingerprint, now_ns, property_string, tagged};
 use meshwork_traffic_split::{HeaderMatch, Request, ValueMatch};
@@ -22,8 +23,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -101,25 +101,15 @@ struct Config {
     max_active_faults: Option<u64>,
 }
 
-/// Takes field `name` out of the configuration object; errors name the field.
-fn take<T: DeserializeOwned>(object: &mut Map<String, Value>, name: &str) -> Result<Option<T>, String> {
-    object.remove(name).map(|v| serde_json::from_value(v).map_err(|e| format!("{name}: {e}"))).transpose()
-}
-
 fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("configuration is not JSON: {e}"))?;
-    let Value::Object(mut object) = value else {
-        return Err("configuration must be a JSON object".into());
-    };
+    let mut object = ConfigObject::parse(bytes)?;
     let config = Config {
-        abort: take(&mut object, "abort")?,
-        delay: take(&mut object, "delay")?,
-        headers: take(&mut object, "headers")?.unwrap_or_default(),
-        max_active_faults: take(&mut object, "max_active_faults")?,
+        abort: object.take("abort")?,
+        delay: object.take("delay")?,
+        headers: object.take("headers")?.unwrap_or_default(),
+        max_active_faults: object.take("max_active_faults")?,
     };
-    if let Some(field) = object.keys().next() {
-        return Err(format!("unknown field {field:?} (known: abort, delay, headers, max_active_faults)"));
-    }
+    object.finish(&["abort", "delay", "headers", "max_active_faults"])?;
     Ok(config)
 }
 
@@ -130,7 +120,7 @@ fn header_match(i: usize, h: HeaderConfig) -> Result<HeaderMatch, String> {
         (None, None, Some(true)) => ValueMatch::Present,
         _ => return Err(format!("headers[{i}] ({}): give exactly one of value, prefix or present: true", h.name)),
     };
-    Ok(HeaderMatch { name: h.name.to_ascii_lowercase(), value })
+    Ok(HeaderMatch { name: header_name(&format!("headers[{i}].name"), &h.name)?, value })
 }
 
 fn policy(config: &Config) -> Result<Policy, String> {

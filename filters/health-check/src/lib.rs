@@ -20,6 +20,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use meshwork_cas_table::Outcome as CasOutcome;
+use meshwork_filter_support::config::{ConfigObject, header_name};
 use meshwork_filter_support::outcome::Outcome;
 use meshwork_filter_support::{
     ConfigDuration, Random, SharedTable, fingerprint, now_ns, property, property_string, tagged,
@@ -29,8 +30,6 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -131,38 +130,18 @@ struct Config {
     status: u32,
 }
 
-/// Takes field `name` out of the configuration object; errors name the field.
-fn take<T: DeserializeOwned>(object: &mut Map<String, Value>, name: &str) -> Result<Option<T>, String> {
-    object.remove(name).map(|v| serde_json::from_value(v).map_err(|e| format!("{name}: {e}"))).transpose()
-}
-
-/// `active` and `passive` are on with defaults when absent and off when `null`.
-fn section<T: DeserializeOwned>(object: &mut Map<String, Value>, name: &str) -> Result<Option<T>, String> {
-    match object.remove(name) {
-        None => Ok(Some(serde_json::from_value(Value::Object(Map::new())).map_err(|e| format!("{name}: {e}"))?)),
-        Some(Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v).map(Some).map_err(|e| format!("{name}: {e}")),
-    }
-}
-
 fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("configuration is not JSON: {e}"))?;
-    let Value::Object(mut object) = value else {
-        return Err("configuration must be a JSON object".into());
-    };
+    let mut object = ConfigObject::parse(bytes)?;
     let config = Config {
-        targets: take(&mut object, "targets")?.ok_or("targets: missing (list the clusters to check)")?,
-        active: section(&mut object, "active")?,
-        passive: section(&mut object, "passive")?,
-        route_header: take(&mut object, "route_header")?,
-        balance: take(&mut object, "balance")?.unwrap_or_default(),
-        status: take(&mut object, "status")?.unwrap_or(503),
+        targets: object.take("targets")?.ok_or("targets: missing (list the clusters to check)")?,
+        // On with defaults when absent, off when null.
+        active: object.section("active")?,
+        passive: object.section("passive")?,
+        route_header: object.take("route_header")?,
+        balance: object.take("balance")?.unwrap_or_default(),
+        status: object.take("status")?.unwrap_or(503),
     };
-    if let Some(field) = object.keys().next() {
-        return Err(format!(
-            "unknown field {field:?} (known: targets, active, passive, route_header, balance, status)"
-        ));
-    }
+    object.finish(&["targets", "active", "passive", "route_header", "balance", "status"])?;
     Ok(config)
 }
 
@@ -171,14 +150,6 @@ fn nanos(field: &str, d: ConfigDuration) -> Result<u64, String> {
         Ok(0) | Err(_) => Err(format!("{field} must be above zero and below 500 years")),
         Ok(ns) => Ok(ns),
     }
-}
-
-fn header_name(field: &str, name: &str) -> Result<String, String> {
-    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !valid {
-        return Err(format!("{field} {name:?} is not a valid header name"));
-    }
-    Ok(name.to_ascii_lowercase())
 }
 
 /// How probing runs on this worker.

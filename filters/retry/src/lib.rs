@@ -519,13 +519,7 @@ impl RootContext for RetryRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Retried {
-            shared: self.shared.clone()?,
-            id: context_id,
-            held: None,
-            body_size: 0,
-            key: Vec::new(),
-        }))
+        Some(Box::new(Retried { shared: self.shared.clone()?, id: context_id, held: None, key: Vec::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -538,8 +532,6 @@ struct Retried {
     id: u32,
     /// Callout mode: the request being gathered before the first try.
     held: Option<HeldRequest>,
-    /// Callout mode: the size of the request body buffered so far.
-    body_size: usize,
     key: Vec<u8>,
 }
 
@@ -618,24 +610,17 @@ impl HttpContext for Retried {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(held) = &mut self.held else { return Action::Continue };
-        self.body_size = body_size;
         if body_size > self.shared.config.max_body_bytes {
             // Too large to hold: pass it on untouched, without retries.
             self.held = None;
-            return Action::Continue;
         }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        held.capture_body(body_size);
-        self.start()
+        let Some(held) = &mut self.held else { return Action::Continue };
+        if held.body_arrived(body_size, end_of_stream) { self.start() } else { Action::Pause }
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         let Some(held) = &mut self.held else { return Action::Continue };
-        held.capture_body(self.body_size);
-        held.capture_trailers();
+        held.trailers_arrived();
         self.start()
     }
 

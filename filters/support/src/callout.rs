@@ -13,6 +13,8 @@ pub struct HeldRequest {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub trailers: Vec<(String, String)>,
+    /// How much body the host has buffered so far (read once the request is complete).
+    buffered: usize,
 }
 
 /// Headers that describe one hop or one encoding of the body; the callout client sets its own.
@@ -37,15 +39,26 @@ impl HeldRequest {
         }
     }
 
-    /// Appends the body the host has buffered so far (call at end of stream).
-    pub fn capture_body(&mut self, body_size: usize) {
-        if let Ok(Some(bytes)) = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
-            self.body = bytes;
+    /// In `on_http_request_body`: true once the request is complete and its body captured;
+    /// until then the filter returns Pause, so the host keeps buffering.
+    pub fn body_arrived(&mut self, body_size: usize, end_of_stream: bool) -> bool {
+        self.buffered = body_size;
+        if end_of_stream {
+            self.capture_body();
         }
+        end_of_stream
     }
 
-    pub fn capture_trailers(&mut self) {
+    /// In `on_http_request_trailers`: the request is complete; captures its body and trailers.
+    pub fn trailers_arrived(&mut self) {
+        self.capture_body();
         self.trailers = lossy(hostcalls::get_map_bytes(MapType::HttpRequestTrailers).unwrap_or_default());
+    }
+
+    fn capture_body(&mut self) {
+        if let Ok(Some(bytes)) = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, self.buffered) {
+            self.body = bytes;
+        }
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

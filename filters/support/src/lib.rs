@@ -6,6 +6,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub mod callout;
+pub mod config;
 pub mod outcome;
 pub mod wakeups;
 

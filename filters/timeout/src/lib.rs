@@ -138,13 +138,7 @@ impl RootContext for TimeoutRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Timed {
-            shared: self.shared.clone()?,
-            deadline: None,
-            held: None,
-            body_size: 0,
-            answered: false,
-        }))
+        Some(Box::new(Timed { shared: self.shared.clone()?, deadline: None, held: None, answered: false }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -157,7 +151,6 @@ struct Timed {
     deadline: Option<Deadline>,
     /// Callout mode: the request being gathered.
     held: Option<HeldRequest>,
-    body_size: usize,
     /// Callout mode: this filter answered; its own reply passes its response callback too.
     answered: bool,
 }
@@ -247,18 +240,12 @@ impl HttpContext for Timed {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(held) = &mut self.held else { return Action::Continue };
-        self.body_size = body_size;
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        held.capture_body(body_size);
-        self.send()
+        if held.body_arrived(body_size, end_of_stream) { self.send() } else { Action::Pause }
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         let Some(held) = &mut self.held else { return Action::Continue };
-        held.capture_body(self.body_size);
-        held.capture_trailers();
+        held.trailers_arrived();
         self.send()
     }
 

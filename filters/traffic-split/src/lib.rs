@@ -9,14 +9,13 @@
 
 use std::rc::Rc;
 
+use meshwork_filter_support::config::{ConfigObject, header_name};
 use meshwork_filter_support::{Random, property_string, tagged};
 use meshwork_traffic_split::{Backend, Chosen, HeaderMatch, Request, RequestMatch, Routes, Rule, Split, ValueMatch};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -78,35 +77,16 @@ struct Config {
     hash_on: Option<HashOn>,
 }
 
-/// Takes field `name` out of the configuration object; errors name the field.
-fn take<T: DeserializeOwned>(object: &mut Map<String, Value>, name: &str) -> Result<Option<T>, String> {
-    object.remove(name).map(|v| serde_json::from_value(v).map_err(|e| format!("{name}: {e}"))).transpose()
-}
-
 fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("configuration is not JSON: {e}"))?;
-    let Value::Object(mut object) = value else {
-        return Err("configuration must be a JSON object".into());
-    };
+    let mut object = ConfigObject::parse(bytes)?;
     let config = Config {
-        header: take(&mut object, "header")?.unwrap_or_else(|| "x-meshwork-cluster".into()),
-        rules: take(&mut object, "rules")?.unwrap_or_default(),
-        backends: take(&mut object, "backends")?.unwrap_or_default(),
-        hash_on: take(&mut object, "hash_on")?,
+        header: object.take("header")?.unwrap_or_else(|| "x-meshwork-cluster".into()),
+        rules: object.take("rules")?.unwrap_or_default(),
+        backends: object.take("backends")?.unwrap_or_default(),
+        hash_on: object.take("hash_on")?,
     };
-    if let Some(field) = object.keys().next() {
-        return Err(format!("unknown field {field:?} (known: header, rules, backends, hash_on)"));
-    }
+    object.finish(&["header", "rules", "backends", "hash_on"])?;
     Ok(config)
-}
-
-/// A header name a proxy-wasm host accepts: an HTTP token, in lower case as hosts present them.
-fn header_name(field: &str, name: &str) -> Result<String, String> {
-    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !valid {
-        return Err(format!("{field} {name:?} is not a valid header name"));
-    }
-    Ok(name.to_ascii_lowercase())
 }
 
 fn header_match(field: &str, h: HeaderConfig) -> Result<HeaderMatch, String> {
