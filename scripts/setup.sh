@@ -11,7 +11,8 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
 fi
 
 # Debian packages: node/npm (AssemblyScript test filter), wrk, h2load and nginx (benchmarks),
-# curl (demo), redis-server (the global rate limit's shared store in tests).
+# curl (demo), redis-server (the global rate limit's shared store in tests), valgrind (the
+# bench's instruction counts).
 need=()
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
@@ -20,6 +21,7 @@ command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v nginx >/dev/null && [ -x "$(command -v nginx)" ] || need+=(nginx-light)
 command -v curl >/dev/null || need+=(curl)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v valgrind >/dev/null || need+=(valgrind)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
