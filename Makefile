@@ -7,8 +7,11 @@ WASM_TARGET := wasm32-wasip1
 FILTERS := measure local-rate-limit circuit-breaker bulkhead retry timeout global-rate-limit health-check traffic-split fault-injection
 TEST_FILTERS := hostcalls misbehave
 STAMP := target/.setup-done
+EBPF_PROGRAMS := xdp-ratelimit sockops-rtt connect-breaker xdp-pass
+EBPF_CRATE := ebpf/meshwork-ebpf-programs
+EBPF_TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' $(EBPF_CRATE)/rust-toolchain.toml)
 
-.PHONY: all setup build filters test-filters test demo bench lint clean
+.PHONY: all setup build ebpf filters test-filters test demo bench lint clean
 
 all: build filters
 
@@ -18,9 +21,17 @@ $(STAMP): scripts/setup.sh
 	@scripts/setup.sh
 	@mkdir -p target && touch $@
 
-# The CLI: target/release/meshwork.
-build: setup
+# The CLI: target/release/meshwork (and the eBPF objects `meshwork ebpf` loads at run time).
+build: setup ebpf
 	$(CARGO) build --release -p meshwork
+
+# eBPF programs (aya): target/ebpf/<name>.o, by the nightly pinned in $(EBPF_CRATE) and
+# bpf-linker, for bpfel-unknown-none with -Z build-std=core. Its own workspace and lock file.
+ebpf: setup
+	cd $(EBPF_CRATE) && CARGO_TARGET_DIR=$(CURDIR)/target/ebpf-build $(CARGO) +$(EBPF_TOOLCHAIN) build --release --locked
+	@mkdir -p target/ebpf
+	@for p in $(EBPF_PROGRAMS); do cp target/ebpf-build/bpfel-unknown-none/release/$$p target/ebpf/$$p.o; done
+	@ls -l target/ebpf
 
 # Every product filter, release, for wasm32-wasip1: target/filters/<name>.wasm.
 filters: setup
@@ -48,6 +59,7 @@ bench: build filters
 
 lint: setup
 	$(CARGO) fmt --all -- --check
+	rustfmt --edition 2024 --check $(wildcard $(EBPF_CRATE)/src/*.rs $(EBPF_CRATE)/src/bin/*.rs)
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --profile filter --target $(WASM_TARGET) $(foreach f,$(FILTERS) support,-p meshwork-filter-$(f)) -- -D warnings
 

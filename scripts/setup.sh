@@ -22,6 +22,17 @@ command -v nginx >/dev/null && [ -x "$(command -v nginx)" ] || need+=(nginx-ligh
 command -v curl >/dev/null || need+=(curl)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v valgrind >/dev/null || need+=(valgrind)
+# eBPF (make ebpf, its tests and bench): LLVM 22 for bpf-linker, bpftool to check attachments,
+# iproute2 for namespaces, ethtool for the tests' delay line, iptables and nftables for the
+# bench's comparison.
+for pkg in llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+command -v bpftool >/dev/null || need+=(bpftool)
+command -v ip >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
+command -v nft >/dev/null || need+=(nftables)
+command -v ethtool >/dev/null || need+=(ethtool)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -34,5 +45,18 @@ if [ ${#need[@]} -gt 0 ]; then
   if [[ " ${need[*]} " == *" redis-server "* ]]; then
     $sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
   fi
+fi
+
+# eBPF toolchain: the nightly pinned in the BPF crate (its LLVM must be bpf-linker's, 22; a
+# floating nightly breaks the link) with rust-src for -Z build-std, and bpf-linker built
+# against Debian's LLVM 22.
+ebpf_toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$(dirname "$0")/../ebpf/meshwork-ebpf-programs/rust-toolchain.toml")
+if ! rustup component list --installed --toolchain "$ebpf_toolchain" 2>/dev/null | grep -q '^rust-src'; then
+  say "installing rust $ebpf_toolchain with rust-src (eBPF programs)"
+  rustup toolchain install "$ebpf_toolchain" --profile minimal --component rust-src
+fi
+if ! bpf-linker --version 2>/dev/null | grep -q ' 0\.13\.0'; then
+  say "building bpf-linker 0.13.0 against LLVM 22 (about 2 minutes)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22
 fi
 say "ok"

@@ -71,6 +71,9 @@ enum Command {
     Load(meshwork_load::LoadArgs),
     /// Run an SMP performance profile: scenarios side by side, SMP result documents.
     Bench(meshwork_load::BenchArgs),
+    /// Load, observe and unload meshwork's eBPF programs (XDP rate limiting, TCP RTT histograms,
+    /// connect-time circuit breaking); emit the DaemonSet that runs them on every node.
+    Ebpf(meshwork_ebpf::cli::EbpfArgs),
     /// Work with proxy-wasm filter modules.
     Filter {
         #[command(subcommand)]
@@ -158,6 +161,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Load(args) => meshwork_load::run_load(args),
         Command::Bench(args) => meshwork_load::run_bench(args),
+        Command::Ebpf(args) => meshwork_ebpf::cli::run(args),
         Command::Filter { command: FilterCommand::Inspect { file, output } } => {
             let report = inspect::inspect(&file)?;
             match output {

@@ -1,0 +1,1035 @@
+//! `meshwork ebpf` end to end: the real programs in the real kernel, with traffic crossing veth
+//! pairs into network namespaces and TCP clients inside cgroups that each test creates (and
+//! removes, even on failure, through Drop guards). Needs root, iproute2 and bpftool (`make
+//! test` installs them) and the BPF objects (`make ebpf`, which `make build` runs).
+//!
+//! Traffic comes from this same test binary, re-run as a helper process (the ignored `helper`
+//! test) inside a namespace (`ip netns exec`) or a cgroup (`sh` writes its pid to cgroup.procs
+//! and execs it). Addresses are from the benchmarking ranges 198.18.0.0/15 and 2001:2::/48.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meshwork_e2e::{Process, meshwork_bin};
+use serde_json::{Value, json};
+
+const HELPER_ENV: &str = "MESHWORK_EBPF_HELPER";
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+fn sh(cmd: &str, args: &[&str]) {
+    let out = run(cmd, args);
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A veth pair: `host` in this namespace, `peer` in a namespace of its own. Removed on drop.
+struct Link {
+    ns: String,
+    host: String,
+    peer: String,
+    /// 198.18.<net>.1 / 2001:2:0:<net>::1 here; .2, .3 (and ::2) in the namespace.
+    net: u8,
+}
+
+impl Link {
+    fn new(tag: &str, net: u8) -> Link {
+        let id = std::process::id() % 100_000;
+        let link = Link {
+            ns: format!("mw-ebpf-{tag}-{id}"),
+            host: format!("mw{tag}{id}h"),
+            peer: format!("mw{tag}{id}p"),
+            net,
+        };
+        let _ = run("ip", &["netns", "del", &link.ns]);
+        let _ = run("ip", &["link", "del", &link.host]);
+        sh("ip", &["netns", "add", &link.ns]);
+        sh("ip", &["link", "add", &link.host, "type", "veth", "peer", "name", &link.peer]);
+        sh("ip", &["link", "set", &link.peer, "netns", &link.ns]);
+        sh("ip", &["addr", "add", &format!("198.18.{net}.1/24"), "dev", &link.host]);
+        sh("ip", &["addr", "add", &format!("2001:2:0:{net}::1/64"), "dev", &link.host, "nodad"]);
+        sh("ip", &["link", "set", &link.host, "up"]);
+        for addr in [format!("198.18.{net}.2/24"), format!("198.18.{net}.3/24")] {
+            link.ns_sh("ip", &["addr", "add", &addr, "dev", &link.peer]);
+        }
+        link.ns_sh("ip", &["addr", "add", &format!("2001:2:0:{net}::2/64"), "dev", &link.peer, "nodad"]);
+        link.ns_sh("ip", &["link", "set", &link.peer, "up"]);
+        link.ns_sh("ip", &["link", "set", "lo", "up"]);
+        // Static neighbours: no packet of a measured burst waits for (or is lost to) ARP or ND.
+        let host_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", link.host)).unwrap();
+        let peer_mac =
+            String::from_utf8(link.ns_run("cat", &[&format!("/sys/class/net/{}/address", link.peer)]).stdout).unwrap();
+        for ip in [format!("198.18.{net}.1"), format!("2001:2:0:{net}::1")] {
+            link.ns_sh(
+                "ip",
+                &["neigh", "replace", &ip, "lladdr", host_mac.trim(), "dev", &link.peer, "nud", "permanent"],
+            );
+        }
+        for ip in [format!("198.18.{net}.2"), format!("198.18.{net}.3"), format!("2001:2:0:{net}::2")] {
+            sh("ip", &["neigh", "replace", &ip, "lladdr", peer_mac.trim(), "dev", &link.host, "nud", "permanent"]);
+        }
+        link
+    }
+
+    fn ns_run(&self, cmd: &str, args: &[&str]) -> Output {
+        let mut all = vec!["netns", "exec", &self.ns, cmd];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    fn ns_sh(&self, cmd: &str, args: &[&str]) {
+        let out = self.ns_run(cmd, args);
+        assert!(out.status.success(), "in {}: {cmd} {args:?}: {}", self.ns, String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn host_ip(&self) -> IpAddr {
+        format!("198.18.{}.1", self.net).parse().unwrap()
+    }
+
+    fn peer_ip(&self, last: u8) -> IpAddr {
+        format!("198.18.{}.{last}", self.net).parse().unwrap()
+    }
+
+    fn host_ip6(&self) -> IpAddr {
+        format!("2001:2:0:{}::1", self.net).parse().unwrap()
+    }
+
+    fn peer_ip6(&self) -> IpAddr {
+        format!("2001:2:0:{}::2", self.net).parse().unwrap()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the peer and with it the pair.
+        let _ = run("ip", &["netns", "del", &self.ns]);
+        let _ = run("ip", &["link", "del", &self.host]);
+    }
+}
+
+/// Client (this namespace) ── veth ── wire namespace ── veth ── server namespace, where a helper
+/// in the wire namespace forwards every frame between the two veths with AF_PACKET sockets,
+/// holding client-to-server frames for `delay`. This kernel is built without netem (and without
+/// fq, so no BPF pacing either): the delay line stands in for `tc qdisc ... netem delay`.
+struct DelayLink {
+    wire_ns: String,
+    server_ns: String,
+    host: String,
+    net: u8,
+    wire: Option<Helper>,
+}
+
+impl DelayLink {
+    fn new(tag: &str, net: u8, delay: Duration) -> DelayLink {
+        let id = std::process::id() % 100_000;
+        let (host, wire_a, wire_b, server) =
+            (format!("mw{tag}{id}h"), format!("mw{tag}{id}a"), format!("mw{tag}{id}b"), format!("mw{tag}{id}p"));
+        let mut link = DelayLink {
+            wire_ns: format!("mw-ebpf-{tag}w-{id}"),
+            server_ns: format!("mw-ebpf-{tag}s-{id}"),
+            host: host.clone(),
+            net,
+            wire: None,
+        };
+        for ns in [&link.wire_ns, &link.server_ns] {
+            let _ = run("ip", &["netns", "del", ns]);
+            sh("ip", &["netns", "add", ns]);
+        }
+        let _ = run("ip", &["link", "del", &host]);
+        sh("ip", &["link", "add", &host, "type", "veth", "peer", "name", &wire_a, "netns", &link.wire_ns]);
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &server,
+                "netns",
+                &link.server_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &wire_b,
+                "netns",
+                &link.wire_ns,
+            ],
+        );
+        sh("ip", &["addr", "add", &format!("198.18.{net}.1/24"), "dev", &host]);
+        sh("ip", &["link", "set", &host, "up"]);
+        let ns_sh = |ns: &str, args: &[&str]| {
+            let mut all = vec!["-n", ns];
+            all.extend_from_slice(args);
+            sh("ip", &all);
+        };
+        ns_sh(&link.server_ns, &["addr", "add", &format!("198.18.{net}.2/24"), "dev", &server]);
+        ns_sh(&link.server_ns, &["link", "set", &server, "up"]);
+        ns_sh(&link.server_ns, &["link", "set", "lo", "up"]);
+        ns_sh(&link.wire_ns, &["link", "set", &wire_a, "up"]);
+        ns_sh(&link.wire_ns, &["link", "set", &wire_b, "up"]);
+        // Frames re-sent through a packet socket must carry real checksums: no offload on the
+        // two ends that originate traffic.
+        sh("ethtool", &["-K", &host, "tx", "off"]);
+        sh("ip", &["netns", "exec", &link.server_ns, "ethtool", "-K", &server, "tx", "off"]);
+        let mac = |ns: Option<&str>, dev: &str| {
+            let path = format!("/sys/class/net/{dev}/address");
+            let out = match ns {
+                Some(ns) => run("ip", &["netns", "exec", ns, "cat", &path]).stdout,
+                None => std::fs::read(&path).unwrap(),
+            };
+            String::from_utf8(out).unwrap().trim().to_owned()
+        };
+        let (host_mac, server_mac) = (mac(None, &host), mac(Some(&link.server_ns), &server));
+        sh(
+            "ip",
+            &["neigh", "replace", &format!("198.18.{net}.2"), "lladdr", &server_mac, "dev", &host, "nud", "permanent"],
+        );
+        ns_sh(
+            &link.server_ns,
+            &["neigh", "replace", &format!("198.18.{net}.1"), "lladdr", &host_mac, "dev", &server, "nud", "permanent"],
+        );
+        let wire = Helper::start(
+            json!({"kind": "delay-wire", "a": wire_a, "b": wire_b, "delay_ms": delay.as_millis() as u64, "max_s": 120}),
+            Some(&link.wire_ns),
+            None,
+        );
+        assert_eq!(wire.next(Duration::from_secs(20))["ready"], true);
+        link.wire = Some(wire);
+        link
+    }
+
+    fn server_ip(&self) -> IpAddr {
+        format!("198.18.{}.2", self.net).parse().unwrap()
+    }
+}
+
+impl Drop for DelayLink {
+    fn drop(&mut self) {
+        drop(self.wire.take());
+        for ns in [&self.wire_ns, &self.server_ns] {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+        let _ = run("ip", &["link", "del", &self.host]);
+    }
+}
+
+/// A cgroup2 hierarchy mounted by the test, and a cgroup in it. Unmounted on drop.
+struct Cgroup {
+    mount: PathBuf,
+    path: PathBuf,
+}
+
+impl Cgroup {
+    fn new(tag: &str) -> Cgroup {
+        let mount = PathBuf::from(format!("/tmp/mw-ebpf-cgroup2-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&mount).unwrap();
+        let _ = run("umount", &[mount.to_str().unwrap()]);
+        sh("mount", &["-t", "cgroup2", "none", mount.to_str().unwrap()]);
+        let path = mount.join(format!("meshwork-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Cgroup { mount, path }
+    }
+
+    fn procs(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for pid in self.procs() {
+            let _ = run("kill", &["-KILL", &pid]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = run("umount", &[self.mount.to_str().unwrap()]);
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+/// This test binary, re-run as the `helper` test with a spec, optionally inside a namespace or a
+/// cgroup. Killed on drop.
+struct Helper {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Helper {
+    fn start(spec: Value, ns: Option<&str>, cgroup: Option<&Path>) -> Helper {
+        let exe = std::env::current_exe().unwrap();
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(cg) = cgroup {
+            // The shell moves itself into the cgroup, then becomes the helper: every socket the
+            // helper opens belongs to the cgroup.
+            argv.extend([
+                "sh".into(),
+                "-c".into(),
+                "echo $$ > \"$0/cgroup.procs\" && exec \"$@\"".into(),
+                cg.display().to_string(),
+            ]);
+        }
+        if let Some(ns) = ns {
+            argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.into()]);
+        }
+        argv.push(exe.display().to_string());
+        argv.extend(["helper", "--exact", "--include-ignored", "--nocapture", "--test-threads=1"].map(String::from));
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env(HELPER_ENV, spec.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start helper {argv:?}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // libtest may print "test helper ... " first, on the same line.
+                if let Some(at) = line.find("HELPER ") {
+                    let _ = tx.send(line[at + "HELPER ".len()..].to_owned());
+                }
+            }
+        });
+        Helper { child, lines }
+    }
+
+    /// The helper's next report (bounded wait).
+    fn next(&self, within: Duration) -> Value {
+        let line = self.lines.recv_timeout(within).unwrap_or_else(|_| panic!("helper said nothing within {within:?}"));
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn run(spec: Value, ns: Option<&str>, cgroup: Option<&Path>, within: Duration) -> Value {
+        let helper = Helper::start(spec, ns, cgroup);
+        helper.next(within)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `meshwork ebpf ...` to completion.
+fn meshwork(args: &[&str]) -> Output {
+    Command::new(meshwork_bin()).arg("ebpf").args(args).output().expect("run meshwork")
+}
+
+fn meshwork_ok(args: &[&str]) -> String {
+    let out = meshwork(args);
+    assert!(
+        out.status.success(),
+        "meshwork ebpf {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn stats(instance: &str) -> Value {
+    serde_json::from_str(&meshwork_ok(&["stats", instance, "--output", "json"])).unwrap()
+}
+
+/// Every `load` sweeps what dead loaders left behind; the test that makes a loader die and
+/// looks at what it left holds this exclusively, every other test that loads holds it shared.
+static LOADS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn loads_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    LOADS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A foreground `meshwork ebpf load`. Dropped (a failed assertion included), it is unloaded as
+/// a user would (`meshwork ebpf unload`: SIGTERM, so the loader detaches and unpins) before
+/// `Process` kills whatever is left: a failing test leaves no pins behind.
+struct Loader {
+    // Fields drop in order: unload (SIGTERM) first, then `Process` kills what is left.
+    _unload: Unload,
+    process: Process,
+}
+
+/// Runs `meshwork ebpf unload NAME` on drop when the instance still has a record or pins.
+struct Unload(String);
+
+impl Drop for Unload {
+    fn drop(&mut self) {
+        let record = Path::new("/run/meshwork/ebpf").join(format!("{}.json", self.0));
+        if record.exists() || Path::new(&format!("/sys/fs/bpf/meshwork/{}", self.0)).exists() {
+            let _ = meshwork(&["unload", &self.0]);
+        }
+    }
+}
+
+/// A foreground `meshwork ebpf load` (the first output line is the attach report, JSON); the
+/// args must include `--name`.
+fn load(args: &[&str]) -> (Loader, Value) {
+    let name = args.windows(2).find(|w| w[0] == "--name").map(|w| w[1].to_owned()).expect("--name");
+    let mut all = vec!["ebpf", "load"];
+    all.extend_from_slice(args);
+    all.extend(["--output", "json"]);
+    let process = Process::start(&all).unwrap_or_else(|e| panic!("{e}"));
+    let loader = Loader { process, _unload: Unload(name) };
+    let report: Value = serde_json::from_str(&loader.process.first_line).unwrap();
+    assert_eq!(report["event"], "attached", "{report}");
+    (loader, report)
+}
+
+fn bpftool(args: &[&str]) -> Option<Value> {
+    let mut all = vec!["-j"];
+    all.extend_from_slice(args);
+    let out = run("bpftool", &all);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() { Some(Value::Array(vec![])) } else { serde_json::from_str(&text).ok() }
+}
+
+fn program_ids(report: &Value) -> Vec<u64> {
+    report["program_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+}
+
+/// Polls (bounded) until bpftool shows none of `ids` loaded, no link using them, and nothing
+/// attached to the interface or cgroup.
+fn assert_nothing_attached(ids: &[u64], iface: Option<&str>, cgroup: Option<&Path>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut left = Vec::new();
+        for id in ids {
+            if bpftool(&["prog", "show", "id", &id.to_string()]).is_some() {
+                left.push(format!("program {id} is still loaded"));
+            }
+        }
+        if let Some(Value::Array(links)) = bpftool(&["link", "show"]) {
+            for l in links {
+                if ids.contains(&l["prog_id"].as_u64().unwrap_or(0)) {
+                    left.push(format!("link {} still attaches program {}", l["id"], l["prog_id"]));
+                }
+            }
+        }
+        if let Some(iface) = iface {
+            let net = bpftool(&["net", "show", "dev", iface]).unwrap_or(Value::Null);
+            if net[0]["xdp"].as_array().is_some_and(|a| !a.is_empty()) {
+                left.push(format!("{iface} still has XDP: {}", net[0]["xdp"]));
+            }
+        }
+        if let Some(cg) = cgroup {
+            let shown = bpftool(&["cgroup", "show", cg.to_str().unwrap()]).unwrap_or(Value::Null);
+            if shown.as_array().is_some_and(|a| !a.is_empty()) {
+                left.push(format!("{} still has programs: {shown}", cg.display()));
+            }
+        }
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "after unload: {}", left.join("; "));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_exit(process: &mut Process, within: Duration) {
+    let deadline = Instant::now() + within;
+    while process.alive() {
+        assert!(Instant::now() < deadline, "meshwork did not exit within {within:?}: {}", process.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn within(got: f64, want: f64, tolerance: f64) -> bool {
+    (got - want).abs() <= want * tolerance
+}
+
+// ---------------------------------------------------------------------------------------------
+// The helper process
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+#[ignore = "a traffic helper the other tests start inside network namespaces and cgroups"]
+fn helper() {
+    let Ok(spec) = std::env::var(HELPER_ENV) else { return };
+    let spec: Value = serde_json::from_str(&spec).unwrap();
+    match spec["kind"].as_str().unwrap() {
+        "udp-send" => report(udp_send(&spec)),
+        "tcp-connect" => report(tcp_connect(&spec)),
+        "tcp-serve" => tcp_serve(&spec),
+        "delay-wire" => delay_wire(&spec),
+        other => panic!("unknown helper kind {other}"),
+    }
+}
+
+fn report(v: Value) {
+    println!("HELPER {v}");
+    std::io::stdout().flush().unwrap();
+}
+
+/// Sends `count` datagrams from `src` to `dst`, paced at `rate` per second.
+fn udp_send(spec: &Value) -> Value {
+    let src: SocketAddr = spec["src"].as_str().unwrap().parse().unwrap();
+    let dst: SocketAddr = spec["dst"].as_str().unwrap().parse().unwrap();
+    let rate = spec["rate"].as_f64().unwrap();
+    let count = spec["count"].as_u64().unwrap();
+    let socket = UdpSocket::bind(src).unwrap();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut errors = 0u64;
+    for i in 0..count {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        match socket.send_to(&i.to_le_bytes(), dst) {
+            Ok(_) => sent += 1,
+            Err(_) => errors += 1,
+        }
+    }
+    json!({"sent": sent, "errors": errors, "elapsed_s": start.elapsed().as_secs_f64()})
+}
+
+/// Connects to `dst` `count` times (`parallel` at once), each connection sending `ping` and
+/// reading it back. Each result: "ok", "refused", "eperm", "timeout" or the error.
+fn tcp_connect(spec: &Value) -> Value {
+    let dst: SocketAddr = spec["dst"].as_str().unwrap().parse().unwrap();
+    let count = spec["count"].as_u64().unwrap_or(1);
+    let parallel = spec["parallel"].as_u64().unwrap_or(1);
+    let timeout = Duration::from_millis(spec["timeout_ms"].as_u64().unwrap_or(3000));
+    let one = move || -> String {
+        match TcpStream::connect_timeout(&dst, timeout) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(timeout)).unwrap();
+                let mut buf = [0u8; 4];
+                match s.write_all(b"ping").and_then(|_| s.read_exact(&mut buf)) {
+                    Ok(()) => "ok".into(),
+                    Err(e) => format!("io: {e}"),
+                }
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc_errno::ECONNREFUSED) => "refused".into(),
+                Some(libc_errno::EPERM) => "eperm".into(),
+                _ if e.kind() == std::io::ErrorKind::TimedOut => "timeout".into(),
+                _ => format!("error: {e}"),
+            },
+        }
+    };
+    let mut results = Vec::new();
+    for _ in 0..count {
+        let threads: Vec<_> = (0..parallel).map(|_| std::thread::spawn(one)).collect();
+        results.extend(threads.into_iter().map(|t| t.join().unwrap()));
+    }
+    json!({"results": results})
+}
+
+mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const ECONNREFUSED: i32 = 111;
+}
+
+/// Echoes 4 bytes per connection on `listen` until killed (or `max_s` passes).
+fn tcp_serve(spec: &Value) {
+    let listen: SocketAddr = spec["listen"].as_str().unwrap().parse().unwrap();
+    let listener = TcpListener::bind(listen).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    report(json!({"ready": true}));
+    let deadline = Instant::now() + Duration::from_secs(spec["max_s"].as_u64().unwrap_or(60));
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                std::thread::spawn(move || {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut buf = [0u8; 4];
+                    if s.read_exact(&mut buf).is_ok() {
+                        let _ = s.write_all(&buf);
+                    }
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// Forwards frames between interfaces `a` and `b` (this namespace), holding a→b frames for
+/// `delay_ms`, until killed (or `max_s` passes).
+fn delay_wire(spec: &Value) {
+    let delay = Duration::from_millis(spec["delay_ms"].as_u64().unwrap());
+    let a = packet_socket(spec["a"].as_str().unwrap());
+    let b = packet_socket(spec["b"].as_str().unwrap());
+    report(json!({"ready": true}));
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    forward(a.clone(), b.clone(), delay);
+    forward(b, a, Duration::ZERO);
+    std::thread::sleep(Duration::from_secs(spec["max_s"].as_u64().unwrap_or(60)));
+}
+
+/// A raw AF_PACKET socket bound to one interface, blind to the frames it sends itself.
+fn packet_socket(ifname: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let all = (libc::ETH_P_ALL as u16).to_be();
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: plain socket calls with valid arguments; the fd is owned from here on.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, all as i32);
+        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        let one: libc::c_int = 1;
+        let opt = &one as *const _ as *const libc::c_void;
+        libc::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, opt, 4);
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = all;
+        addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        assert!(addr.sll_ifindex > 0, "no interface {ifname}");
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        let rc = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len);
+        assert_eq!(rc, 0, "bind {ifname}: {}", std::io::Error::last_os_error());
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    }
+}
+
+fn forward(from: Arc<std::os::fd::OwnedFd>, to: Arc<std::os::fd::OwnedFd>, delay: Duration) {
+    use std::os::fd::AsRawFd;
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: a valid fd and buffer.
+            let n = unsafe { libc::recv(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 && tx.send((Instant::now() + delay, buf[..n as usize].to_vec())).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        // One constant delay: frames leave in arrival order.
+        for (due, frame) in rx {
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            // SAFETY: a valid fd and buffer.
+            unsafe { libc::send(to.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        }
+    });
+}
+
+/// Counts datagrams per source address on `addrs` until stopped.
+struct UdpCounter {
+    /// Where the sockets listen (the kernel picked the ports).
+    addrs: Vec<SocketAddr>,
+    counts: Arc<Mutex<HashMap<IpAddr, u64>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UdpCounter {
+    fn start(addrs: &[SocketAddr]) -> UdpCounter {
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sockets: Vec<UdpSocket> = addrs.iter().map(|a| UdpSocket::bind(a).unwrap()).collect();
+        let bound = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
+        let threads = sockets
+            .into_iter()
+            .map(|socket| {
+                socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                let (counts, stop) = (counts.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                            *counts.lock().unwrap().entry(from.ip()).or_insert(0) += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        UdpCounter { addrs: bound, counts, stop, threads }
+    }
+
+    fn finish(self) -> HashMap<IpAddr, u64> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        self.counts.lock().unwrap().clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// xdp-ratelimit
+// ---------------------------------------------------------------------------------------------
+
+/// Two limited sources (IPv4 and IPv6) send 4× their rate: each gets burst + rate × time
+/// through (±10%), the rest is dropped and counted. A third source, inside a prefix override,
+/// sends under its own limit and loses nothing. `unload` then leaves nothing attached.
+#[test]
+fn xdp_ratelimit_limits_each_source_and_unload_detaches() {
+    let _loads = loads_shared();
+    let link = Link::new("rl", 10);
+    let name = format!("e2e-rl-{}", std::process::id());
+    let (rate, burst) = (200u64, 50u64);
+    let config = json!({
+        "rate": rate, "period": "1s", "burst": burst,
+        "overrides": [{"prefix": format!("198.18.{}.3/32", link.net), "rate": 100000, "burst": 100000}],
+    });
+    let (mut loader, report) =
+        load(&["xdp-ratelimit", "--iface", &link.host, "--name", &name, "--config", &config.to_string()]);
+    assert_eq!(report["mode"], "native", "veth supports native XDP: {report}");
+    let ids = program_ids(&report);
+    let net = bpftool(&["net", "show", "dev", &link.host]).unwrap();
+    assert!(net[0]["xdp"].as_array().is_some_and(|a| a.len() == 1), "bpftool sees no XDP: {net}");
+
+    let counter = UdpCounter::start(&[SocketAddr::new(link.host_ip(), 0), SocketAddr::new(link.host_ip6(), 0)]);
+    let send = |src: IpAddr, dst: SocketAddr, rate: f64, count: u64| {
+        Helper::start(
+            json!({"kind": "udp-send", "src": SocketAddr::new(src, 0).to_string(), "dst": dst.to_string(), "rate": rate, "count": count}),
+            Some(&link.ns),
+            None,
+        )
+    };
+    let (dst4, dst6) = (counter.addrs[0], counter.addrs[1]);
+    let limited4 = send(link.peer_ip(2), dst4, 4.0 * rate as f64, 8 * rate);
+    let limited6 = send(link.peer_ip6(), dst6, 4.0 * rate as f64, 8 * rate);
+    let exempt = send(link.peer_ip(3), dst4, 500.0, 1000);
+    let runs = [
+        limited4.next(Duration::from_secs(20)),
+        limited6.next(Duration::from_secs(20)),
+        exempt.next(Duration::from_secs(20)),
+    ];
+    let received = counter.finish();
+
+    for (run, src) in runs[..2].iter().zip([link.peer_ip(2), link.peer_ip6()]) {
+        let sent = run["sent"].as_f64().unwrap();
+        let elapsed = run["elapsed_s"].as_f64().unwrap();
+        let expected = (burst as f64 + rate as f64 * elapsed).min(sent);
+        let got = *received.get(&src).unwrap_or(&0) as f64;
+        eprintln!("xdp-ratelimit: {src} sent {sent} in {elapsed:.2}s, passed {got}, expected {expected:.0}");
+        assert!(
+            within(got, expected, 0.10),
+            "{src}: {got} passed, expected burst + rate × {elapsed:.2}s = {expected:.0} ±10% (sent {sent})"
+        );
+    }
+    let exempt_sent = runs[2]["sent"].as_u64().unwrap();
+    assert_eq!(received.get(&link.peer_ip(3)).copied().unwrap_or(0), exempt_sent, "the exempt source lost packets");
+
+    let s = stats(&name);
+    let sources: HashMap<String, &Value> =
+        s["sources"].as_array().unwrap().iter().map(|v| (v["source"].as_str().unwrap().to_owned(), v)).collect();
+    for (src, run) in [(link.peer_ip(2), &runs[0]), (link.peer_ip6(), &runs[1])] {
+        let row = sources.get(&src.to_string()).unwrap_or_else(|| panic!("{src} not in stats {s}"));
+        let (passed, dropped) = (row["passed"].as_u64().unwrap(), row["dropped"].as_u64().unwrap());
+        assert_eq!(passed + dropped, run["sent"].as_u64().unwrap(), "every packet of {src} is counted once: {row}");
+        assert!(passed.abs_diff(received[&src]) <= 2, "kernel passed {passed}, socket got {}", received[&src]);
+    }
+    assert_eq!(sources[&link.peer_ip(3).to_string()]["dropped"], 0);
+    assert!(s["totals"]["dropped"].as_u64().unwrap() > 0);
+    let prom = meshwork_ok(&["stats", &name, "--output", "prometheus"]);
+    assert!(prom.contains("meshwork_ebpf_ratelimit_packets_total{"), "{prom}");
+
+    let out = meshwork_ok(&["unload", &name]);
+    assert!(out.contains("unloaded"), "{out}");
+    wait_exit(&mut loader.process, Duration::from_secs(10));
+    assert_nothing_attached(&ids, Some(&link.host), None);
+    assert!(!Path::new(&format!("/sys/fs/bpf/meshwork/{name}")).exists(), "pins left behind");
+}
+
+// ---------------------------------------------------------------------------------------------
+// sockops-rtt
+// ---------------------------------------------------------------------------------------------
+
+/// Every connection from the cgroup through a veth link with 20 ms of added delay is recorded,
+/// the percentiles reflect the delay, a refused connect is counted, and SIGINT detaches
+/// everything.
+#[test]
+fn sockops_rtt_records_every_connection_and_sigint_detaches() {
+    let _loads = loads_shared();
+    let delay = Duration::from_millis(20);
+    let link = DelayLink::new("rt", 11, delay);
+    let cgroup = Cgroup::new("rt");
+    let port = 7000 + (std::process::id() % 1000) as u16;
+    let server = Helper::start(
+        json!({"kind": "tcp-serve", "listen": SocketAddr::new(link.server_ip(), port).to_string(), "max_s": 60}),
+        Some(&link.server_ns),
+        None,
+    );
+    assert_eq!(server.next(Duration::from_secs(20))["ready"], true);
+    let name = format!("e2e-rtt-{}", std::process::id());
+    let (mut loader, report) = load(&["sockops-rtt", "--cgroup", cgroup.path.to_str().unwrap(), "--name", &name]);
+    let ids = program_ids(&report);
+
+    let connections = 20;
+    let client = Helper::run(
+        json!({"kind": "tcp-connect", "dst": SocketAddr::new(link.server_ip(), port).to_string(), "count": connections}),
+        None,
+        Some(&cgroup.path),
+        Duration::from_secs(30),
+    );
+    assert!(client["results"].as_array().unwrap().iter().all(|r| r == "ok"), "{client}");
+    // A port nobody listens on: the connect is refused.
+    let refused_port = port + 1;
+    let refused = Helper::run(
+        json!({"kind": "tcp-connect", "dst": SocketAddr::new(link.server_ip(), refused_port).to_string()}),
+        None,
+        Some(&cgroup.path),
+        Duration::from_secs(30),
+    );
+    assert_eq!(refused["results"][0], "refused");
+
+    let s = stats(&name);
+    let dests = s["destinations"].as_array().unwrap();
+    let find = |p: u16| {
+        let d = format!("{}:{p}", link.server_ip());
+        dests.iter().find(|v| v["destination"] == d.as_str()).unwrap_or_else(|| panic!("{d} not in {s}")).clone()
+    };
+    let d = find(port);
+    assert_eq!(d["active_established"], connections, "every connection is seen: {d}");
+    assert!(d["samples"].as_u64().unwrap() >= connections, "at least one RTT sample per connection: {d}");
+    // The line adds 20 ms one way; a bucket's upper bound adds at most 1/32; the stack and the
+    // helper's forwarding well under 3 ms.
+    let want = delay.as_micros() as f64;
+    eprintln!(
+        "sockops-rtt: {} samples, p50 {} µs, p99 {} µs, mean {:.0} µs, buckets {}",
+        d["samples"],
+        d["p50_us"],
+        d["p99_us"],
+        d["mean_us"].as_f64().unwrap(),
+        d["buckets"]
+    );
+    for q in ["p50_us", "p99_us"] {
+        let v = d[q].as_f64().unwrap();
+        assert!((want..=want * (1.0 + 1.0 / 32.0) + 3_000.0).contains(&v), "{q} = {v} µs, want 20 ms: {d}");
+    }
+    assert_eq!(find(refused_port)["failed_connects"], 1, "{s}");
+    let prom = meshwork_ok(&["stats", &name, "--output", "prometheus"]);
+    assert!(prom.contains("meshwork_ebpf_tcp_rtt_us{") && prom.contains("quantile=\"0.99\""), "{prom}");
+
+    sh("kill", &["-INT", &loader.process.pid().to_string()]);
+    wait_exit(&mut loader.process, Duration::from_secs(10));
+    assert_nothing_attached(&ids, None, Some(&cgroup.path));
+    assert!(!Path::new(&format!("/sys/fs/bpf/meshwork/{name}")).exists(), "pins left behind");
+    let listed = meshwork_ok(&["list", "--output", "json"]);
+    assert!(!listed.contains(&name), "{listed}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// connect-breaker
+// ---------------------------------------------------------------------------------------------
+
+fn connects(link: &DelayLink, cgroup: &Cgroup, port: u16, count: u64, parallel: u64) -> Vec<String> {
+    let v = Helper::run(
+        json!({"kind": "tcp-connect", "dst": SocketAddr::new(link.server_ip(), port).to_string(), "count": count,
+               "parallel": parallel, "timeout_ms": 3000}),
+        None,
+        Some(&cgroup.path),
+        Duration::from_secs(30),
+    );
+    v["results"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect()
+}
+
+fn breaker_state(name: &str, dest: &str) -> Value {
+    let s = stats(name);
+    s["destinations"].as_array().unwrap().iter().find(|d| d["destination"] == dest).cloned().unwrap_or(Value::Null)
+}
+
+/// Three refused connects open the breaker (connects then fail with EPERM without leaving the
+/// host); after the cool-down one probe goes out — failing, it reopens; succeeding, it closes,
+/// and while it is out a second connect is refused.
+#[test]
+fn connect_breaker_opens_probes_and_closes() {
+    let _loads = loads_shared();
+    // 150 ms each way to the server: a probe is still out when a second connect asks.
+    let link = DelayLink::new("cb", 12, Duration::from_millis(150));
+    let cgroup = Cgroup::new("cb");
+    let port = 8000 + (std::process::id() % 1000) as u16;
+    let dest = format!("{}:{port}", link.server_ip());
+    let name = format!("e2e-cb-{}", std::process::id());
+    let cool_down = Duration::from_millis(1000);
+    let config = json!({"consecutive_failures": 3, "cool_down": "1s", "half_open_probes": 1});
+    let (mut loader, report) = load(&[
+        "connect-breaker",
+        "--cgroup",
+        cgroup.path.to_str().unwrap(),
+        "--name",
+        &name,
+        "--config",
+        &config.to_string(),
+    ]);
+    let ids = program_ids(&report);
+
+    assert_eq!(connects(&link, &cgroup, port, 3, 1), ["refused"; 3]);
+    assert_eq!(connects(&link, &cgroup, port, 2, 1), ["eperm"; 2], "open after 3 failures");
+    let b = breaker_state(&name, &dest);
+    assert_eq!((b["state"].as_str(), b["reason"].as_str()), (Some("open"), Some("consecutive-failures")), "{b}");
+    assert_eq!(b["failures"], 3);
+    assert_eq!(b["rejected"], 2);
+
+    // Cool-down over, still nobody listening: the probe is refused and the breaker reopens.
+    std::thread::sleep(cool_down + Duration::from_millis(100));
+    assert_eq!(connects(&link, &cgroup, port, 2, 1), ["refused", "eperm"]);
+    assert_eq!(breaker_state(&name, &dest)["reason"], "probe-failed");
+
+    // The upstream recovers; two connects at once while half-open: one is the probe.
+    let _server = {
+        let h = Helper::start(
+            json!({"kind": "tcp-serve", "listen": SocketAddr::new(link.server_ip(), port).to_string(), "max_s": 60}),
+            Some(&link.server_ns),
+            None,
+        );
+        assert_eq!(h.next(Duration::from_secs(20))["ready"], true);
+        h
+    };
+    std::thread::sleep(cool_down + Duration::from_millis(100));
+    let mut probe_round = connects(&link, &cgroup, port, 1, 2);
+    probe_round.sort();
+    assert_eq!(probe_round, ["eperm", "ok"], "exactly one probe while half-open: {}", breaker_state(&name, &dest));
+    let b = breaker_state(&name, &dest);
+    assert_eq!(b["state"], "closed", "{b}");
+    assert_eq!(connects(&link, &cgroup, port, 3, 1), ["ok"; 3], "closed: connects go through");
+
+    let out = meshwork_ok(&["unload", &name]);
+    assert!(out.contains("unloaded"), "{out}");
+    wait_exit(&mut loader.process, Duration::from_secs(10));
+    assert_nothing_attached(&ids, None, Some(&cgroup.path));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pinning, privileges, errors
+// ---------------------------------------------------------------------------------------------
+
+/// `--pin` outlives the command, with nothing but CAP_BPF and CAP_NET_ADMIN; `list` shows it;
+/// `unload` detaches it.
+#[test]
+fn pinned_load_with_least_privilege_then_unload() {
+    let _loads = loads_shared();
+    let link = Link::new("pn", 13);
+    let name = format!("e2e-pin-{}", std::process::id());
+    let _unload = Unload(name.clone());
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all,+bpf,+net_admin", "--inh-caps=-all", "--"])
+        .arg(meshwork_bin())
+        .args(["ebpf", "load", "xdp-pass", "--iface", &link.host, "--name", &name, "--pin", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids = program_ids(&report);
+    let net = bpftool(&["net", "show", "dev", &link.host]).unwrap();
+    assert_eq!(net[0]["xdp"][0]["id"].as_u64(), Some(ids[0]), "still attached after the command: {net}");
+
+    let listed: Value = serde_json::from_str(&meshwork_ok(&["list", "--output", "json"])).unwrap();
+    let me = listed.as_array().unwrap().iter().find(|i| i["name"] == name.as_str()).expect("listed");
+    assert_eq!((me["pinned"].as_bool(), me["live"].as_bool()), (Some(true), Some(true)), "{me}");
+    let again = meshwork(&["load", "xdp-pass", "--iface", &link.host, "--name", &name, "--pin"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already loaded"), "{again:?}");
+
+    meshwork_ok(&["unload", &name]);
+    assert_nothing_attached(&ids, Some(&link.host), None);
+    assert!(!Path::new(&format!("/sys/fs/bpf/meshwork/{name}")).exists());
+}
+
+/// A loader killed with SIGKILL leaves nothing attached (its links die with it) but cannot
+/// unpin its maps: `list` reports it stale, the next `load` sweeps it, and `unload --stale`
+/// removes what is left without touching an attached instance.
+#[test]
+fn a_killed_loaders_pins_are_listed_stale_and_swept() {
+    let _loads = LOADS.write().unwrap_or_else(|e| e.into_inner());
+    let link = Link::new("st", 14);
+    let id = std::process::id();
+    let listed = |name: &str| -> Value {
+        let all: Value = serde_json::from_str(&meshwork_ok(&["list", "--output", "json"])).unwrap();
+        all.as_array().unwrap().iter().find(|i| i["name"] == name).cloned().unwrap_or(Value::Null)
+    };
+    let pins = |name: &str| PathBuf::from(format!("/sys/fs/bpf/meshwork/{name}"));
+    let kill = |loader: &mut Loader| {
+        sh("kill", &["-KILL", &loader.process.pid().to_string()]);
+        wait_exit(&mut loader.process, Duration::from_secs(10));
+    };
+
+    // Killed: nothing attached, pins left, listed as stale.
+    let first = format!("e2e-stale-{id}");
+    let (mut loader, report) =
+        load(&["xdp-ratelimit", "--iface", &link.host, "--name", &first, "--config", "{rate: 10}"]);
+    kill(&mut loader);
+    assert_nothing_attached(&program_ids(&report), Some(&link.host), None);
+    assert!(pins(&first).join("maps/RL_SOURCES").exists(), "a SIGKILLed loader cannot unpin");
+    let row = listed(&first);
+    assert_eq!(row["live"], false, "{row}");
+    assert!(row["state"].as_str().unwrap().starts_with("stale"), "{row}");
+    // A pin directory nobody has a record of, with no links: stale too.
+    let orphan = format!("e2e-orphan-{id}");
+    std::fs::create_dir_all(pins(&orphan).join("maps")).unwrap();
+    let _orphan_cleanup = Unload(orphan.clone());
+    assert_eq!(listed(&orphan)["live"], false);
+
+    // The next load (another instance) sweeps both, and is itself untouched.
+    let second = format!("e2e-stale2-{id}");
+    let (mut loader2, report2) = load(&["xdp-pass", "--iface", &link.host, "--name", &second]);
+    assert!(!pins(&first).exists() && !pins(&orphan).exists(), "the load did not sweep");
+    assert_eq!(listed(&first), Value::Null);
+    assert_eq!(listed(&second)["live"], true);
+
+    // Killed again: `unload --stale` cleans it, and leaves a live (pinned) instance alone.
+    let link2 = Link::new("su", 15);
+    let pinned = format!("e2e-stale3-{id}");
+    let _pinned_cleanup = Unload(pinned.clone());
+    meshwork_ok(&["load", "xdp-pass", "--iface", &link2.host, "--name", &pinned, "--pin"]);
+    kill(&mut loader2);
+    assert_nothing_attached(&program_ids(&report2), Some(&link.host), None);
+    assert!(pins(&second).exists());
+    let out = meshwork_ok(&["unload", "--stale"]);
+    assert!(out.contains(&format!("{second} was stale")), "{out}");
+    assert!(!pins(&second).exists());
+    assert_eq!(listed(&pinned)["live"], true, "unload --stale touched a live instance");
+    meshwork_ok(&["unload", &pinned]);
+    assert!(!pins(&pinned).exists());
+}
+
+fn one_line_error(args: &[&str]) -> String {
+    let out = meshwork(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "{args:?}: not one line: {err}");
+    err
+}
+
+#[test]
+fn errors_are_one_line_and_say_what_is_wrong() {
+    let cfg = "{rate: 100}";
+    let e = one_line_error(&["load", "xdp-ratelimit", "--iface", "mw-no-such0", "--config", cfg]);
+    assert!(e.contains("no network interface named \"mw-no-such0\""), "{e}");
+    let e = one_line_error(&["load", "sockops-rtt", "--cgroup", "/tmp"]);
+    assert!(e.contains("/tmp: not a cgroup2 directory"), "{e}");
+    let e = one_line_error(&["load", "sockops-rtt", "--cgroup", "/no/such/cgroup"]);
+    assert!(e.contains("does not exist"), "{e}");
+    let e = one_line_error(&["load", "xdp-ratelimit", "--iface", "lo", "--config", "{rate: 0}"]);
+    assert!(e.contains("xdp-ratelimit config: rate must be at least 1"), "{e}");
+    let e = one_line_error(&["load", "connect-breaker", "--config", "{cool_down: soon}"]);
+    assert!(e.contains("connect-breaker config") && e.contains("duration"), "{e}");
+    let e = one_line_error(&["load", "xdp-ratelimit", "--cgroup", "/sys/fs/cgroup", "--config", cfg]);
+    assert!(e.contains("give --iface"), "{e}");
+    let e = one_line_error(&["stats", "no-such-instance"]);
+    assert!(e.contains("no loaded instance"), "{e}");
+    // Not root: nobody's uid, no capabilities.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"])
+        .arg(meshwork_bin())
+        .args(["ebpf", "load", "xdp-pass", "--iface", "lo"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(e.contains("needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+}
