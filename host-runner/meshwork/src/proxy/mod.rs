@@ -132,6 +132,18 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     }
 }
 
+/// Keeps a timer a second ahead of this worker's clock. tokio's time driver writes to its
+/// wake-up eventfd whenever a timer is set earlier than the deadline it last parked for — and,
+/// when no timer exists, for every timer. A request's route timeout is often the worker's only
+/// timer, so without an anchor every request would pay that syscall; with it, only timeouts
+/// under a second do.
+async fn anchor_timer() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+    }
+}
+
 fn run_worker(
     index: usize,
     config: &ProxyConfig,
@@ -193,6 +205,7 @@ fn run_worker(
             }
         };
         let _ = ready.send(Ok(()));
+        tokio::task::spawn_local(anchor_timer());
         let queues = worker.clone();
         tokio::task::spawn_local(async move {
             while let Some((filter, queue)) = queue_rx.recv().await {
