@@ -47,3 +47,12 @@ fi
 echo
 echo "== 4. the load generator's own cost: meshwork load vs wrk and h2load, requests per CPU-second (target >= 1.0x wrk)"
 python3 scripts/bench_load.py
+
+echo
+echo "== 5. eBPF at the node: packets/s through one veth pair with xdp-ratelimit (under its limit) vs an"
+echo "   XDP_PASS program vs no program vs iptables hashlimit vs nftables limit (target: limiter >= 0.9x XDP_PASS)"
+if [ "$(id -u)" -eq 0 ]; then
+  scripts/bench_ebpf.sh
+else
+  echo "   (needs root for XDP, namespaces and firewall rules: skipped)"
+fi
