@@ -996,6 +996,38 @@ fn a_killed_loaders_pins_are_listed_stale_and_swept() {
     assert!(!pins(&pinned).exists());
 }
 
+/// XDP attaches in native mode where the driver has it (veth, in the other tests) and falls back
+/// to generic (skb) mode where it does not (a bridge); `--xdp-mode native` then fails clearly.
+#[test]
+fn xdp_falls_back_to_skb_mode_without_driver_support() {
+    let _loads = loads_shared();
+    let id = std::process::id() % 100_000;
+    let bridge = format!("mwbr{id}");
+    struct DeleteLink(String);
+    impl Drop for DeleteLink {
+        fn drop(&mut self) {
+            let _ = run("ip", &["link", "del", &self.0]);
+        }
+    }
+    let _ = run("ip", &["link", "del", &bridge]);
+    sh("ip", &["link", "add", &bridge, "type", "bridge"]);
+    let _bridge_guard = DeleteLink(bridge.clone());
+    sh("ip", &["link", "set", &bridge, "up"]);
+    let name = format!("e2e-skb-{id}");
+    let (loader, report) = load(&["xdp-ratelimit", "--iface", &bridge, "--name", &name, "--config", "{rate: 100}"]);
+    assert_eq!(report["mode"], "skb", "a bridge has no native XDP: {report}");
+    let net = bpftool(&["net", "show", "dev", &bridge]).unwrap();
+    assert_eq!(net[0]["xdp"][0]["mode"], "generic", "{net}");
+    assert_eq!(net[0]["xdp"][0]["id"].as_u64(), Some(program_ids(&report)[0]), "{net}");
+    let out: Value = serde_json::from_str(&meshwork_ok(&["unload", &name, "--output", "json"])).unwrap();
+    assert_eq!(out[0]["stopped_pid"].as_u64(), Some(u64::from(loader.process.pid())), "{out}");
+    assert_nothing_attached(&program_ids(&report), Some(&bridge), None);
+
+    let err = one_line_error(&["load", "xdp-pass", "--iface", &bridge, "--name", &name, "--xdp-mode", "native"]);
+    assert!(err.contains("cannot run XDP in native mode"), "{err}");
+    assert!(!Path::new(&format!("/sys/fs/bpf/meshwork/{name}")).exists(), "a failed load left pins");
+}
+
 fn one_line_error(args: &[&str]) -> String {
     let out = meshwork(args);
     assert!(!out.status.success(), "{args:?} succeeded");

@@ -88,6 +88,8 @@ pub enum EbpfCommand {
         /// Only what dead loaders left behind (map pins and records); nothing attached is touched.
         #[arg(long, conflicts_with = "instance")]
         stale: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// A Kubernetes DaemonSet that loads a program on every node.
     Manifest {
@@ -228,15 +230,18 @@ pub fn run(args: EbpfArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        EbpfCommand::Unload { instance, all, stale } => {
+        EbpfCommand::Unload { instance, all, stale, output } => {
             if stale {
                 preflight::check_capabilities("meshwork ebpf unload")?;
                 let cleaned = instance::sweep_stale();
-                if cleaned.is_empty() {
-                    println!("meshwork ebpf: nothing stale");
-                }
-                for name in cleaned {
-                    println!("meshwork ebpf: {name} was stale; its pins and record are removed");
+                match output {
+                    Output::Json => println!("{}", serde_json::json!({ "stale_removed": cleaned })),
+                    Output::Text if cleaned.is_empty() => println!("meshwork ebpf: nothing stale"),
+                    Output::Text => {
+                        for name in cleaned {
+                            println!("meshwork ebpf: {name} was stale; its pins and record are removed");
+                        }
+                    }
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -249,12 +254,19 @@ pub fn run(args: EbpfArgs) -> anyhow::Result<ExitCode> {
             } else {
                 instance.into_iter().collect()
             };
+            let mut reports = Vec::new();
             for name in names {
                 let report = loader::unload(&name)?;
-                println!(
-                    "meshwork ebpf: {name} unloaded{}",
-                    report.stopped_pid.map(|p| format!(" (stopped its loader, pid {p})")).unwrap_or_default()
-                );
+                if output == Output::Text {
+                    println!(
+                        "meshwork ebpf: {name} unloaded{}",
+                        report.stopped_pid.map(|p| format!(" (stopped its loader, pid {p})")).unwrap_or_default()
+                    );
+                }
+                reports.push(report);
+            }
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
             }
             Ok(ExitCode::SUCCESS)
         }

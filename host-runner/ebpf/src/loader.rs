@@ -283,7 +283,26 @@ fn attach_xdp(
         }
     }
     let (label, e) = last.expect("at least one attempt");
+    if os_error(&e) == Some(libc::EOPNOTSUPP) && choice == XdpModeChoice::Native {
+        return Err(EbpfError::BadInput(format!(
+            "{iface}'s driver cannot run XDP in native mode; use --xdp-mode auto (falls back to skb mode) or skb"
+        )));
+    }
     Err(EbpfError::Aya { context: format!("attaching XDP to {iface} in {label} mode"), source: Box::new(e) })
+}
+
+/// The errno at the bottom of an aya error, if any.
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(code) = io.raw_os_error()
+        {
+            return Some(code);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 fn busy(e: &ProgramError) -> Option<String> {
