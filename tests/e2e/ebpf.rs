@@ -131,7 +131,9 @@ struct DelayLink {
 }
 
 impl DelayLink {
-    fn new(tag: &str, net: u8, delay: Duration) -> DelayLink {
+    /// `lossy_port`: the wire drops the first SYN to this port (the client retransmits it after
+    /// its initial RTO, 1 s).
+    fn new(tag: &str, net: u8, delay: Duration, lossy_port: Option<u16>) -> DelayLink {
         let id = std::process::id() % 100_000;
         let (host, wire_a, wire_b, server) =
             (format!("mw{tag}{id}h"), format!("mw{tag}{id}a"), format!("mw{tag}{id}b"), format!("mw{tag}{id}p"));
@@ -199,7 +201,8 @@ impl DelayLink {
             &["neigh", "replace", &format!("198.18.{net}.1"), "lladdr", &host_mac, "dev", &server, "nud", "permanent"],
         );
         let wire = Helper::start(
-            json!({"kind": "delay-wire", "a": wire_a, "b": wire_b, "delay_ms": delay.as_millis() as u64, "max_s": 120}),
+            json!({"kind": "delay-wire", "a": wire_a, "b": wire_b, "delay_ms": delay.as_millis() as u64, "max_s": 120,
+                   "drop_first_syn_to": lossy_port}),
             Some(&link.wire_ns),
             None,
         );
@@ -570,8 +573,9 @@ fn delay_wire(spec: &Value) {
     let b = packet_socket(spec["b"].as_str().unwrap());
     report(json!({"ready": true}));
     let (a, b) = (Arc::new(a), Arc::new(b));
-    forward(a.clone(), b.clone(), delay);
-    forward(b, a, Duration::ZERO);
+    let lossy_port = spec["drop_first_syn_to"].as_u64().map(|p| p as u16);
+    forward(a.clone(), b.clone(), delay, lossy_port);
+    forward(b, a, Duration::ZERO, None);
     std::thread::sleep(Duration::from_secs(spec["max_s"].as_u64().unwrap_or(60)));
 }
 
@@ -599,15 +603,24 @@ fn packet_socket(ifname: &str) -> std::os::fd::OwnedFd {
     }
 }
 
-fn forward(from: Arc<std::os::fd::OwnedFd>, to: Arc<std::os::fd::OwnedFd>, delay: Duration) {
+fn forward(from: Arc<std::os::fd::OwnedFd>, to: Arc<std::os::fd::OwnedFd>, delay: Duration, lossy_port: Option<u16>) {
     use std::os::fd::AsRawFd;
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
+        let mut dropped = false;
         loop {
             // SAFETY: a valid fd and buffer.
             let n = unsafe { libc::recv(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n > 0 && tx.send((Instant::now() + delay, buf[..n as usize].to_vec())).is_err() {
+            if n <= 0 {
+                continue;
+            }
+            let frame = &buf[..n as usize];
+            if !dropped && lossy_port.is_some() && syn_to(frame) == lossy_port {
+                dropped = true;
+                continue;
+            }
+            if tx.send((Instant::now() + delay, frame.to_vec())).is_err() {
                 return;
             }
         }
@@ -622,6 +635,17 @@ fn forward(from: Arc<std::os::fd::OwnedFd>, to: Arc<std::os::fd::OwnedFd>, delay
             unsafe { libc::send(to.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         }
     });
+}
+
+/// The destination port of an IPv4 TCP SYN (without ACK) in an Ethernet frame.
+fn syn_to(frame: &[u8]) -> Option<u16> {
+    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
+        return None;
+    }
+    let tcp = 14 + usize::from(frame[14] & 0x0f) * 4;
+    let flags = *frame.get(tcp + 13)?;
+    let port = u16::from_be_bytes([*frame.get(tcp + 2)?, *frame.get(tcp + 3)?]);
+    (flags & 0x12 == 0x02).then_some(port)
 }
 
 /// Counts datagrams per source address on `addrs` until stopped.
@@ -750,21 +774,27 @@ fn xdp_ratelimit_limits_each_source_and_unload_detaches() {
 // ---------------------------------------------------------------------------------------------
 
 /// Every connection from the cgroup through a veth link with 20 ms of added delay is recorded,
-/// the percentiles reflect the delay, a refused connect is counted, and SIGINT detaches
-/// everything.
+/// the percentiles reflect the delay, a refused connect and a retransmitted SYN are counted, and
+/// SIGINT detaches everything.
 #[test]
 fn sockops_rtt_records_every_connection_and_sigint_detaches() {
     let _loads = loads_shared();
     let delay = Duration::from_millis(20);
-    let link = DelayLink::new("rt", 11, delay);
-    let cgroup = Cgroup::new("rt");
     let port = 7000 + (std::process::id() % 1000) as u16;
-    let server = Helper::start(
-        json!({"kind": "tcp-serve", "listen": SocketAddr::new(link.server_ip(), port).to_string(), "max_s": 60}),
-        Some(&link.server_ns),
-        None,
-    );
-    assert_eq!(server.next(Duration::from_secs(20))["ready"], true);
+    // The wire drops the first SYN to this port: that connection is retransmitted.
+    let lossy_port = port + 2;
+    let link = DelayLink::new("rt", 11, delay, Some(lossy_port));
+    let cgroup = Cgroup::new("rt");
+    let serve = |port: u16| {
+        let server = Helper::start(
+            json!({"kind": "tcp-serve", "listen": SocketAddr::new(link.server_ip(), port).to_string(), "max_s": 60}),
+            Some(&link.server_ns),
+            None,
+        );
+        assert_eq!(server.next(Duration::from_secs(20))["ready"], true);
+        server
+    };
+    let (_server, _lossy_server) = (serve(port), serve(lossy_port));
     let name = format!("e2e-rtt-{}", std::process::id());
     let (mut loader, report) = load(&["sockops-rtt", "--cgroup", cgroup.path.to_str().unwrap(), "--name", &name]);
     let ids = program_ids(&report);
@@ -786,6 +816,14 @@ fn sockops_rtt_records_every_connection_and_sigint_detaches() {
         Duration::from_secs(30),
     );
     assert_eq!(refused["results"][0], "refused");
+    // Its SYN lost once: the client's retransmission timer fires and the SYN goes again.
+    let retransmitted = Helper::run(
+        json!({"kind": "tcp-connect", "dst": SocketAddr::new(link.server_ip(), lossy_port).to_string()}),
+        None,
+        Some(&cgroup.path),
+        Duration::from_secs(30),
+    );
+    assert_eq!(retransmitted["results"][0], "ok");
 
     let s = stats(&name);
     let dests = s["destinations"].as_array().unwrap();
@@ -807,11 +845,22 @@ fn sockops_rtt_records_every_connection_and_sigint_detaches() {
         d["mean_us"].as_f64().unwrap(),
         d["buckets"]
     );
+    // Every sample carries the delay: none is below it (a sample read before the kernel stored
+    // the connection's first estimate would be 0).
+    let lowest = d["buckets"][0][1].as_f64().unwrap();
+    assert!(lowest >= want, "a sample below the 20 ms delay (bucket up to {lowest} µs): {d}");
+    let mean = d["mean_us"].as_f64().unwrap();
+    assert!((want..=want * (1.0 + 1.0 / 32.0) + 3_000.0).contains(&mean), "mean {mean} µs, want 20 ms: {d}");
     for q in ["p50_us", "p99_us"] {
         let v = d[q].as_f64().unwrap();
         assert!((want..=want * (1.0 + 1.0 / 32.0) + 3_000.0).contains(&v), "{q} = {v} µs, want 20 ms: {d}");
     }
     assert_eq!(find(refused_port)["failed_connects"], 1, "{s}");
+    assert_eq!((d["retransmits"].as_u64(), d["rto_timeouts"].as_u64()), (Some(0), Some(0)), "nothing lost: {d}");
+    let lossy = find(lossy_port);
+    assert_eq!(lossy["active_established"], 1, "{lossy}");
+    assert!(lossy["retransmits"].as_u64().unwrap() >= 1, "the SYN's retransmission is counted: {lossy}");
+    assert!(lossy["rto_timeouts"].as_u64().unwrap() >= 1, "the RTO that sent it again is counted: {lossy}");
     let prom = meshwork_ok(&["stats", &name, "--output", "prometheus"]);
     assert!(prom.contains("meshwork_ebpf_tcp_rtt_us{") && prom.contains("quantile=\"0.99\""), "{prom}");
 
@@ -850,7 +899,7 @@ fn breaker_state(name: &str, dest: &str) -> Value {
 fn connect_breaker_opens_probes_and_closes() {
     let _loads = loads_shared();
     // 150 ms each way to the server: a probe is still out when a second connect asks.
-    let link = DelayLink::new("cb", 12, Duration::from_millis(150));
+    let link = DelayLink::new("cb", 12, Duration::from_millis(150), None);
     let cgroup = Cgroup::new("cb");
     let port = 8000 + (std::process::id() % 1000) as u16;
     let dest = format!("{}:{port}", link.server_ip());

@@ -49,7 +49,7 @@ pub fn sockops_rtt(ctx: SockOpsContext) -> u32 {
             add(&ctx, Counter::PassiveEstablished);
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => add(&ctx, Counter::ActiveEstablished),
-        BPF_SOCK_OPS_RTT_CB => record_rtt(&ctx),
+        BPF_SOCK_OPS_RTT_CB => record_rtt(&ctx, arg1),
         BPF_SOCK_OPS_STATE_CB => {
             if arg0 == tcp_state::SYN_SENT && arg1 == tcp_state::CLOSE {
                 add(&ctx, Counter::FailedConnects);
@@ -67,11 +67,22 @@ fn request_callbacks(ctx: &SockOpsContext) {
     request_sock_ops_callbacks(ctx, CALLBACKS);
 }
 
+/// `srtt_arg`: the callback's second argument. The kernel calls RTT_CB from its RTT estimator
+/// *before* it stores the new estimate in `tp->srtt_us`, so the context field holds the previous
+/// one (0 at a connection's first sample). Newer kernels (this one, 6.18) hand over the updated
+/// smoothed RTT (<< 3, µs) as its second argument; older kernels pass 0 there, and then the
+/// context field is the best there is, skipped while still 0.
 #[inline(always)]
-fn record_rtt(ctx: &SockOpsContext) {
-    // srtt_us holds the smoothed RTT << 3, in microseconds.
-    // SAFETY: a sock_ops context field.
-    let srtt_us = unsafe { ctx::load_u32::<{ ctx::sock_ops::SRTT_US }>(ctx.as_ptr()) } as u64 >> 3;
+fn record_rtt(ctx: &SockOpsContext, srtt_arg: u32) {
+    let srtt_us = if srtt_arg != 0 {
+        srtt_arg as u64 >> 3
+    } else {
+        // SAFETY: a sock_ops context field.
+        (unsafe { ctx::load_u32::<{ ctx::sock_ops::SRTT_US }>(ctx.as_ptr()) } as u64) >> 3
+    };
+    if srtt_us == 0 {
+        return;
+    }
     let Some(stats) = stats(ctx) else { return };
     let bucket = rtt_bucket(srtt_us);
     if bucket >= RTT_BUCKETS {
