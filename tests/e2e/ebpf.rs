@@ -471,6 +471,7 @@ fn helper() {
         "tcp-connect" => report(tcp_connect(&spec)),
         "tcp-serve" => tcp_serve(&spec),
         "delay-wire" => delay_wire(&spec),
+        "tagged-send" => report(tagged_send(&spec)),
         other => panic!("unknown helper kind {other}"),
     }
 }
@@ -577,6 +578,41 @@ fn delay_wire(spec: &Value) {
     forward(a.clone(), b.clone(), delay, lossy_port);
     forward(b, a, Duration::ZERO, None);
     std::thread::sleep(Duration::from_secs(spec["max_s"].as_u64().unwrap_or(60)));
+}
+
+/// Sends `count` IPv4/UDP frames from `src` to `dst` (MAC `dst_mac`) out of `iface`, behind the
+/// VLAN tags `tpids` (e.g. [0x88a8, 0x8100]: QinQ), as fast as it can.
+fn tagged_send(spec: &Value) -> Value {
+    use std::os::fd::AsRawFd;
+    let iface = spec["iface"].as_str().unwrap();
+    let mac = |text: &str| -> Vec<u8> { text.trim().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect() };
+    let src_mac = mac(&std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).unwrap());
+    let ip = |key: &str| spec[key].as_str().unwrap().parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let mut frame = mac(spec["dst_mac"].as_str().unwrap());
+    frame.extend(&src_mac);
+    for tpid in spec["tpids"].as_array().unwrap() {
+        frame.extend((tpid.as_u64().unwrap() as u16).to_be_bytes());
+        frame.extend(5u16.to_be_bytes()); // VLAN 5
+    }
+    frame.extend(0x0800u16.to_be_bytes());
+    let mut header = vec![0x45, 0, 0, 32, 0, 0, 0, 0, 64, 17, 0, 0];
+    header.extend(ip("src"));
+    header.extend(ip("dst"));
+    let sum = header.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+    let checksum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    header[10..12].copy_from_slice(&checksum.to_be_bytes());
+    frame.extend(header);
+    frame.extend([0, 9, 0, 9, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+    let socket = packet_socket(iface);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    for _ in 0..spec["count"].as_u64().unwrap() {
+        // SAFETY: a valid fd and buffer.
+        if unsafe { libc::send(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) } == frame.len() as isize {
+            sent += 1;
+        }
+    }
+    json!({"sent": sent, "elapsed_s": start.elapsed().as_secs_f64()})
 }
 
 /// A raw AF_PACKET socket bound to one interface, blind to the frames it sends itself.
@@ -733,6 +769,22 @@ fn xdp_ratelimit_limits_each_source_and_unload_detaches() {
         exempt.next(Duration::from_secs(20)),
     ];
     let received = counter.finish();
+    // Tagged frames (802.1Q, and QinQ) are limited like untagged ones: each source gets its burst
+    // (plus what it earns while sending), the rest is dropped.
+    let host_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", link.host)).unwrap();
+    let tagged: Vec<(IpAddr, Value)> = [(4u8, json!([0x8100])), (5, json!([0x88a8, 0x8100]))]
+        .into_iter()
+        .map(|(last, tpids)| {
+            let run = Helper::run(
+                json!({"kind": "tagged-send", "iface": link.peer, "dst_mac": host_mac.trim(), "tpids": tpids,
+                       "src": link.peer_ip(last).to_string(), "dst": link.host_ip().to_string(), "count": 3 * burst}),
+                Some(&link.ns),
+                None,
+                Duration::from_secs(20),
+            );
+            (link.peer_ip(last), run)
+        })
+        .collect();
 
     for (run, src) in runs[..2].iter().zip([link.peer_ip(2), link.peer_ip6()]) {
         let sent = run["sent"].as_f64().unwrap();
@@ -758,6 +810,13 @@ fn xdp_ratelimit_limits_each_source_and_unload_detaches() {
         assert!(passed.abs_diff(received[&src]) <= 2, "kernel passed {passed}, socket got {}", received[&src]);
     }
     assert_eq!(sources[&link.peer_ip(3).to_string()]["dropped"], 0);
+    for (src, run) in &tagged {
+        let row = sources.get(&src.to_string()).unwrap_or_else(|| panic!("tagged {src} not in stats {s}"));
+        let (passed, dropped) = (row["passed"].as_u64().unwrap(), row["dropped"].as_u64().unwrap());
+        let earned = (rate as f64 * run["elapsed_s"].as_f64().unwrap()).ceil() as u64;
+        assert_eq!(passed + dropped, run["sent"].as_u64().unwrap(), "tagged {src}: every frame counted: {row}");
+        assert!((burst..=burst + earned + 1).contains(&passed), "tagged {src}: {passed} passed, burst {burst}: {row}");
+    }
     assert!(s["totals"]["dropped"].as_u64().unwrap() > 0);
     let prom = meshwork_ok(&["stats", &name, "--output", "prometheus"]);
     assert!(prom.contains("meshwork_ebpf_ratelimit_packets_total{"), "{prom}");

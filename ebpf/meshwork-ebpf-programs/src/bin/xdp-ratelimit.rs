@@ -35,6 +35,9 @@ static RL_TOTALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(totals::COUNT
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const VLAN_HLEN: usize = 4;
 
 #[xdp]
 pub fn xdp_ratelimit(ctx: XdpContext) -> u32 {
@@ -78,18 +81,25 @@ pub fn xdp_ratelimit(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The IPv4-mapped or IPv6 source address of an Ethernet frame; `None` for anything else.
+/// The IPv4-mapped or IPv6 source address of an Ethernet frame, behind up to two VLAN tags
+/// (802.1ad and/or 802.1Q: a tag must not be a way around the limit); `None` for anything else.
 #[inline(always)]
 fn source_address(ctx: &XdpContext) -> Option<Addr16> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let ethertype = u16::from_be_bytes(packet_bytes::<2>(data, end, 12)?);
+    let mut l3 = ETH_HLEN;
+    let mut ethertype = u16::from_be_bytes(packet_bytes::<2>(data, end, l3 - 2)?);
+    if ethertype == ETH_P_8021AD || ethertype == ETH_P_8021Q {
+        l3 += VLAN_HLEN;
+        ethertype = u16::from_be_bytes(packet_bytes::<2>(data, end, l3 - 2)?);
+    }
+    if ethertype == ETH_P_8021Q {
+        l3 += VLAN_HLEN;
+        ethertype = u16::from_be_bytes(packet_bytes::<2>(data, end, l3 - 2)?);
+    }
     match ethertype {
-        ETH_P_IP => {
-            // Version/IHL .. source address: the first 16 bytes of the header.
-            let src = packet_bytes::<4>(data, end, ETH_HLEN + 12)?;
-            Some(mapped_v4(src))
-        }
-        ETH_P_IPV6 => packet_bytes::<16>(data, end, ETH_HLEN + 8),
+        // Version/IHL .. source address: the first 16 bytes of the header.
+        ETH_P_IP => Some(mapped_v4(packet_bytes::<4>(data, end, l3 + 12)?)),
+        ETH_P_IPV6 => packet_bytes::<16>(data, end, l3 + 8),
         _ => None,
     }
 }
