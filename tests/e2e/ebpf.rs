@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meshwork_e2e::{Process, meshwork_bin};
+use meshwork_e2e::meshwork_bin;
 use serde_json::{Value, json};
 
 const HELPER_ENV: &str = "MESHWORK_EBPF_HELPER";
@@ -43,9 +43,51 @@ struct Link {
     net: u8,
 }
 
+/// Removes what an earlier run of these tests left when it was killed before its guards ran
+/// (its loaders detach and unpin by themselves, see `Process`): namespaces, veths and cgroup2
+/// mounts named after a test process that no longer exists. Once per run.
+fn sweep_leftovers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let gone = |name: &str| {
+            let digits: String =
+                name.chars().rev().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
+            let id: String = digits.chars().rev().collect();
+            !id.is_empty() && id != (std::process::id()).to_string() && !Path::new(&format!("/proc/{id}")).exists()
+        };
+        let netns = String::from_utf8(run("ip", &["netns", "list"]).stdout).unwrap_or_default();
+        for ns in netns.lines().filter_map(|l| l.split_whitespace().next()) {
+            if ns.starts_with("mw-ebpf-") && gone(ns) {
+                let _ = run("ip", &["netns", "del", ns]);
+            }
+        }
+        for dev in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
+            let dev = dev.file_name().to_string_lossy().into_owned();
+            if dev.starts_with("mw") && !dev.starts_with("mwbench") && gone(&dev) {
+                let _ = run("ip", &["link", "del", &dev]);
+            }
+        }
+        for dir in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            if name.starts_with("mw-ebpf-cgroup2-") && gone(&name) {
+                let path = dir.path();
+                if let Ok(cgroups) = std::fs::read_dir(&path) {
+                    for cg in cgroups.flatten().filter(|c| c.file_name().to_string_lossy().starts_with("meshwork-e2e-"))
+                    {
+                        let _ = std::fs::remove_dir(cg.path());
+                    }
+                }
+                let _ = run("umount", &[path.to_str().unwrap()]);
+                let _ = std::fs::remove_dir(&path);
+            }
+        }
+    });
+}
+
 impl Link {
     fn new(tag: &str, net: u8) -> Link {
-        let id = std::process::id() % 100_000;
+        sweep_leftovers();
+        let id = std::process::id();
         let link = Link {
             ns: format!("mw-ebpf-{tag}-{id}"),
             host: format!("mw{tag}{id}h"),
@@ -134,7 +176,8 @@ impl DelayLink {
     /// `lossy_port`: the wire drops the first SYN to this port (the client retransmits it after
     /// its initial RTO, 1 s).
     fn new(tag: &str, net: u8, delay: Duration, lossy_port: Option<u16>) -> DelayLink {
-        let id = std::process::id() % 100_000;
+        sweep_leftovers();
+        let id = std::process::id();
         let (host, wire_a, wire_b, server) =
             (format!("mw{tag}{id}h"), format!("mw{tag}{id}a"), format!("mw{tag}{id}b"), format!("mw{tag}{id}p"));
         let mut link = DelayLink {
@@ -359,7 +402,9 @@ fn loads_shared() -> std::sync::RwLockReadGuard<'static, ()> {
 
 /// A foreground `meshwork ebpf load`. Dropped (a failed assertion included), it is unloaded as
 /// a user would (`meshwork ebpf unload`: SIGTERM, so the loader detaches and unpins) before
-/// `Process` kills whatever is left: a failing test leaves no pins behind.
+/// `Process` kills whatever is left: a failing test leaves no pins behind. If the test process
+/// itself is killed, the loader gets SIGTERM from the kernel (parent-death signal) and detaches
+/// and unpins by itself.
 struct Loader {
     // Fields drop in order: unload (SIGTERM) first, then `Process` kills what is left.
     _unload: Unload,
@@ -385,7 +430,7 @@ fn load(args: &[&str]) -> (Loader, Value) {
     let mut all = vec!["ebpf", "load"];
     all.extend_from_slice(args);
     all.extend(["--output", "json"]);
-    let process = Process::start(&all).unwrap_or_else(|e| panic!("{e}"));
+    let process = Process::start(&all);
     let loader = Loader { process, _unload: Unload(name) };
     let report: Value = serde_json::from_str(&loader.process.first_line).unwrap();
     assert_eq!(report["event"], "attached", "{report}");
@@ -442,6 +487,76 @@ fn assert_nothing_attached(ids: &[u64], iface: Option<&str>, cgroup: Option<&Pat
         }
         assert!(Instant::now() < deadline, "after unload: {}", left.join("; "));
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `meshwork ebpf load` in the foreground, with SIGTERM as its parent-death signal; killed when
+/// dropped. Its stderr is collected for diagnostics.
+struct Process {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    first_line: String,
+}
+
+impl Process {
+    /// Starts `meshwork args…` and waits (up to 60 s) for its first line on stdout.
+    fn start(args: &[&str]) -> Process {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(meshwork_bin());
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("start meshwork");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            sink.lock().unwrap().push_str(&text);
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(Ok(first_line))) => Process { child, stderr, first_line },
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("meshwork {args:?} did not start: {}", stderr.lock().unwrap());
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -1109,7 +1224,7 @@ fn a_killed_loaders_pins_are_listed_stale_and_swept() {
 #[test]
 fn xdp_falls_back_to_skb_mode_without_driver_support() {
     let _loads = loads_shared();
-    let id = std::process::id() % 100_000;
+    let id = std::process::id();
     let bridge = format!("mwbr{id}");
     struct DeleteLink(String);
     impl Drop for DeleteLink {
