@@ -169,23 +169,33 @@ fn claim_name(record: &Instance) -> Result<(), EbpfError> {
     Ok(())
 }
 
+/// A map the object must have; an object without it is from an older build.
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map, EbpfError> {
+    ebpf.map_mut(name).ok_or_else(|| {
+        EbpfError::BadInput(format!("the BPF object has no map {name}: it is out of date; rebuild it with `make ebpf`"))
+    })
+}
+
 fn write_config(ebpf: &mut Ebpf, config: &ProgramConfig) -> Result<(), EbpfError> {
     let map_err = |name: &str| EbpfError::aya(format!("writing the config map {name}"));
     match config {
         ProgramConfig::RateLimit(c) => {
             let mut default: Array<&mut MapData, RateLimit> =
-                Array::try_from(ebpf.map_mut("RL_CONFIG").expect("in the object")).map_err(map_err("RL_CONFIG"))?;
+                Array::try_from(map(ebpf, "RL_CONFIG")?).map_err(map_err("RL_CONFIG"))?;
             default.set(0, c.default, 0).map_err(map_err("RL_CONFIG"))?;
             let mut overrides: LpmTrie<&mut MapData, Addr16, RateLimit> =
-                LpmTrie::try_from(ebpf.map_mut("RL_OVERRIDES").expect("in the object"))
-                    .map_err(map_err("RL_OVERRIDES"))?;
+                LpmTrie::try_from(map(ebpf, "RL_OVERRIDES")?).map_err(map_err("RL_OVERRIDES"))?;
             for o in &c.overrides {
                 overrides.insert(&Key::new(o.prefix_len, o.addr), o.limit, 0).map_err(map_err("RL_OVERRIDES"))?;
             }
+            // The program skips the trie when this says there is nothing in it.
+            let mut count: Array<&mut MapData, u32> =
+                Array::try_from(map(ebpf, "RL_OVERRIDE_COUNT")?).map_err(map_err("RL_OVERRIDE_COUNT"))?;
+            count.set(0, c.overrides.len() as u32, 0).map_err(map_err("RL_OVERRIDE_COUNT"))?;
         }
         ProgramConfig::Breaker(c) => {
             let mut map: Array<&mut MapData, BreakerConfig> =
-                Array::try_from(ebpf.map_mut("CB_CONFIG").expect("in the object")).map_err(map_err("CB_CONFIG"))?;
+                Array::try_from(map(ebpf, "CB_CONFIG")?).map_err(map_err("CB_CONFIG"))?;
             map.set(0, c.config, 0).map_err(map_err("CB_CONFIG"))?;
         }
         ProgramConfig::Rtt(_) | ProgramConfig::None => {}

@@ -2,7 +2,8 @@
 //!
 //! Maps (user space writes the first two, reads the last two):
 //! - `RL_CONFIG[0]`: the default limit; a rate of 0 (never configured) passes everything.
-//! - `RL_OVERRIDES`: LPM trie, IPv4-mapped prefix -> limit for sources inside it.
+//! - `RL_OVERRIDES`: LPM trie, IPv4-mapped prefix -> limit for sources inside it;
+//!   `RL_OVERRIDE_COUNT[0]`: how many there are (0: no lookup).
 //! - `RL_SOURCES`: LRU hash, source -> bucket and passed/dropped counters.
 //! - `RL_TOTALS`: per-CPU counters (`meshwork_ebpf_common::ratelimit::totals`).
 #![no_std]
@@ -27,6 +28,10 @@ license!();
 static RL_CONFIG: Array<RateLimit> = Array::with_max_entries(1, 0);
 #[map]
 static RL_OVERRIDES: LpmTrie<Addr16, RateLimit> = LpmTrie::with_max_entries(1024, 0);
+/// Entry 0: how many overrides user space wrote. With none, the LPM lookup (about a fifth of
+/// this program's cost per packet) is skipped.
+#[map]
+static RL_OVERRIDE_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static RL_SOURCES: LruHashMap<Addr16, SourceState> = LruHashMap::with_max_entries(65536, 0);
 #[map]
@@ -107,7 +112,9 @@ fn source_address(ctx: &XdpContext) -> Option<Addr16> {
 /// The most specific override covering `source`, else the default; `None` when unconfigured.
 #[inline(always)]
 fn limit_for(source: &Addr16) -> Option<RateLimit> {
-    if let Some(limit) = RL_OVERRIDES.get(Key::new(128, *source)) {
+    if RL_OVERRIDE_COUNT.get(0).is_some_and(|n| *n != 0)
+        && let Some(limit) = RL_OVERRIDES.get(Key::new(128, *source))
+    {
         return Some(*limit);
     }
     let limit = *RL_CONFIG.get(0)?;
