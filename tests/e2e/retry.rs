@@ -2,7 +2,7 @@
 //! exactly how many tries reached it. Callout mode sends tries itself; envoy mode leaves them to
 //! the router (meshwork's honours Envoy's retry headers).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use meshwork_e2e::*;
 
@@ -124,11 +124,17 @@ fn envoy_mode_leaves_the_retries_to_the_router() {
     assert_eq!((r.status, tries(&up, "post")), (503, 1), "POST is not retried, whatever the client asks");
 
     // The budget decides before each request: with room for two retries a second, the third
-    // failing request goes without.
+    // failing request goes without. A worker decides on the budget as it last read it (at most
+    // 10 ms old), so the requests are spaced for each to see the retries before it, whichever
+    // worker made them.
     let p = retry_proxy(&up, "{mode: envoy, max_retries: 1, budget: {ratio: 0, min_per_second: 2, window: 10s}}");
     let started = Instant::now();
-    let statuses: Vec<u16> =
-        (0..3).map(|i| get(&p.url(&format!("/r?status=503&fail_first=1&key=b{i}")), &[]).status).collect();
+    let statuses: Vec<u16> = (0..3)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(25));
+            get(&p.url(&format!("/r?status=503&fail_first=1&key=b{i}")), &[]).status
+        })
+        .collect();
     if started.elapsed().as_millis() < 900 {
         assert_eq!(statuses, [200, 200, 503]);
         assert_eq!(p.stat_sum("meshwork_retry_budget_exhausted_total", &[]), 1);

@@ -194,6 +194,10 @@ fn nanos(d: Duration) -> u64 {
 const ATTEMPTS: &str = "x-meshwork-attempts";
 
 /// A worker adds its requests to the shared budget after this many, or this long.
+/// A try is not started with less than this left before the request's deadline: it could not
+/// be answered in time, and hosts round callout timeouts to milliseconds (a try cut short by
+/// the rounding would otherwise be followed by a try the upstream sees after the deadline).
+const MIN_TRY_NS: u64 = 2_000_000;
 const FLUSH_REQUESTS: u32 = 16;
 const FLUSH_NS: u64 = 10_000_000;
 
@@ -321,7 +325,10 @@ impl Shared {
 
     /// Callout mode: decides what follows a try's answer.
     fn decide(&self, job: &Job, attempt: Attempt, now: u64) -> Decision {
-        if job.attempts > self.config.max_retries || !self.retry_on.retries(attempt) || now >= job.deadline_ns {
+        if job.attempts > self.config.max_retries
+            || !self.retry_on.retries(attempt)
+            || now.saturating_add(MIN_TRY_NS) >= job.deadline_ns
+        {
             return Decision::Final { budget_exhausted: false };
         }
         if !self.take_retry(&job.key, now) {
@@ -336,6 +343,17 @@ impl Shared {
         let now = now_ns();
         let mut jobs = self.jobs.borrow_mut();
         let Some(job) = jobs.get_mut(&stream) else { return };
+        if job.attempts > 0 && now.saturating_add(MIN_TRY_NS) >= job.deadline_ns {
+            // The back-off ran into the deadline: the request has timed out, as Envoy's router
+            // answers when its route timeout fires between tries.
+            let attempts = job.attempts.to_string();
+            jobs.remove(&stream);
+            drop(jobs);
+            if act_for(stream) {
+                answer(504, &attempts, "upstream request timeout\n", &[]);
+            }
+            return;
+        }
         job.attempts += 1;
         job.request.set_header("x-meshwork-attempt", job.attempts.to_string());
         let remaining = Duration::from_nanos(job.deadline_ns.saturating_sub(now));
