@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use meshwork_cas_table::Outcome as TableOutcome;
-use meshwork_filter_support::callout::{CalloutResponse, HeldRequest};
+use meshwork_filter_support::callout::{Bodies, CalloutResponse, HeldRequest, Mode};
 use meshwork_filter_support::wakeups::{Wakeups, act_for};
 use meshwork_filter_support::{
     ConfigDuration, Random, RequestKey, SharedTable, cluster_name, fingerprint, now_ns, property_string, tagged,
@@ -31,13 +31,6 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RetryRoot::default()) });
 }}
-
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum Mode {
-    Callout,
-    Envoy,
-}
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -61,17 +54,6 @@ impl Condition {
             Condition::Retriable4xx => "retriable-4xx",
         }
     }
-}
-
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum Bodies {
-    Pass,
-    Hold,
-}
-
-fn pass() -> Bodies {
-    Bodies::Pass
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -111,7 +93,7 @@ struct BudgetSettings {
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    #[serde(default = "callout")]
+    #[serde(default)]
     mode: Mode,
     /// Callout mode: the cluster tries go to (default: the route's cluster).
     cluster: Option<String>,
@@ -138,7 +120,7 @@ struct Config {
     /// retries (works in every host). `hold`: buffer and retry them too; the host must deliver
     /// body callbacks while headers are paused (Envoy's and meshwork's
     /// `allow_on_headers_stop_iteration`).
-    #[serde(default = "pass")]
+    #[serde(default)]
     request_bodies: Bodies,
     /// Callout mode: larger request bodies are passed on without retries.
     #[serde(default = "one_mib")]
@@ -147,9 +129,6 @@ struct Config {
     max_keys: usize,
 }
 
-fn callout() -> Mode {
-    Mode::Callout
-}
 fn two() -> u32 {
     2
 }

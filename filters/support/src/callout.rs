@@ -6,6 +6,29 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, Bytes, MapType, Status};
+use serde::Deserialize;
+
+/// How a filter that can take over the upstream exchange works.
+#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The filter holds the request and sends it itself with `proxy_http_call`: any host.
+    #[default]
+    Callout,
+    /// The filter sets Envoy's router headers and the router does the work.
+    Envoy,
+}
+
+/// Callout mode: what happens to requests with a body.
+#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Bodies {
+    /// Sent on as they stream, in envoy mode.
+    #[default]
+    Pass,
+    /// Held until complete, then sent as callouts (the host must allow StopIteration on headers).
+    Hold,
+}
 
 /// A request captured from the stream, to be sent (perhaps several times) as a callout.
 #[derive(Clone, Debug, Default)]

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use meshwork_deadline::{Deadline, Policy, parse_grpc_timeout, parse_millis};
-use meshwork_filter_support::callout::{CalloutResponse, HeldRequest};
+use meshwork_filter_support::callout::{Bodies, CalloutResponse, HeldRequest, Mode};
 use meshwork_filter_support::{ConfigDuration, cluster_name, now_ns, property_string, route_name, tagged};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -26,24 +26,10 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(TimeoutRoot::default()) });
 }}
 
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum Mode {
-    Callout,
-    Envoy,
-}
-
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum Bodies {
-    Pass,
-    Hold,
-}
-
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    #[serde(default = "callout")]
+    #[serde(default)]
     mode: Mode,
     /// The deadline of requests on routes not listed in `routes`.
     timeout: ConfigDuration,
@@ -61,15 +47,8 @@ struct Config {
     cluster: Option<String>,
     /// Callout mode: requests with a body are held (needs `allow_on_headers_stop_iteration`
     /// in the host) or passed on with envoy-mode headers.
-    #[serde(default = "pass")]
+    #[serde(default)]
     request_bodies: Bodies,
-}
-
-fn callout() -> Mode {
-    Mode::Callout
-}
-fn pass() -> Bodies {
-    Bodies::Pass
 }
 
 fn nanos(d: Duration) -> u64 {
