@@ -226,12 +226,44 @@ pub mod mem {
             true
         }
     }
+
+    /// A store in which, between a worker's read and its write, a rival worker runs a whole
+    /// operation of its own whenever `schedule` says so: the race compare-and-swap must survive.
+    pub struct Interfering<'a, F: FnMut(&mut MemStore) -> bool> {
+        pub inner: MemStore,
+        schedule: &'a [bool],
+        step: usize,
+        rival: F,
+        /// How many of the rival's operations succeeded (its closure returned true).
+        pub rival_successes: u64,
+    }
+
+    impl<'a, F: FnMut(&mut MemStore) -> bool> Interfering<'a, F> {
+        pub fn new(inner: MemStore, schedule: &'a [bool], rival: F) -> Self {
+            Interfering { inner, schedule, step: 0, rival, rival_successes: 0 }
+        }
+    }
+
+    impl<F: FnMut(&mut MemStore) -> bool> CasStore for Interfering<'_, F> {
+        fn get(&mut self, slot: usize, buf: &mut [u8; MAX_VALUE]) -> Option<(usize, u32)> {
+            self.inner.get(slot, buf)
+        }
+
+        fn set(&mut self, slot: usize, value: &[u8], cas: u32) -> bool {
+            let interfere = self.schedule.get(self.step).copied().unwrap_or(false);
+            self.step += 1;
+            if interfere && (self.rival)(&mut self.inner) {
+                self.rival_successes += 1;
+            }
+            self.inner.set(slot, value, cas)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     extern crate std;
-    use super::mem::MemStore;
+    use super::mem::{Interfering, MemStore};
     use super::*;
     use proptest::prelude::*;
 
@@ -297,40 +329,19 @@ mod tests {
         assert_eq!(bump(&mut s, b"k", 1), Outcome::NotInitialised);
     }
 
-    /// Between every read and write, a second worker may run a whole update on the same key.
-    struct Interfering<'a> {
-        inner: MemStore,
-        schedule: &'a [bool],
-        step: usize,
-        rival: u64,
-    }
-
-    impl CasStore for Interfering<'_> {
-        fn get(&mut self, slot: usize, buf: &mut [u8; MAX_VALUE]) -> Option<(usize, u32)> {
-            self.inner.get(slot, buf)
-        }
-        fn set(&mut self, slot: usize, value: &[u8], cas: u32) -> bool {
-            let interfere = self.schedule.get(self.step).copied().unwrap_or(false);
-            self.step += 1;
-            if interfere && bump(&mut self.inner, b"k", 1) != Outcome::Contended {
-                self.rival += 1;
-            }
-            self.inner.set(slot, value, cas)
-        }
-    }
-
     proptest! {
         /// Racing increments are never lost: the final count is every increment that reported success.
         #[test]
         fn racing_updates_are_never_lost(schedule in proptest::collection::vec(any::<bool>(), 0..200), n in 1u64..40) {
-            let mut store = Interfering { inner: MemStore::created(8), schedule: &schedule, step: 0, rival: 0 };
+            // Between a read and its write, a second worker may run a whole update on the same key.
+            let mut store = Interfering::new(MemStore::created(8), &schedule, |s| bump(s, b"k", 1) != Outcome::Contended);
             let mut mine = 0;
             for _ in 0..n {
                 let done = update(&mut store, 8, 4, b"k", &(), 0, |c: &mut Count| c.0 += 1);
                 if done == Outcome::Done(()) { mine += 1; }
             }
             let total = read::<_, Count>(&mut store.inner, 8, 4, b"k", &(), 0).unwrap().0;
-            prop_assert_eq!(total, mine + store.rival);
+            prop_assert_eq!(total, mine + store.rival_successes);
         }
     }
 }

@@ -304,8 +304,8 @@ mod tests {
     mod shared {
         extern crate std;
         use super::super::*;
-        use meshwork_cas_table::mem::MemStore;
-        use meshwork_cas_table::{CasStore, MAX_VALUE, Outcome, update};
+        use meshwork_cas_table::mem::{Interfering, MemStore};
+        use meshwork_cas_table::{CasStore, Outcome, update};
         use proptest::prelude::*;
 
         fn acquire(store: &mut impl CasStore, max: u64) -> bool {
@@ -315,36 +315,14 @@ mod tests {
             )
         }
 
-        /// Between every read and write, another worker may take a place.
-        struct Interfering<'a> {
-            inner: MemStore,
-            schedule: &'a [bool],
-            step: usize,
-            max: u64,
-            rival: u64,
-        }
-
-        impl CasStore for Interfering<'_> {
-            fn get(&mut self, slot: usize, buf: &mut [u8; MAX_VALUE]) -> Option<(usize, u32)> {
-                self.inner.get(slot, buf)
-            }
-            fn set(&mut self, slot: usize, value: &[u8], cas: u32) -> bool {
-                let interfere = self.schedule.get(self.step).copied().unwrap_or(false);
-                self.step += 1;
-                if interfere && acquire(&mut self.inner, self.max) {
-                    self.rival += 1;
-                }
-                self.inner.set(slot, value, cas)
-            }
-        }
-
         proptest! {
             /// Racing workers never hold more than `max` places together.
             #[test]
             fn racing_workers_never_exceed_the_cap(max in 0u64..10, schedule in proptest::collection::vec(any::<bool>(), 0..100)) {
-                let mut store = Interfering { inner: MemStore::created(1), schedule: &schedule, step: 0, max, rival: 0 };
+                // Between a read and its write, another worker may take a place.
+                let mut store = Interfering::new(MemStore::created(1), &schedule, |s| acquire(s, max));
                 let mine = (0..20).filter(|_| acquire(&mut store, max)).count() as u64;
-                prop_assert_eq!(mine + store.rival, max);
+                prop_assert_eq!(mine + store.rival_successes, max);
             }
         }
     }

@@ -504,8 +504,8 @@ mod tests {
     mod shared {
         extern crate std;
         use super::super::*;
-        use meshwork_cas_table::mem::MemStore;
-        use meshwork_cas_table::{CasStore, MAX_VALUE, Outcome, update};
+        use meshwork_cas_table::mem::{Interfering, MemStore};
+        use meshwork_cas_table::{CasStore, Outcome, update};
         use proptest::prelude::*;
 
         fn claim(store: &mut impl CasStore, now: u64) -> bool {
@@ -515,36 +515,14 @@ mod tests {
             )
         }
 
-        /// Between every read and write, another worker may tick at the same moment.
-        struct Interfering<'a> {
-            inner: MemStore,
-            schedule: &'a [bool],
-            step: usize,
-            now: u64,
-            rival: u32,
-        }
-
-        impl CasStore for Interfering<'_> {
-            fn get(&mut self, slot: usize, buf: &mut [u8; MAX_VALUE]) -> Option<(usize, u32)> {
-                self.inner.get(slot, buf)
-            }
-            fn set(&mut self, slot: usize, value: &[u8], cas: u32) -> bool {
-                let interfere = self.schedule.get(self.step).copied().unwrap_or(false);
-                self.step += 1;
-                if interfere && claim(&mut self.inner, self.now) {
-                    self.rival += 1;
-                }
-                self.inner.set(slot, value, cas)
-            }
-        }
-
         proptest! {
             /// Workers ticking at the same moment claim a due round exactly once between them.
             #[test]
             fn one_claim_per_round_between_racing_workers(schedule in proptest::collection::vec(any::<bool>(), 0..40)) {
-                let mut store = Interfering { inner: MemStore::created(1), schedule: &schedule, step: 0, now: 5_000, rival: 0 };
-                let mine = (0..5).filter(|_| claim(&mut store, 5_000)).count() as u32;
-                prop_assert_eq!(mine + store.rival, 1);
+                // Between a read and its write, another worker may tick at the same moment.
+                let mut store = Interfering::new(MemStore::created(1), &schedule, |s| claim(s, 5_000));
+                let mine = (0..5).filter(|_| claim(&mut store, 5_000)).count() as u64;
+                prop_assert_eq!(mine + store.rival_successes, 1);
             }
         }
 
