@@ -16,7 +16,7 @@ use meshwork_bulkhead::{Acquire, Bulkhead, Config as BulkheadConfig};
 use meshwork_cas_table::Outcome as TableOutcome;
 use meshwork_filter_support::wakeups::{Wakeups, act_for};
 use meshwork_filter_support::{
-    ConfigDuration, Random, RequestKey, SharedTable, fingerprint, now_ns, property_string, tagged,
+    ConfigDuration, Random, RequestKey, SharedTable, configured, fingerprint, now_ns, property_string, tagged,
 };
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -266,13 +266,7 @@ impl Context for BulkheadRoot {}
 impl RootContext for BulkheadRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match self.configure(&bytes) {
-            Ok(()) => true,
-            Err(e) => {
-                let _ = hostcalls::log(LogLevel::Error, &format!("bulkhead: {e}"));
-                false
-            }
-        }
+        configured("bulkhead", self.configure(&bytes))
     }
 
     fn on_tick(&mut self) {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use meshwork_cas_table::Outcome as TableOutcome;
 use meshwork_circuit_breaker::{Admission, Breaker, Config as BreakerConfig, FailureRatio, Phase};
 use meshwork_filter_support::outcome::Outcome;
-use meshwork_filter_support::{ConfigDuration, RequestKey, SharedTable, fingerprint, now_ns, property_string, tagged};
+use meshwork_filter_support::{
+    ConfigDuration, RequestKey, SharedTable, configured, fingerprint, now_ns, property_string, tagged,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
@@ -213,13 +215,7 @@ impl Context for BreakerRoot {}
 impl RootContext for BreakerRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match self.configure(&bytes) {
-            Ok(()) => true,
-            Err(e) => {
-                let _ = hostcalls::log(LogLevel::Error, &format!("circuit-breaker: {e}"));
-                false
-            }
-        }
+        configured("circuit-breaker", self.configure(&bytes))
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

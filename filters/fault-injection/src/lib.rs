@@ -17,7 +17,9 @@ use meshwork_fault::{
 };
 use meshwork_filter_support::config::{ConfigObject, header_name};
 use meshwork_filter_support::wakeups::{Wakeups, act_for};
-use meshwork_filter_support::{ConfigDuration, Random, SharedTable, fingerprint, now_ns, property_string, tagged};
+use meshwork_filter_support::{
+    ConfigDuration, Random, SharedTable, configured, fingerprint, now_ns, property_string, tagged,
+};
 use meshwork_traffic_split::{HeaderMatch, Request, ValueMatch};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -245,13 +247,7 @@ impl Context for FaultRoot {}
 impl RootContext for FaultRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match self.configure(&bytes) {
-            Ok(()) => true,
-            Err(e) => {
-                log(LogLevel::Error, &format!("fault-injection: {e}"));
-                false
-            }
-        }
+        configured("fault-injection", self.configure(&bytes))
     }
 
     fn on_tick(&mut self) {

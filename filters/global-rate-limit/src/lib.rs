@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use meshwork_filter_support::callout::CalloutResponse;
-use meshwork_filter_support::{ConfigDuration, cluster_name, property_string, tagged};
+use meshwork_filter_support::{ConfigDuration, cluster_name, configured, property_string, tagged};
 use meshwork_rate_limit_descriptors::actions::{RateLimitRule, RequestAttributes, descriptors};
 use meshwork_rate_limit_descriptors::check;
 use meshwork_rate_limit_descriptors::wire::{Verdict, WireResponse};
@@ -164,13 +164,7 @@ impl Context for GlobalRateLimitRoot {}
 impl RootContext for GlobalRateLimitRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match self.configure(&bytes) {
-            Ok(()) => true,
-            Err(e) => {
-                log(LogLevel::Error, &format!("global-rate-limit: {e}"));
-                false
-            }
-        }
+        configured("global-rate-limit", self.configure(&bytes))
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -9,7 +9,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use meshwork_cas_table::Outcome;
-use meshwork_filter_support::{ConfigDuration, SharedTable, fingerprint, now_ns, property_string, route_name, tagged};
+use meshwork_filter_support::{
+    ConfigDuration, SharedTable, configured, fingerprint, now_ns, property_string, route_name, tagged,
+};
 use meshwork_token_bucket::{Limit, State};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -114,13 +116,7 @@ impl Context for RateLimitRoot {}
 impl RootContext for RateLimitRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match self.configure(&bytes) {
-            Ok(()) => true,
-            Err(e) => {
-                log(LogLevel::Error, &format!("local-rate-limit: {e}"));
-                false
-            }
-        }
+        configured("local-rate-limit", self.configure(&bytes))
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -19,7 +19,8 @@ use meshwork_cas_table::Outcome as TableOutcome;
 use meshwork_filter_support::callout::{Bodies, CalloutResponse, HeldRequest, Mode};
 use meshwork_filter_support::wakeups::{Wakeups, act_for};
 use meshwork_filter_support::{
-    ConfigDuration, Random, RequestKey, SharedTable, cluster_name, fingerprint, now_ns, property_string, tagged,
+    ConfigDuration, Random, RequestKey, SharedTable, cluster_name, configured, fingerprint, now_ns, property_string,
+    tagged,
 };
 use meshwork_retry::{Attempt, Budget, BudgetConfig, RetryOn, backoff_ns, is_idempotent};
 use proxy_wasm::hostcalls;
@@ -499,13 +500,7 @@ impl Context for RetryRoot {
 impl RootContext for RetryRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match self.configure(&bytes) {
-            Ok(()) => true,
-            Err(e) => {
-                let _ = hostcalls::log(LogLevel::Error, &format!("retry: {e}"));
-                false
-            }
-        }
+        configured("retry", self.configure(&bytes))
     }
 
     fn on_tick(&mut self) {

@@ -15,6 +15,18 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 use serde::{Deserialize, Deserializer};
 
+/// The end of a root context's `on_configure`: true when the configuration was taken; otherwise
+/// logs why (hosts refuse the plugin and show the log) and returns false.
+pub fn configured<E: core::fmt::Display>(filter: &str, result: Result<(), E>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = hostcalls::log(proxy_wasm::types::LogLevel::Error, &format!("{filter}: {e}"));
+            false
+        }
+    }
+}
+
 /// A duration in config: `"250ms"`, `"1.5s"`, `"2m"`, `"1h"`, `"100us"`, or a number of milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use meshwork_deadline::{Deadline, Policy, parse_grpc_timeout, parse_millis};
 use meshwork_filter_support::callout::{Bodies, CalloutResponse, HeldRequest, Mode};
-use meshwork_filter_support::{ConfigDuration, cluster_name, now_ns, property_string, route_name, tagged};
+use meshwork_filter_support::{ConfigDuration, cluster_name, configured, now_ns, property_string, route_name, tagged};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
@@ -107,13 +107,7 @@ impl Context for TimeoutRoot {}
 impl RootContext for TimeoutRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match self.configure(&bytes) {
-            Ok(()) => true,
-            Err(e) => {
-                let _ = hostcalls::log(LogLevel::Error, &format!("timeout: {e}"));
-                false
-            }
-        }
+        configured("timeout", self.configure(&bytes))
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -10,7 +10,7 @@
 use std::rc::Rc;
 
 use meshwork_filter_support::config::{ConfigObject, header_name};
-use meshwork_filter_support::{Random, property_string, tagged};
+use meshwork_filter_support::{Random, configured, property_string, tagged};
 use meshwork_traffic_split::{Backend, Chosen, HeaderMatch, Request, RequestMatch, Routes, Rule, Split, ValueMatch};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -128,10 +128,6 @@ struct SplitRoot {
     splitter: Option<Rc<Splitter>>,
 }
 
-fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
-}
-
 impl SplitRoot {
     fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
         let config = parse_config(bytes)?;
@@ -191,13 +187,7 @@ impl Context for SplitRoot {}
 impl RootContext for SplitRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match self.configure(&bytes) {
-            Ok(()) => true,
-            Err(e) => {
-                log(LogLevel::Error, &format!("traffic-split: {e}"));
-                false
-            }
-        }
+        configured("traffic-split", self.configure(&bytes))
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
