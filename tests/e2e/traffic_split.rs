@@ -150,11 +150,3 @@ fn bad_configuration_is_refused_naming_the_field() {
         assert!(err.contains(expected), "{configuration}: {err}");
     }
 }
-
-#[test]
-fn the_example_configuration_checks_out() {
-    let path = root().join("filters/traffic-split/example.yaml");
-    let (code, out, err) = run(&["run", "--config", path.to_str().unwrap(), "--check"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("configuration ok"), "{out}");
-}
