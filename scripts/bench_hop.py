@@ -15,33 +15,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MESHWORK = os.path.join(ROOT, "target/release/meshwork")
+from benchlib import MESHWORK, ROOT, free_port, wait_port
+
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"bench: nothing listens on 127.0.0.1:{port}")
 
 
 def cpu_ticks(pids):
@@ -113,14 +94,14 @@ def main():
     try:
         up = free_port()
         start(["nginx", "-p", work, "-c", nginx_conf(work, "upstream", f'server {{ listen 127.0.0.1:{up}; keepalive_requests 1000000; location / {{ return 200 "hello from upstream\\n"; }} }}')], 0)
-        wait_port(up)
+        wait_port(up, "bench")
         scenarios = []
         hop = free_port()
         nginx = start(["nginx", "-p", work, "-c", nginx_conf(work, "hop", (
             f"upstream app {{ server 127.0.0.1:{up}; keepalive 64; keepalive_requests 1000000; }} "
             f"server {{ listen 127.0.0.1:{hop}; keepalive_requests 1000000; location / {{ proxy_pass http://app; "
             'proxy_http_version 1.1; proxy_set_header Connection ""; } }'))], 1)
-        wait_port(hop)
+        wait_port(hop, "bench")
         scenarios.append(Scenario("nginx hop", hop, [nginx.pid] + children(nginx.pid)))
         chains = [[]] + [[f] for f in args.filters]
         for chain in chains:
@@ -136,7 +117,7 @@ def main():
                         label = os.path.splitext(os.path.basename(module))[0]
                         f.write(f"  - {{name: {label}, module: {module}}}\n")
             p = start([MESHWORK, "run", "--config", config], 1)
-            wait_port(port)
+            wait_port(port, "bench")
             labels = [os.path.splitext(os.path.basename(c))[0] for c in chain]
             scenarios.append(Scenario("meshwork hop" + (f" + {'+'.join(labels)}" if chain else " (no filter)"), port, [p.pid]))
         for s in scenarios:  # warm pools and caches

@@ -17,32 +17,12 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MESHWORK = os.path.join(ROOT, "target/release/meshwork")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"bench_load: nothing listens on 127.0.0.1:{port}")
+from benchlib import MESHWORK, ROOT, free_port, wait_port
 
 
 def measured(cmd):
@@ -111,7 +91,7 @@ def main():
     url = f"http://127.0.0.1:{port}/"
     results = {name: {"rps": [], "per_cpu_s": [], "cpu_s": []} for name in TOOLS}
     try:
-        wait_port(port)
+        wait_port(port, "bench_load")
         for fn in TOOLS.values():  # warm up the target and the page cache
             fn(url, 1, args.connections)
         for r in range(args.rounds):
