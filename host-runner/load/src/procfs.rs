@@ -11,23 +11,27 @@ fn clock_ticks() -> u64 {
     if t > 0 { t as u64 } else { 100 }
 }
 
-/// CPU time of a process in µs: the sum of its threads' scheduler run time (ns precision, from
-/// /proc/PID/task/*/schedstat), else user + system time in clock ticks (10 ms steps, too coarse
-/// for a one-second run at a few hundred requests per second).
+/// CPU time of a process in µs: its CPU-time clock (ns precision, every thread it ever ran,
+/// exited ones included, so it never goes backwards), else user + system time in clock ticks
+/// (10 ms steps, too coarse for a one-second run at a few hundred requests per second).
+/// Summing live threads' schedstat instead would lose the time of threads that have exited.
 pub fn cpu_us(pid: u32) -> Option<u64> {
-    schedstat_us(pid).or_else(|| stat_cpu_us(pid))
+    process_clock_us(pid).or_else(|| stat_cpu_us(pid))
 }
 
-fn schedstat_us(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut ns = 0u64;
-    let mut any = false;
-    for t in tasks.flatten() {
-        let text = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
-        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
-        any = true;
+fn process_clock_us(pid: u32) -> Option<u64> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes one clockid_t through the valid pointer.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
+        return None;
     }
-    any.then_some(ns / 1000)
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through the valid pointer.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(u64::try_from(ts.tv_sec).ok()? * 1_000_000 + u64::try_from(ts.tv_nsec).ok()? / 1000)
 }
 
 /// User + system CPU time of a process (all its threads, dead ones included), in µs.
@@ -167,7 +171,19 @@ mod tests {
             x = x.wrapping_mul(31).wrapping_add(i);
         }
         std::hint::black_box(x);
-        assert!(cpu_us(me).unwrap() >= t0);
+        let t1 = cpu_us(me).unwrap();
+        assert!(t1 > t0);
+        // A thread that burns CPU and exits: its time still counts.
+        std::thread::spawn(|| {
+            let mut x = 0u64;
+            for i in 0..20_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+        })
+        .join()
+        .unwrap();
+        assert!(cpu_us(me).unwrap() > t1, "an exited thread's CPU time is kept");
         let (rss, peak) = rss_kib(me).unwrap();
         assert!(rss > 0 && peak >= rss);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
