@@ -1,12 +1,17 @@
 //! What meshwork's router does after the filters, as Envoy's does: retries asked for with
 //! `x-envoy-retry-on`, per-try and per-request timeouts from headers, and `cluster_header`
-//! routing. Each case runs on the plain forwarding path and through a filter chain.
+//! routing. Each case runs on the plain forwarding path and through a filter chain. The test
+//! client is inside the listener's trust boundary (loopback is configured as trusted), as an
+//! internal caller of Envoy's router would be; tests/e2e/hardening.rs checks that untrusted
+//! clients cannot steer the router.
 
 use meshwork_e2e::*;
 
-/// Without filters, and with the measure filter (which changes nothing the router sees).
+/// Without filters, and with the measure filter (which changes nothing the router sees); the
+/// test client is trusted to send router headers.
 fn chains() -> [String; 2] {
-    [String::new(), format!("filters: [{{name: measure, module: {}}}]\n", wasm("measure").display())]
+    let trusted = "listener: {trusted_clients: [127.0.0.0/8]}\n";
+    [trusted.to_string(), format!("{trusted}filters: [{{name: measure, module: {}}}]\n", wasm("measure").display())]
 }
 
 fn by_key(up: &Upstream, key: &str) -> u64 {

@@ -1,5 +1,11 @@
 //! The admin listener: `/ready`, `/stats/prometheus`, `/stats` (text, or JSON with
-//! `?format=json`) and `POST /quitquitquit`, on its own thread.
+//! `?format=json`), `POST /reload` and `POST /quitquitquit`, on its own thread.
+//!
+//! The mutating endpoints refuse what a web page could send: a request with an `Origin`
+//! header, or with a body type an HTML form or a CORS-simple `fetch` may use without a
+//! preflight (`text/plain`, `application/x-www-form-urlencoded`, `multipart/form-data`). A
+//! browser cannot send a cross-origin POST without one of those, so a page the operator visits
+//! cannot stop or reload the proxy. Command-line clients (`curl -X POST`) send neither.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +19,9 @@ use meshwork_wasm_host::Services;
 use meshwork_wasm_host::metrics::Value;
 use serde_json::json;
 
-pub fn start(addr: SocketAddr, services: Arc<Services>) -> anyhow::Result<SocketAddr> {
+use crate::proxy::reload::Reloader;
+
+pub fn start(addr: SocketAddr, services: Arc<Services>, reloader: Arc<Reloader>) -> anyhow::Result<SocketAddr> {
     let listener =
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on admin address {addr}"))?;
     listener.set_nonblocking(true)?;
@@ -28,11 +36,11 @@ pub fn start(addr: SocketAddr, services: Arc<Services>) -> anyhow::Result<Socket
                 return;
             };
             while let Ok((stream, _)) = listener.accept().await {
-                let services = services.clone();
+                let (services, reloader) = (services.clone(), reloader.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |r| {
-                        let services = services.clone();
-                        async move { Ok::<_, std::convert::Infallible>(respond(&r, &services)) }
+                        let (services, reloader) = (services.clone(), reloader.clone());
+                        async move { Ok::<_, std::convert::Infallible>(respond(&r, &services, &reloader).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -51,15 +59,65 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
-fn respond(request: &Request<Incoming>, services: &Services) -> Response<Full<bytes::Bytes>> {
+/// Why a request to a mutating endpoint looks like it came from a web page, if it does.
+fn from_a_browser(request: &Request<Incoming>) -> Option<&'static str> {
+    if request.headers().contains_key(http::header::ORIGIN) {
+        return Some("it carries an Origin header");
+    }
+    let content_type = request.headers().get(http::header::CONTENT_TYPE)?.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+        .contains(&essence)
+        .then_some("its content type is one a web page may send cross-origin")
+}
+
+const MUTATING: [&str; 2] = ["/reload", "/quitquitquit"];
+
+async fn respond(
+    request: &Request<Incoming>,
+    services: &Services,
+    reloader: &Arc<Reloader>,
+) -> Response<Full<bytes::Bytes>> {
+    let path = request.uri().path();
+    if MUTATING.contains(&path) {
+        if request.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", format!("{path} takes POST\n"));
+        }
+        if let Some(why) = from_a_browser(request) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                format!(
+                    "refused: {why}; the admin endpoints that change the proxy do not take requests a web page could make\n"
+                ),
+            );
+        }
+    }
     let json_format = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "format=json"));
-    match (request.method(), request.uri().path()) {
+    match (request.method(), path) {
         (&Method::GET, "/ready") => text(StatusCode::OK, "text/plain", "LIVE\n".into()),
         (&Method::GET, "/stats/prometheus") => {
             text(StatusCode::OK, "text/plain; version=0.0.4", services.metrics.render_prometheus())
         }
         (&Method::GET, "/stats") if json_format => text(StatusCode::OK, "application/json", stats_json(services)),
         (&Method::GET, "/stats") => text(StatusCode::OK, "text/plain", stats_text(services)),
+        (&Method::POST, "/reload") => {
+            let reloader = reloader.clone();
+            match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                Ok(Ok(report)) => text(StatusCode::OK, "text/plain", format!("{report}\n")),
+                Ok(Err(e)) => {
+                    tracing::error!(
+                        "POST /reload: the configuration was not reloaded, the old one keeps serving: {e:#}"
+                    );
+                    text(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        format!("not reloaded (the old configuration keeps serving): {e:#}\n"),
+                    )
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("reload failed: {e}\n")),
+            }
+        }
         (&Method::POST, "/quitquitquit") => {
             // Answer first, then leave: the client sees the reply.
             std::thread::spawn(|| {
@@ -71,7 +129,7 @@ fn respond(request: &Request<Incoming>, services: &Services) -> Response<Full<by
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "admin: /ready, /stats, /stats?format=json, /stats/prometheus, POST /quitquitquit\n".into(),
+            "admin: /ready, /stats, /stats?format=json, /stats/prometheus, POST /reload, POST /quitquitquit\n".into(),
         ),
     }
 }

@@ -9,8 +9,14 @@
 //! first 200 ms of each 1 s period (counted from start-up) until that stall ends, a known
 //! latency distribution with periodic stalls; `limit=4` serves at most 4 such requests at once
 //! (a capacity of limit/delay).
+//! For proxy tests: `read_delay=2s` waits before reading the request body (a slow upstream);
+//! `chunks=N&chunk_delay=50ms` sends a `size` body in N chunks with a pause before each (a
+//! slow or stalled response); `reset_after=BYTES` announces `size` bytes, sends that many, and
+//! drops the connection (an upstream that dies mid-response); `drain=1` reads the body without
+//! keeping it (large uploads).
 //! Every request except `/stats` is counted — in total, by path, by status and by the `key`
-//! parameter — and `GET /stats` reports the counts (`POST /stats/reset` zeroes them).
+//! parameter — and so is how request bodies ended (`bodies.complete`, `bodies.failed`, with
+//! their bytes); `GET /stats` reports the counts (`POST /stats/reset` zeroes them).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +38,17 @@ struct Counts {
     by_path: BTreeMap<String, u64>,
     by_status: BTreeMap<u16, u64>,
     by_key: BTreeMap<String, u64>,
+    bodies: BodyCounts,
+}
+
+/// How request bodies ended: read to a clean end, or cut by an error (a reset, a truncated
+/// chunked encoding, a connection that closed mid-body).
+#[derive(Default, Serialize)]
+struct BodyCounts {
+    complete: u64,
+    complete_bytes: u64,
+    failed: u64,
+    failed_bytes: u64,
 }
 
 struct App {
@@ -56,6 +73,11 @@ struct Ask {
     /// (stall, period)
     stall: Option<(Duration, Duration)>,
     limit: Option<usize>,
+    read_delay: Duration,
+    /// (chunks, delay before each)
+    chunks: Option<(usize, Duration)>,
+    reset_after: Option<usize>,
+    drain: bool,
 }
 
 fn param(query: &[(String, String)], headers: &http::HeaderMap, name: &str) -> Vec<String> {
@@ -160,14 +182,37 @@ impl Ask {
                     s.parse::<usize>().ok().filter(|n| *n > 0).ok_or(format!("limit {s:?} is not a positive number"))
                 })
                 .transpose()?,
+            read_delay: match one("read_delay") {
+                Some(d) => crate::config::parse_duration(&d).map_err(|e| e.to_string())?,
+                None => Duration::ZERO,
+            },
+            chunks: match one("chunks") {
+                Some(n) => {
+                    let n = n
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or(format!("chunks {n:?} is not a positive number"))?;
+                    let delay = match one("chunk_delay") {
+                        Some(d) => crate::config::parse_duration(&d).map_err(|e| e.to_string())?,
+                        None => Duration::ZERO,
+                    };
+                    Some((n, delay))
+                }
+                None => None,
+            },
+            reset_after: one("reset_after")
+                .map(|n| n.parse::<usize>().map_err(|_| format!("reset_after {n:?} is not a number of bytes")))
+                .transpose()?,
+            drain: one("drain").is_some_and(|v| v == "1" || v == "true"),
         })
     }
 }
 
-type AppBody = Full<Bytes>;
+type AppBody = http_body_util::Either<Full<Bytes>, Paced>;
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<AppBody> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(http_body_util::Either::Left(Full::new(body.into())));
     *r.status_mut() = status;
     r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
@@ -219,7 +264,10 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
         echo_headers.entry(k.to_string()).and_modify(|e| *e = format!("{e}, {v}")).or_insert(v);
     }
-    let body = request.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    if !ask.read_delay.is_zero() {
+        tokio::time::sleep(ask.read_delay).await;
+    }
+    let body = read_body(&app, request.into_body(), ask.drain).await?;
     if let Some((stall, period)) = ask.stall {
         let elapsed = app.epoch.elapsed().as_nanos();
         let window = (elapsed / period.as_nanos()) as u64;
@@ -250,6 +298,14 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
         return Err("reset requested".into());
     }
     let mut response = match ask.size {
+        Some(n) if ask.chunks.is_some() || ask.reset_after.is_some() => {
+            let (chunks, delay) = ask.chunks.unwrap_or((1, Duration::ZERO));
+            let mut r = Response::new(http_body_util::Either::Right(Paced::new(n, chunks, delay, ask.reset_after)));
+            *r.status_mut() = ask.status;
+            r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            r.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            r
+        }
         Some(n) => respond(ask.status, "application/octet-stream", vec![b'x'; n]),
         None => {
             let echo = json!({
@@ -269,6 +325,89 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
         headers.append(k, v);
     }
     Ok(response)
+}
+
+/// Reads a request body to its end, counting how it ended; `drain` keeps nothing of it.
+async fn read_body(app: &App, mut body: Incoming, drain: bool) -> Result<Bytes, String> {
+    let mut kept = bytes::BytesMut::new();
+    let mut bytes = 0u64;
+    let outcome = loop {
+        match body.frame().await {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(e.to_string()),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes += data.len() as u64;
+                    if !drain {
+                        kept.extend_from_slice(data);
+                    }
+                }
+            }
+        }
+    };
+    let mut c = app.counts.lock().map_err(|_| "poisoned")?;
+    match outcome {
+        Ok(()) => {
+            c.bodies.complete += 1;
+            c.bodies.complete_bytes += bytes;
+            Ok(kept.freeze())
+        }
+        Err(e) => {
+            c.bodies.failed += 1;
+            c.bodies.failed_bytes += bytes;
+            Err(e)
+        }
+    }
+}
+
+/// A body of `size` bytes of `x` sent in chunks with a pause before each, optionally failing
+/// after `reset_after` bytes (hyper then drops the connection).
+pub struct Paced {
+    left: usize,
+    chunk: usize,
+    delay: Duration,
+    reset_after: Option<usize>,
+    sent: usize,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Paced {
+    fn new(size: usize, chunks: usize, delay: Duration, reset_after: Option<usize>) -> Paced {
+        Paced { left: size, chunk: size.div_ceil(chunks).max(1), delay, reset_after, sent: 0, sleep: None }
+    }
+}
+
+impl http_body::Body for Paced {
+    type Data = Bytes;
+    type Error = String;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, String>>> {
+        use std::future::Future;
+        let this = &mut *self;
+        if this.reset_after.is_some_and(|r| this.sent >= r) {
+            return std::task::Poll::Ready(Some(Err("reset_after reached".into())));
+        }
+        if this.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        if !this.delay.is_zero() {
+            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(this.delay)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+            this.sleep = None;
+        }
+        let mut n = this.chunk.min(this.left);
+        if let Some(r) = this.reset_after {
+            n = n.min(r - this.sent).max(1);
+        }
+        this.left -= n;
+        this.sent += n;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(vec![b'x'; n])))))
+    }
 }
 
 /// The stall clock for (stall, period): one thread sleeps to the end of each stall and releases

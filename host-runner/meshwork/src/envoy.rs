@@ -20,7 +20,10 @@ use bytes::Bytes;
 use meshwork_wasm_host::{NodeInfo, PluginConfig};
 use serde_json::{Map, Value};
 
-use crate::config::{ClusterConfig, FilterConfig, ProxyConfig, RouteConfig, RouteTarget, parse_addr, parse_duration};
+use crate::config::{
+    ClusterConfig, FilterConfig, ListenerConfig, ProxyConfig, RetryBudget, RouteConfig, RouteTarget, parse_addr,
+    parse_cidr, parse_duration,
+};
 
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const HCM_TYPE: &str =
@@ -167,7 +170,12 @@ fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyC
         bail!("static_resources.listeners: meshwork runs exactly one listener (found {})", listeners.len());
     }
     let lpath = "static_resources.listeners[0]";
-    let listener = w.object(&listeners[0], lpath, &["name", "address", "filter_chains"])?;
+    let listener =
+        w.object(&listeners[0], lpath, &["name", "address", "filter_chains", "per_connection_buffer_limit_bytes"])?;
+    let mut settings = ListenerConfig::default();
+    if let Some(limit) = listener.get("per_connection_buffer_limit_bytes") {
+        settings.buffer_limit = uint(limit, &format!("{lpath}.per_connection_buffer_limit_bytes"))? as usize;
+    }
     let listen = socket_address(
         w,
         listener.get("address").with_context(|| format!("{lpath}.address is missing"))?,
@@ -196,8 +204,21 @@ fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyC
     let hcm = w.object(
         hcm_entry.get("typed_config").with_context(|| format!("{hpath} is missing"))?,
         &hpath,
-        &["@type", "stat_prefix", "codec_type", "route_config", "http_filters"],
+        &[
+            "@type",
+            "stat_prefix",
+            "codec_type",
+            "route_config",
+            "http_filters",
+            "request_headers_timeout",
+            "stream_idle_timeout",
+            "drain_timeout",
+            "common_http_protocol_options",
+            "use_remote_address",
+            "internal_address_config",
+        ],
     )?;
+    connection_manager(w, hcm, &hpath, &mut settings)?;
     if string(hcm, "@type", &hpath)? != HCM_TYPE {
         bail!("{hpath}.@type must be {HCM_TYPE}");
     }
@@ -220,13 +241,103 @@ fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyC
     Ok(ProxyConfig {
         listen,
         admin,
+        admin_allow_non_loopback: false,
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        listener: settings,
+        max_connections: crate::config::default_max_connections(),
         clusters,
         routes,
         filters,
+        filter_buffer_limit: None,
         node,
         cache_dir: None,
     })
+}
+
+/// A protobuf integer, which proto3 JSON may also write as a string; wrappers (`{value: N}`)
+/// unwrapped.
+fn uint(value: &Value, path: &str) -> anyhow::Result<u64> {
+    let value = value.get("value").unwrap_or(value);
+    value
+        .as_u64()
+        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+        .with_context(|| format!("{path} must be a non-negative integer"))
+}
+
+/// The connection manager's timeouts, limits and trust settings.
+fn connection_manager(
+    w: &mut Walker,
+    hcm: &Map<String, Value>,
+    path: &str,
+    settings: &mut ListenerConfig,
+) -> anyhow::Result<()> {
+    // Envoy: absent keeps the default, "0s" disables.
+    let timeout = |key: &str, current: Option<Duration>| -> anyhow::Result<Option<Duration>> {
+        Ok(match duration(hcm.get(key), &format!("{path}.{key}"))? {
+            None => current,
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+        })
+    };
+    settings.request_headers_timeout = timeout("request_headers_timeout", settings.request_headers_timeout)?;
+    settings.stream_idle_timeout = timeout("stream_idle_timeout", settings.stream_idle_timeout)?;
+    if let Some(d) = duration(hcm.get("drain_timeout"), &format!("{path}.drain_timeout"))? {
+        settings.drain_timeout = d;
+    }
+    if let Some(common) = hcm.get("common_http_protocol_options") {
+        let cpath = format!("{path}.common_http_protocol_options");
+        let c = w.object(
+            common,
+            &cpath,
+            &[
+                "idle_timeout",
+                "max_requests_per_connection",
+                "max_connection_duration",
+                "headers_with_underscores_action",
+            ],
+        )?;
+        if let Some(d) = duration(c.get("idle_timeout"), &format!("{cpath}.idle_timeout"))? {
+            settings.idle_timeout = Some(d).filter(|d| !d.is_zero());
+        }
+        if let Some(d) = duration(c.get("max_connection_duration"), &format!("{cpath}.max_connection_duration"))? {
+            settings.max_connection_duration = Some(d).filter(|d| !d.is_zero());
+        }
+        if let Some(n) = c.get("max_requests_per_connection") {
+            let n = uint(n, &format!("{cpath}.max_requests_per_connection"))?;
+            settings.max_requests_per_connection = (n > 0).then_some(n);
+        }
+        if let Some(action) = c.get("headers_with_underscores_action").and_then(Value::as_str)
+            && action != "ALLOW"
+        {
+            w.errors.push(format!("{cpath}.headers_with_underscores_action: {action} is not supported (ALLOW)"));
+        }
+    }
+    if hcm.get("use_remote_address").and_then(Value::as_bool) == Some(false) {
+        w.warn(format!(
+            "{path}.use_remote_address: false; meshwork always judges trust by the peer address (it does not read x-forwarded-for)"
+        ));
+    }
+    if let Some(internal) = hcm.get("internal_address_config") {
+        let ipath = format!("{path}.internal_address_config");
+        let i = w.object(internal, &ipath, &["unix_sockets", "cidr_ranges"])?;
+        for (n, range) in i.get("cidr_ranges").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let rpath = format!("{ipath}.cidr_ranges[{n}]");
+            let r = w.object(range, &rpath, &["address_prefix", "prefix_len"])?;
+            let prefix = string(r, "address_prefix", &rpath)?;
+            let len = match r.get("prefix_len") {
+                Some(l) => uint(l, &format!("{rpath}.prefix_len"))?,
+                None => {
+                    if prefix.contains(':') {
+                        128
+                    } else {
+                        32
+                    }
+                }
+            };
+            settings.trusted_clients.push(parse_cidr(&format!("{prefix}/{len}")).with_context(|| rpath.clone())?);
+        }
+    }
+    Ok(())
 }
 
 fn route_config(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Vec<RouteConfig>> {
@@ -431,7 +542,26 @@ fn wasm_filter(
 }
 
 fn cluster(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<ClusterConfig> {
-    let c = w.object(value, path, &["name", "connect_timeout", "type", "lb_policy", "load_assignment"])?;
+    let c = w.object(
+        value,
+        path,
+        &[
+            "name",
+            "connect_timeout",
+            "type",
+            "lb_policy",
+            "load_assignment",
+            "circuit_breakers",
+            "per_connection_buffer_limit_bytes",
+        ],
+    )?;
+    let (max_retries, retry_budget) =
+        circuit_breakers(w, c.get("circuit_breakers"), &format!("{path}.circuit_breakers"))?;
+    if c.contains_key("per_connection_buffer_limit_bytes") {
+        w.warn(format!(
+            "{path}.per_connection_buffer_limit_bytes: upstream buffers follow the listener's limit in meshwork"
+        ));
+    }
     let name = string(c, "name", path)?.to_owned();
     match c.get("type").and_then(Value::as_str) {
         None | Some("STATIC") => {}
@@ -475,7 +605,45 @@ fn cluster(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<ClusterC
         endpoints,
         connect_timeout: duration(c.get("connect_timeout"), &format!("{path}.connect_timeout"))?
             .unwrap_or(Duration::from_secs(5)),
+        max_retries,
+        retry_budget,
     })
+}
+
+/// The DEFAULT priority's `max_retries` and `retry_budget` (Envoy: 3 and none).
+fn circuit_breakers(w: &mut Walker, value: Option<&Value>, path: &str) -> anyhow::Result<(u32, Option<RetryBudget>)> {
+    let Some(value) = value else { return Ok((3, None)) };
+    let cb = w.object(value, path, &["thresholds"])?;
+    let (mut max_retries, mut budget) = (3, None);
+    for (i, t) in cb.get("thresholds").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let tpath = format!("{path}.thresholds[{i}]");
+        let t = w.object(t, &tpath, &["priority", "max_retries", "retry_budget"])?;
+        if t.get("priority").and_then(Value::as_str).is_some_and(|p| p != "DEFAULT") {
+            w.warn(format!("{tpath}: only the DEFAULT priority exists in meshwork; ignored"));
+            continue;
+        }
+        if let Some(n) = t.get("max_retries") {
+            max_retries = u32::try_from(uint(n, &format!("{tpath}.max_retries"))?).unwrap_or(u32::MAX);
+        }
+        if let Some(b) = t.get("retry_budget") {
+            let bpath = format!("{tpath}.retry_budget");
+            let b = w.object(b, &bpath, &["budget_percent", "min_retry_concurrency"])?;
+            let percent = match b.get("budget_percent") {
+                None => 20.0,
+                Some(p) => p
+                    .get("value")
+                    .unwrap_or(p)
+                    .as_f64()
+                    .with_context(|| format!("{bpath}.budget_percent must be a number"))?,
+            };
+            let min_concurrency = match b.get("min_retry_concurrency") {
+                None => 3,
+                Some(m) => u32::try_from(uint(m, &format!("{bpath}.min_retry_concurrency"))?).unwrap_or(u32::MAX),
+            };
+            budget = Some(RetryBudget { percent, min_concurrency });
+        }
+    }
+    Ok((max_retries, budget))
 }
 
 #[cfg(test)]

@@ -113,19 +113,21 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, envoy_config, allow_unsupported, check, output } => {
-            let config = match (config, envoy_config) {
-                (Some(path), _) => config::ProxyConfig::load(&path)?,
-                (None, Some(path)) => envoy::load(&path, allow_unsupported)?,
+            let source = match (config, envoy_config) {
+                (Some(path), _) => proxy::reload::ConfigSource::Native(path),
+                (None, Some(path)) => proxy::reload::ConfigSource::Envoy { path, allow_unsupported },
                 (None, None) => anyhow::bail!("give --config or --envoy-config"),
             };
+            let config = source.load()?;
             if check {
-                proxy::check(&config)?;
-                println!("meshwork: configuration ok ({} filter(s) started and configured)", config.filters.len());
+                let filters = config.filters.len();
+                proxy::check(config)?;
+                println!("meshwork: configuration ok ({filters} filter(s) started and configured)");
                 return Ok(ExitCode::SUCCESS);
             }
             let workers = config.workers;
             let filters: Vec<String> = config.filters.iter().map(|f| f.plugin.name.clone()).collect();
-            let addresses = proxy::start(config)?;
+            let proxy = proxy::start(config, source)?;
             let mut stdout = std::io::stdout();
             match output {
                 OutputFormat::Json => writeln!(
@@ -133,8 +135,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "{}",
                     serde_json::json!({
                         "event": "ready",
-                        "listen": addresses.listen.to_string(),
-                        "admin": addresses.admin.map(|a| a.to_string()),
+                        "listen": proxy.listen.to_string(),
+                        "admin": proxy.admin.map(|a| a.to_string()),
                         "workers": workers,
                         "filters": filters,
                     })
@@ -142,13 +144,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 OutputFormat::Text => writeln!(
                     stdout,
                     "meshwork: listening on http://{} with {workers} worker(s), filters [{}]{}",
-                    addresses.listen,
+                    proxy.listen,
                     filters.join(", "),
-                    addresses.admin.map(|a| format!(", admin on http://{a}")).unwrap_or_default()
+                    proxy.admin.map(|a| format!(", admin on http://{a}")).unwrap_or_default()
                 )?,
             }
             stdout.flush()?;
-            proxy::wait_for_shutdown()?;
+            proxy::wait_for_shutdown(&proxy.reloader)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Upstream { listen, name, threads } => {

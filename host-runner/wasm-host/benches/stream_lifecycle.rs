@@ -140,11 +140,14 @@ fn measure(vms: &[Rc<PluginVm>], iterations: u32) -> f64 {
 fn vm(engine: &WasmEngine, services: &Arc<Services>, path: &Path, bytes: Option<&[u8]>, config: &str) -> Rc<PluginVm> {
     let module = match bytes {
         Some(b) => engine.load_bytes(path, b).expect("module"),
-        None => engine.load(path).expect("module"),
+        None => engine.load(path, u64::MAX).expect("module"),
     };
     let mut plugin = PluginConfig::new(path.file_stem().and_then(|s| s.to_str()).unwrap_or("filter"));
     plugin.configuration = Bytes::copy_from_slice(config.as_bytes());
-    let template = PluginTemplate::new(engine, module, plugin, services.clone()).expect("link");
+    // Callouts may name the stream's cluster or the rate-limit service's; the bench answers
+    // them itself.
+    let clusters = Arc::new(["bench-cluster".to_string(), "rls".to_string()].into_iter().collect());
+    let template = PluginTemplate::new(engine, module, plugin, services.clone(), clusters).expect("link");
     template.instantiate(Rc::new(Nothing), Arc::new(Nothing)).expect("start")
 }
 
@@ -153,7 +156,7 @@ fn main() {
     // BENCH_ITERATIONS=200 makes a run short enough for `valgrind --tool=callgrind`.
     let iterations = std::env::var("BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let engine = WasmEngine::new(None).expect("engine");
-    let services = Services::new(Vec::new(), Default::default());
+    let services = Services::new(Default::default());
     // BENCH_CASE=empty|noop|filters runs one case only (for instruction counting).
     let case = std::env::var("BENCH_CASE").unwrap_or_default();
     if case == "empty" {

@@ -147,11 +147,21 @@ impl MetricType {
 }
 
 /// Return value of the stream callbacks (`proxy_action_t`), with Envoy's wider data statuses.
+/// What a filter does with data it holds once the host's buffer limit is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// The host stops reading more (Envoy's watermark statuses): the sender waits.
+    Backpressure,
+    /// The stream is answered (413 for a request, 500 or a reset for a response), as Envoy
+    /// does for its buffering statuses.
+    Answer,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Continue,
-    /// Stop iteration; for body callbacks also buffer the data (Envoy's StopIterationAndBuffer).
-    Pause,
+    /// Stop iteration; body data arriving meanwhile is held by the host.
+    Pause(Overflow),
     /// Stop iteration and drop this chunk (Envoy's StopIterationNoBuffer, value 3 for bodies).
     PauseNoBuffer,
 }
@@ -167,16 +177,20 @@ pub enum CallbackKind {
 impl Action {
     /// Maps a callback's raw return value as Envoy does; `None` is garbage (a filter failure).
     pub fn from_raw(kind: CallbackKind, raw: u32) -> Option<Action> {
+        use Overflow::{Answer, Backpressure};
         match (kind, raw) {
             (_, 0) => Some(Action::Continue),
-            (_, 1) => Some(Action::Pause),
             // Headers: ContinueAndEndStream falls through to Continue in Envoy.
             (CallbackKind::Headers, 2) => Some(Action::Continue),
-            // Headers: StopAllIterationAndBuffer / StopAllIterationAndWatermark.
-            (CallbackKind::Headers, 3 | 4) => Some(Action::Pause),
-            // Body: StopIterationAndWatermark buffers like StopIterationAndBuffer.
-            (CallbackKind::Body, 2) => Some(Action::Pause),
+            // Headers: StopIteration (which Envoy turns into StopAllIterationAndWatermark unless
+            // allow_on_headers_stop_iteration) and StopAllIterationAndWatermark.
+            (CallbackKind::Headers, 1 | 4) => Some(Action::Pause(Backpressure)),
+            (CallbackKind::Headers, 3) => Some(Action::Pause(Answer)),
+            // Body: StopIterationAndBuffer, StopIterationAndWatermark, StopIterationNoBuffer.
+            (CallbackKind::Body, 1) => Some(Action::Pause(Answer)),
+            (CallbackKind::Body, 2) => Some(Action::Pause(Backpressure)),
             (CallbackKind::Body, 3) => Some(Action::PauseNoBuffer),
+            (CallbackKind::Trailers, 1) => Some(Action::Pause(Backpressure)),
             _ => None,
         }
     }

@@ -10,6 +10,12 @@
 //!   StopIterationNoBuffer drops the chunk; Continue passes the buffer on;
 //! - trailers: Pause holds them (and any data held with them).
 //!
+//! Data a filter holds counts against the stream's buffer limit (Envoy's
+//! `per_connection_buffer_limit_bytes`). A watermark hold (Pause on headers, StopIterationAndWatermark)
+//! only makes [`FilterStream::accepts`] say no, so the proxy stops reading; a buffering hold
+//! (StopIterationAndBuffer, StopAllIterationAndBuffer) past the limit gets Envoy's answers: 413
+//! for a request, 500 for a response whose headers have not left, a reset otherwise.
+//!
 //! Actions a filter requests (continue, local reply, close) run after its callback returns.
 //! A local reply goes back through the response callbacks of every filter whose context exists.
 //! A failing filter is skipped (fail open) or answered with 503 (fail closed).
@@ -22,25 +28,13 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use crate::abi::{Action, CallbackKind};
+use crate::abi::{Action, CallbackKind, Overflow};
+use crate::error::Failure;
 use crate::headers::HeaderMap;
-use crate::stream_data::{Body, LocalReply, SharedStream, StreamData, StreamInfo};
-use crate::vm::{Failure, PluginVm, Raw};
+use crate::stream_data::{Body, LocalReply, PerDir, SharedStream, StreamData, StreamInfo};
+use crate::vm::{PluginVm, Raw};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dir {
-    Request = 0,
-    Response = 1,
-}
-
-impl Dir {
-    fn other(self) -> Dir {
-        match self {
-            Dir::Request => Dir::Response,
-            Dir::Response => Dir::Request,
-        }
-    }
-}
+pub use crate::stream_data::Dir;
 
 /// What leaves the chain: towards the upstream (request) or the client (response). Headers and
 /// trailers themselves are in the stream's [`StreamData`].
@@ -71,13 +65,28 @@ enum Hold {
 }
 
 /// One direction of the stream at one filter.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct Flow {
     headers: HeadersAt,
     hold: Hold,
+    /// What a hold does at the buffer limit.
+    overflow: Overflow,
     headers_eos: bool,
     eos_held: bool,
     trailers_held: bool,
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Flow {
+            headers: HeadersAt::NotSeen,
+            hold: Hold::Nothing,
+            overflow: Overflow::Backpressure,
+            headers_eos: false,
+            eos_held: false,
+            trailers_held: false,
+        }
+    }
 }
 
 struct Stage {
@@ -85,20 +94,31 @@ struct Stage {
     created: bool,
     /// Bypassed: the filter failed open (or never saw the request, for local replies).
     skip: bool,
-    flows: [Flow; 2],
+    flows: PerDir<Flow>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
     Continue,
-    Stop { drop_data: bool },
+    Stop { drop_data: bool, overflow: Overflow },
     Abort,
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Headers,
+    Body,
+    Trailers,
 }
 
 pub struct FilterStream {
     stages: Vec<Stage>,
     data: SharedStream,
-    out: [VecDeque<Output>; 2],
+    out: PerDir<VecDeque<Output>>,
+    /// Body bytes waiting in `out`, per direction.
+    queued: PerDir<usize>,
+    /// Most body bytes the chain holds per direction before it pushes back or answers.
+    buffer_limit: usize,
     /// Stop sending anything upstream (a local reply or a reset took over).
     request_aborted: bool,
     reset: bool,
@@ -124,12 +144,14 @@ impl FilterStream {
         info: StreamInfo,
     ) -> FilterStream {
         let stages: Vec<Stage> =
-            vms.into_iter().map(|vm| Stage { vm, created: false, skip: false, flows: Default::default() }).collect();
+            vms.into_iter().map(|vm| Stage { vm, created: false, skip: false, flows: PerDir::default() }).collect();
         let data = Rc::new(std::cell::RefCell::new(StreamData::new(request_headers, info, stages.len())));
         FilterStream {
             stages,
             data,
-            out: Default::default(),
+            out: PerDir::default(),
+            queued: PerDir::default(),
+            buffer_limit: usize::MAX,
             request_aborted: false,
             reset: false,
             response_generation: 0,
@@ -138,6 +160,12 @@ impl FilterStream {
             deferred: Vec::new(),
             finished: false,
         }
+    }
+
+    /// Caps the body bytes the chain holds per direction (default: no cap).
+    pub fn with_buffer_limit(mut self, bytes: usize) -> FilterStream {
+        self.buffer_limit = bytes.max(1);
+        self
     }
 
     pub fn data(&self) -> &SharedStream {
@@ -159,8 +187,34 @@ impl FilterStream {
         self.local_reply_active
     }
 
-    pub fn next_output(&mut self, dir: Dir) -> Option<Output> {
-        self.out[dir as usize].pop_front()
+    /// Response headers have left the chain: a different answer is no longer possible.
+    pub fn response_started(&self) -> bool {
+        self.response_headers_emitted
+    }
+
+    pub fn next_output(&mut self, d: Dir) -> Option<Output> {
+        let output = self.out[d].pop_front()?;
+        if let Output::Data { bytes, .. } = &output {
+            self.queued[d] -= bytes.len();
+        }
+        Some(output)
+    }
+
+    /// The next output of `d`, without taking it.
+    pub fn peek_output(&self, d: Dir) -> Option<&Output> {
+        self.out[d].front()
+    }
+
+    /// Body bytes of direction `d` inside the chain: held by filters, or waiting to leave.
+    pub fn buffered(&self, d: Dir) -> usize {
+        let data = self.data.borrow();
+        data.stages.iter().map(|s| s.body[d].len()).sum::<usize>() + self.queued[d]
+    }
+
+    /// Whether the chain takes more body data in direction `d` now. When it says no the proxy
+    /// stops reading that side (backpressure) until outputs are taken or filters release.
+    pub fn accepts(&self, d: Dir) -> bool {
+        self.queued[d] == 0 && self.buffered(d) < self.buffer_limit
     }
 
     // ----- events in ------------------------------------------------------------------------
@@ -171,13 +225,13 @@ impl FilterStream {
     }
 
     pub fn request_data(&mut self, bytes: Bytes, end_stream: bool) {
-        self.data.borrow_mut().info.request_body_bytes += bytes.len() as u64;
+        self.data.borrow_mut().info.body_bytes[Dir::Request] += bytes.len() as u64;
         self.run_data(Dir::Request, 0, bytes, end_stream);
         self.settle_deferred();
     }
 
     pub fn request_trailers(&mut self, trailers: HeaderMap) {
-        self.data.borrow_mut().request_trailers = Some(trailers);
+        self.data.borrow_mut().trailers[Dir::Request] = Some(trailers);
         self.run_trailers(Dir::Request, 0);
         self.settle_deferred();
     }
@@ -191,7 +245,7 @@ impl FilterStream {
             let mut d = self.data.borrow_mut();
             d.info.response_code = headers.get_str(":status").and_then(|s| s.parse().ok());
             d.info.response_code_details.get_or_insert_with(|| "via_upstream".into());
-            d.response_headers = headers;
+            d.headers[Dir::Response] = headers;
         }
         self.run_headers(Dir::Response, 0, end_stream);
         self.settle_deferred();
@@ -201,7 +255,7 @@ impl FilterStream {
         if self.local_reply_active || self.reset {
             return;
         }
-        self.data.borrow_mut().info.response_body_bytes += bytes.len() as u64;
+        self.data.borrow_mut().info.body_bytes[Dir::Response] += bytes.len() as u64;
         self.run_data(Dir::Response, 0, bytes, end_stream);
         self.settle_deferred();
     }
@@ -210,16 +264,22 @@ impl FilterStream {
         if self.local_reply_active || self.reset {
             return;
         }
-        self.data.borrow_mut().response_trailers = Some(trailers);
+        self.data.borrow_mut().trailers[Dir::Response] = Some(trailers);
         self.run_trailers(Dir::Response, 0);
         self.settle_deferred();
     }
 
     /// The proxy's own reply (no upstream, upstream failed, timeout), sent through the response
-    /// callbacks as Envoy sends its local replies.
+    /// callbacks as Envoy sends its local replies. After response headers left, a reset.
     pub fn local_reply(&mut self, reply: LocalReply) {
         self.start_local_reply(reply);
         self.settle_deferred();
+    }
+
+    /// Ends the stream abruptly (the client or the upstream went away mid-stream): nothing
+    /// more leaves the chain in either direction.
+    pub fn reset(&mut self) {
+        self.reset_stream();
     }
 
     /// Applies actions filters recorded outside the engine's own calls (from callout
@@ -240,7 +300,7 @@ impl FilterStream {
                 }
                 let stage = &self.stages[f];
                 if !stage.skip && stage.created && stage.vm.is_failed() {
-                    for d in [Dir::Request, Dir::Response] {
+                    for d in Dir::BOTH {
                         if self.holds(d, f) {
                             progressed = true;
                             if self.failure(d, f, Failure::VmFailed) == Step::Continue {
@@ -264,11 +324,10 @@ impl FilterStream {
                 if let Some(reply) = actions.local_reply {
                     self.start_local_reply(reply);
                 }
-                if actions.continue_request {
-                    self.resume(Dir::Request, f);
-                }
-                if actions.continue_response {
-                    self.resume(Dir::Response, f);
+                for d in Dir::BOTH {
+                    if actions.resume[d] {
+                        self.resume(d, f);
+                    }
                 }
             }
             progressed |= self.run_deferred();
@@ -335,11 +394,11 @@ impl FilterStream {
     }
 
     fn flow(&mut self, d: Dir, f: usize) -> &mut Flow {
-        &mut self.stages[f].flows[d as usize]
+        &mut self.stages[f].flows[d]
     }
 
     fn holds(&self, d: Dir, f: usize) -> bool {
-        let flow = &self.stages[f].flows[d as usize];
+        let flow = &self.stages[f].flows[d];
         matches!(flow.headers, HeadersAt::Stopped | HeadersAt::StoppedSeeingBody) || flow.hold != Hold::Nothing
     }
 
@@ -348,20 +407,11 @@ impl FilterStream {
     }
 
     fn with_buffer<R>(&self, d: Dir, f: usize, op: impl FnOnce(&mut Body) -> R) -> R {
-        let mut data = self.data.borrow_mut();
-        let s = &mut data.stages[f];
-        op(match d {
-            Dir::Request => &mut s.request_body,
-            Dir::Response => &mut s.response_body,
-        })
+        op(&mut self.data.borrow_mut().stages[f].body[d])
     }
 
     fn has_trailers(&self, d: Dir) -> bool {
-        let data = self.data.borrow();
-        match d {
-            Dir::Request => data.request_trailers.is_some(),
-            Dir::Response => data.response_trailers.is_some(),
-        }
+        self.data.borrow().trailers[d].is_some()
     }
 
     fn run_headers(&mut self, d: Dir, from: usize, eos: bool) {
@@ -377,12 +427,11 @@ impl FilterStream {
             self.flow(d, f).headers_eos = eos;
             match self.headers_step(d, f, eos) {
                 Step::Continue => self.flow(d, f).headers = HeadersAt::Passed,
-                Step::Stop { .. } => {
-                    self.flow(d, f).headers = if self.stages[f].vm.plugin.allow_on_headers_stop_iteration && !eos {
-                        HeadersAt::StoppedSeeingBody
-                    } else {
-                        HeadersAt::Stopped
-                    };
+                Step::Stop { overflow, .. } => {
+                    let seeing_body = self.stages[f].vm.plugin.allow_on_headers_stop_iteration && !eos;
+                    let flow = self.flow(d, f);
+                    flow.headers = if seeing_body { HeadersAt::StoppedSeeingBody } else { HeadersAt::Stopped };
+                    flow.overflow = overflow;
                     return;
                 }
                 Step::Abort => return,
@@ -427,6 +476,7 @@ impl FilterStream {
                 // Held at a filter that stopped on headers: no callback until it continues.
                 self.with_buffer(d, f, |b| b.append(chunk));
                 self.flow(d, f).eos_held |= eos;
+                self.check_overflow(d, f);
                 return;
             }
             self.with_buffer(d, f, |b| {
@@ -449,12 +499,15 @@ impl FilterStream {
                         trailers_added_at.get_or_insert(p);
                     }
                 }
-                Step::Stop { drop_data } => {
+                Step::Stop { drop_data, overflow } => {
                     let flow = self.flow(d, f);
                     flow.eos_held = eos;
                     flow.hold = if drop_data { Hold::NoBuffer } else { Hold::Buffer };
+                    flow.overflow = overflow;
                     if drop_data {
                         self.with_buffer(d, f, Body::clear);
+                    } else {
+                        self.check_overflow(d, f);
                     }
                     return;
                 }
@@ -463,6 +516,38 @@ impl FilterStream {
         }
         if !self.halted(d, generation) {
             self.emit(d, Output::Data { bytes: chunk, end_stream: eos });
+        }
+    }
+
+    /// A buffering hold past the limit is answered as Envoy answers it; a watermark hold only
+    /// stops the proxy from reading more (see [`FilterStream::accepts`]).
+    fn check_overflow(&mut self, d: Dir, f: usize) {
+        if self.stages[f].flows[d].overflow != Overflow::Answer {
+            return;
+        }
+        let held = self.data.borrow().stages[f].body[d].len();
+        if held <= self.buffer_limit {
+            return;
+        }
+        let filter = self.stages[f].vm.plugin.name.clone();
+        tracing::debug!(%filter, held, limit = self.buffer_limit, "a filter buffered past the limit");
+        self.stages[f].vm.services.metrics.counter(BUFFER_OVERFLOWS[d.index()]).increment(1).ok();
+        match d {
+            Dir::Request => self.start_local_reply(LocalReply {
+                status: 413,
+                details: "request_payload_too_large".into(),
+                body: Bytes::from_static(b"Payload Too Large"),
+                headers: Vec::new(),
+                grpc_status: None,
+            }),
+            Dir::Response if !self.response_headers_emitted => self.start_local_reply(LocalReply {
+                status: 500,
+                details: "response_payload_too_large".into(),
+                body: Bytes::from_static(b"Internal Server Error"),
+                headers: Vec::new(),
+                grpc_status: None,
+            }),
+            Dir::Response => self.reset_stream(),
         }
     }
 
@@ -489,7 +574,7 @@ impl FilterStream {
                     if matches!(flow.hold, Hold::Buffer | Hold::NoBuffer) {
                         // Trailers end the body: data held for the body goes on first.
                         self.flow(d, f).hold = Hold::Nothing;
-                        self.set_access(d, f, Access::Body, false);
+                        self.set_access(d, f, Part::Body, false);
                         let chunk = self.take_buffer(d, f);
                         if !chunk.is_empty() {
                             self.run_data(d, p + 1, chunk, false);
@@ -515,7 +600,7 @@ impl FilterStream {
             flow.headers = HeadersAt::Passed;
             flow.headers_eos
         };
-        self.set_access(d, f, Access::Headers, false);
+        self.set_access(d, f, Part::Headers, false);
         self.run_headers(d, p + 1, eos);
     }
 
@@ -530,13 +615,13 @@ impl FilterStream {
                 self.release_headers(d, f, p);
                 self.flow(d, f).hold = Hold::Nothing;
                 self.flow(d, f).eos_held = false;
-                self.set_access(d, f, Access::Body, false);
+                self.set_access(d, f, Part::Body, false);
                 let chunk = self.take_buffer(d, f);
                 if !chunk.is_empty() || flow.eos_held {
                     self.run_data(d, p + 1, chunk, flow.eos_held);
                 }
                 if hold == Hold::Trailers {
-                    self.set_access(d, f, Access::Trailers, false);
+                    self.set_access(d, f, Part::Trailers, false);
                     self.run_trailers(d, p + 1);
                 }
             }
@@ -547,7 +632,7 @@ impl FilterStream {
                     flow.eos_held = false;
                     flow.trailers_held = false;
                 }
-                self.set_access(d, f, Access::Headers, false);
+                self.set_access(d, f, Part::Headers, false);
                 let buffered = self.take_buffer(d, f);
                 let has_data = !buffered.is_empty() || flow.eos_held;
                 self.run_headers(d, p + 1, flow.headers_eos);
@@ -565,7 +650,7 @@ impl FilterStream {
                     flow.hold = Hold::Nothing;
                     flow.eos_held = false;
                 }
-                self.set_access(d, f, Access::Body, false);
+                self.set_access(d, f, Part::Body, false);
                 let chunk = self.take_buffer(d, f);
                 if !chunk.is_empty() || flow.eos_held {
                     self.run_data(d, p + 1, chunk, flow.eos_held);
@@ -573,7 +658,7 @@ impl FilterStream {
             }
             (HeadersAt::Passed, Hold::Trailers) => {
                 self.flow(d, f).hold = Hold::Nothing;
-                self.set_access(d, f, Access::Trailers, false);
+                self.set_access(d, f, Part::Trailers, false);
                 let chunk = self.take_buffer(d, f);
                 if !chunk.is_empty() {
                     self.run_data(d, p + 1, chunk, false);
@@ -606,16 +691,13 @@ impl FilterStream {
         }
     }
 
-    fn set_access(&self, d: Dir, f: usize, what: Access, on: bool) {
+    fn set_access(&self, d: Dir, f: usize, part: Part, on: bool) {
         let mut data = self.data.borrow_mut();
         let a = &mut data.stages[f].access;
-        match (d, what) {
-            (Dir::Request, Access::Headers) => a.request_headers = on,
-            (Dir::Request, Access::Body) => a.request_body = on,
-            (Dir::Request, Access::Trailers) => a.request_trailers = on,
-            (Dir::Response, Access::Headers) => a.response_headers = on,
-            (Dir::Response, Access::Body) => a.response_body = on,
-            (Dir::Response, Access::Trailers) => a.response_trailers = on,
+        match part {
+            Part::Headers => a.headers[d] = on,
+            Part::Body => a.body[d] = on,
+            Part::Trailers => a.trailers[d] = on,
         }
     }
 
@@ -625,22 +707,13 @@ impl FilterStream {
             Some(Err(e)) => return self.failure(d, f, e),
             Some(Ok(ctx)) => ctx,
         };
-        self.set_access(d, f, Access::Headers, true);
-        let count = {
-            let data = self.data.borrow();
-            match d {
-                Dir::Request => data.request_headers.len(),
-                Dir::Response => data.response_headers.len(),
-            }
-        } as u32;
+        self.set_access(d, f, Part::Headers, true);
+        let count = self.data.borrow().headers[d].len() as u32;
         let vm = self.stages[f].vm.clone();
-        let raw = match d {
-            Dir::Request => vm.on_request_headers(ctx, count, eos),
-            Dir::Response => vm.on_response_headers(ctx, count, eos),
-        };
+        let raw = vm.on_headers(d, ctx, count, eos);
         let step = self.settle(d, f, raw, CallbackKind::Headers);
         if !matches!(step, Step::Stop { .. }) {
-            self.set_access(d, f, Access::Headers, false);
+            self.set_access(d, f, Part::Headers, false);
         }
         step
     }
@@ -653,38 +726,18 @@ impl FilterStream {
         };
         let size = {
             let mut data = self.data.borrow_mut();
-            let no_trailers = match d {
-                Dir::Request => data.request_trailers.is_none(),
-                Dir::Response => data.response_trailers.is_none(),
-            };
+            let no_trailers = data.trailers[d].is_none();
             let s = &mut data.stages[f];
-            match d {
-                Dir::Request => {
-                    s.access.request_body = true;
-                    s.access.may_add_request_trailers = eos && no_trailers;
-                    s.request_body.len()
-                }
-                Dir::Response => {
-                    s.access.response_body = true;
-                    s.access.may_add_response_trailers = eos && no_trailers;
-                    s.response_body.len()
-                }
-            }
+            s.access.body[d] = true;
+            s.access.may_add_trailers[d] = eos && no_trailers;
+            s.body[d].len()
         } as u32;
         let vm = self.stages[f].vm.clone();
-        let raw = match d {
-            Dir::Request => vm.on_request_body(ctx, size, eos),
-            Dir::Response => vm.on_response_body(ctx, size, eos),
-        };
-        {
-            let mut data = self.data.borrow_mut();
-            let a = &mut data.stages[f].access;
-            a.may_add_request_trailers = false;
-            a.may_add_response_trailers = false;
-        }
+        let raw = vm.on_body(d, ctx, size, eos);
+        self.data.borrow_mut().stages[f].access.may_add_trailers = PerDir::default();
         let step = self.settle(d, f, raw, CallbackKind::Body);
-        if step != (Step::Stop { drop_data: false }) {
-            self.set_access(d, f, Access::Body, false);
+        if !matches!(step, Step::Stop { drop_data: false, .. }) {
+            self.set_access(d, f, Part::Body, false);
         }
         step
     }
@@ -695,22 +748,13 @@ impl FilterStream {
             Some(Err(e)) => return self.failure(d, f, e),
             Some(Ok(ctx)) => ctx,
         };
-        self.set_access(d, f, Access::Trailers, true);
-        let count = {
-            let data = self.data.borrow();
-            match d {
-                Dir::Request => data.request_trailers.as_ref().map_or(0, HeaderMap::len),
-                Dir::Response => data.response_trailers.as_ref().map_or(0, HeaderMap::len),
-            }
-        } as u32;
+        self.set_access(d, f, Part::Trailers, true);
+        let count = self.data.borrow().trailers[d].as_ref().map_or(0, HeaderMap::len) as u32;
         let vm = self.stages[f].vm.clone();
-        let raw = match d {
-            Dir::Request => vm.on_request_trailers(ctx, count),
-            Dir::Response => vm.on_response_trailers(ctx, count),
-        };
+        let raw = vm.on_trailers(d, ctx, count);
         let step = self.settle(d, f, raw, CallbackKind::Trailers);
         if !matches!(step, Step::Stop { .. }) {
-            self.set_access(d, f, Access::Trailers, false);
+            self.set_access(d, f, Part::Trailers, false);
         }
         step
     }
@@ -733,40 +777,28 @@ impl FilterStream {
             return Step::Abort;
         }
         let Some(action) = Action::from_raw(kind, raw) else {
-            let callback = match (d, kind) {
-                (Dir::Request, CallbackKind::Headers) => "proxy_on_request_headers",
-                (Dir::Request, CallbackKind::Body) => "proxy_on_request_body",
-                (Dir::Request, CallbackKind::Trailers) => "proxy_on_request_trailers",
-                (Dir::Response, CallbackKind::Headers) => "proxy_on_response_headers",
-                (Dir::Response, CallbackKind::Body) => "proxy_on_response_body",
-                (Dir::Response, CallbackKind::Trailers) => "proxy_on_response_trailers",
-            };
+            const NAMES: [[&str; 3]; 2] = [
+                ["proxy_on_request_headers", "proxy_on_request_body", "proxy_on_request_trailers"],
+                ["proxy_on_response_headers", "proxy_on_response_body", "proxy_on_response_trailers"],
+            ];
+            let callback = NAMES[d.index()][kind as usize];
             return self.failure(d, f, Failure::BadReturn { callback, value: raw });
         };
-        let continued_here = match d {
-            Dir::Request => actions.continue_request,
-            Dir::Response => actions.continue_response,
-        };
+        let continued_here = actions.resume[d];
         self.put_back_other_direction(d, f, &actions);
         match action {
             Action::Continue => Step::Continue,
             // A continue requested during the callback runs right after it: no pause.
-            Action::Pause | Action::PauseNoBuffer if continued_here => Step::Continue,
-            Action::Pause => Step::Stop { drop_data: false },
-            Action::PauseNoBuffer => Step::Stop { drop_data: true },
+            Action::Pause(_) | Action::PauseNoBuffer if continued_here => Step::Continue,
+            Action::Pause(overflow) => Step::Stop { drop_data: false, overflow },
+            Action::PauseNoBuffer => Step::Stop { drop_data: true, overflow: Overflow::Backpressure },
         }
     }
 
     fn put_back_other_direction(&mut self, d: Dir, f: usize, actions: &crate::stream_data::Actions) {
-        let other = match d.other() {
-            Dir::Request => actions.continue_request,
-            Dir::Response => actions.continue_response,
-        };
-        if other {
-            self.data.borrow_mut().act(f, |a| match d.other() {
-                Dir::Request => a.continue_request = true,
-                Dir::Response => a.continue_response = true,
-            });
+        let other = d.other();
+        if actions.resume[other] {
+            self.data.borrow_mut().act(f, |a| a.resume[other] = true);
         }
     }
 
@@ -786,10 +818,7 @@ impl FilterStream {
     fn failure(&mut self, d: Dir, f: usize, failure: Failure) -> Step {
         self.report(f, &failure);
         self.stages[f].skip = true;
-        {
-            let mut data = self.data.borrow_mut();
-            data.stages[f].access = Default::default();
-        }
+        self.data.borrow_mut().stages[f].access = Default::default();
         if self.stages[f].vm.plugin.fail_open {
             if self.holds(d.other(), f) {
                 self.deferred.push((d.other(), f));
@@ -825,7 +854,13 @@ impl FilterStream {
     fn reset_stream(&mut self) {
         self.reset = true;
         self.request_aborted = true;
-        self.out = Default::default();
+        self.out = PerDir::default();
+        self.queued = PerDir::default();
+    }
+
+    fn clear_output(&mut self, d: Dir) {
+        self.out[d].clear();
+        self.queued[d] = 0;
     }
 
     fn start_local_reply(&mut self, reply: LocalReply) {
@@ -833,7 +868,7 @@ impl FilterStream {
             return;
         }
         self.request_aborted = true;
-        self.out[Dir::Request as usize].clear();
+        self.clear_output(Dir::Request);
         if self.response_headers_emitted {
             // Too late to answer differently: the client already has response headers.
             self.reset_stream();
@@ -842,13 +877,14 @@ impl FilterStream {
         let run_filters = !self.local_reply_active;
         self.local_reply_active = true;
         self.response_generation += 1;
-        self.out[Dir::Response as usize].clear();
-        for f in 0..self.stages.len() {
-            self.stages[f].flows[Dir::Response as usize] = Flow::default();
+        self.clear_output(Dir::Response);
+        for stage in &mut self.stages {
+            stage.flows[Dir::Response] = Flow::default();
         }
         {
             let mut data = self.data.borrow_mut();
-            let grpc = data.request_headers.get_str("content-type").is_some_and(|c| c.starts_with("application/grpc"));
+            let grpc =
+                data.headers[Dir::Request].get_str("content-type").is_some_and(|c| c.starts_with("application/grpc"));
             let mut headers = HeaderMap::new();
             let body_len = reply.body.len().to_string();
             let status = if grpc && reply.grpc_status.is_some() { 200 } else { reply.status };
@@ -873,16 +909,16 @@ impl FilterStream {
                     tracing::warn!("dropping an invalid local reply header {:?}", String::from_utf8_lossy(k));
                 }
             }
-            data.response_headers = headers;
-            data.response_trailers = None;
+            data.headers[Dir::Response] = headers;
+            data.trailers[Dir::Response] = None;
             data.info.response_code = Some(status);
             data.info.response_code_details = Some(reply.details.clone());
-            data.info.response_body_bytes = reply.body.len() as u64;
+            data.info.body_bytes[Dir::Response] = reply.body.len() as u64;
             for s in &mut data.stages {
-                s.response_body.clear();
-                s.access.response_headers = false;
-                s.access.response_body = false;
-                s.access.response_trailers = false;
+                s.body[Dir::Response].clear();
+                s.access.headers[Dir::Response] = false;
+                s.access.body[Dir::Response] = false;
+                s.access.trailers[Dir::Response] = false;
             }
         }
         let body = reply.body;
@@ -904,14 +940,10 @@ impl FilterStream {
     fn emit_headers(&mut self, d: Dir, end_stream: bool) {
         {
             let mut data = self.data.borrow_mut();
-            let data = &mut *data;
             // A filter rewrote the body before the headers left: the origin's length is wrong.
-            let (rewritten, headers) = match d {
-                Dir::Request => (data.request_body_rewritten, &mut data.request_headers),
-                Dir::Response => (data.response_body_rewritten && !self.local_reply_active, &mut data.response_headers),
-            };
+            let rewritten = data.body_rewritten[d] && !(d == Dir::Response && self.local_reply_active);
             if rewritten {
-                headers.remove(b"content-length");
+                data.headers[d].remove(b"content-length");
             }
         }
         self.emit(d, Output::Headers { end_stream });
@@ -921,22 +953,26 @@ impl FilterStream {
         if self.reset || (d == Dir::Request && self.request_aborted) {
             return;
         }
-        if d == Dir::Response && matches!(output, Output::Headers { .. }) {
-            self.response_headers_emitted = true;
+        match &output {
+            Output::Headers { .. } if d == Dir::Response => self.response_headers_emitted = true,
+            Output::Data { bytes, .. } => self.queued[d] += bytes.len(),
+            _ => {}
         }
-        self.out[d as usize].push_back(output);
+        self.out[d].push_back(output);
     }
 }
 
-#[derive(Clone, Copy)]
-enum Access {
-    Headers,
-    Body,
-    Trailers,
-}
+/// Streams answered because a filter buffered past the limit, by direction.
+const BUFFER_OVERFLOWS: [&str; 2] = [
+    "meshwork_filter_buffer_overflow_total;.;direction=.=request",
+    "meshwork_filter_buffer_overflow_total;.;direction=.=response",
+];
 
 impl Drop for FilterStream {
     fn drop(&mut self) {
         self.finish();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,18 +1,18 @@
 //! The data each VM's store carries: its contexts, the effective context, and the effects its
 //! callbacks produced for the proxy to carry out (HTTP callouts, timer changes).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use wasmtime::StoreLimits;
 
 use crate::abi::{AbiVersion, Status};
 use crate::headers::HeaderMap;
 use crate::metrics::Metric;
 use crate::plugin::{PluginConfig, Services};
-use crate::shared::QueueOwner;
+use crate::sandbox::{Budget, BudgetLog, Limiter};
+use crate::shared::{QueueOwner, VmUsage};
 use crate::stream_data::SharedStream;
 
 /// Hashes u32 ids (contexts, metrics) by one multiplication: they are looked up on every
@@ -55,8 +55,8 @@ pub struct HttpCallRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub trailers: HeaderMap,
-    /// None: no timeout (Envoy treats 0 ms as "no timeout").
-    pub timeout: Option<Duration>,
+    /// Always set: a filter's 0 means the VM's `max_callout_timeout`.
+    pub timeout: Duration,
 }
 
 /// The answer to a callout, lent to the VM during `proxy_on_http_call_response`.
@@ -88,7 +88,12 @@ pub struct HostState {
     /// The guest's memory and allocator (`malloc` or `proxy_on_memory_allocate`).
     pub memory: Option<wasmtime::Memory>,
     pub alloc: Option<wasmtime::TypedFunc<u32, u32>>,
-    pub limits: StoreLimits,
+    pub limiter: Limiter,
+    /// The clusters `proxy_http_call` may name.
+    pub clusters: Arc<HashSet<String>>,
+    /// What this VM's vm_id holds in shared data and queues, for the budgets.
+    pub shared_usage: Arc<VmUsage>,
+    pub budgets: BudgetLog,
     pub contexts: IdMap<Ctx>,
     pub root_context_id: u32,
     next_context_id: u32,
@@ -105,8 +110,13 @@ pub struct HostState {
     pub root_status: (u32, Bytes),
     /// Metric ids carry their type in the low two bits, as in Envoy (4, 8… counters).
     pub metrics: IdMap<Arc<Metric>>,
+    /// Ids already given out, by (type, name): defining a metric again returns its id.
+    metric_ids: HashMap<(u32, String), u32>,
     next_metric_seq: u32,
     next_callout_seq: u32,
+    /// Callouts in flight: token → the context that made it, and the count per context.
+    callout_owner: IdMap<u32>,
+    callouts_in_flight: IdMap<u32>,
     /// The root context returned false from `proxy_on_done` and waits for `proxy_done`.
     pub root_done_pending: bool,
     pub call_data: Bytes,
@@ -120,17 +130,23 @@ impl HostState {
     pub fn new(
         plugin: Arc<PluginConfig>,
         services: Arc<Services>,
+        clusters: Arc<HashSet<String>>,
         abi: AbiVersion,
-        limits: StoreLimits,
+        limiter: Limiter,
         queue_owner: Arc<dyn QueueOwner>,
     ) -> HostState {
+        let shared_usage = services.shared_data.usage(&plugin.vm_id);
+        let budgets = BudgetLog::new(&plugin.name, &services.metrics);
         HostState {
             plugin,
             services,
             abi,
             memory: None,
             alloc: None,
-            limits,
+            limiter,
+            clusters,
+            shared_usage,
+            budgets,
             contexts: IdMap::default(),
             root_context_id: 0,
             next_context_id: 1,
@@ -141,8 +157,11 @@ impl HostState {
             callout_response: None,
             root_status: (0, Bytes::new()),
             metrics: IdMap::default(),
+            metric_ids: HashMap::new(),
             next_metric_seq: 1,
             next_callout_seq: 1,
+            callout_owner: IdMap::default(),
+            callouts_in_flight: IdMap::default(),
             root_done_pending: false,
             call_data: Bytes::new(),
             queue_owner,
@@ -177,12 +196,22 @@ impl HostState {
         }
     }
 
-    pub fn define_metric(&mut self, kind: crate::abi::MetricType, name: &str) -> u32 {
+    /// The id of metric `name`, defined on first use. A VM defining more distinct metrics
+    /// than its budget gets `None` (the registry is process-wide and lives forever).
+    pub fn define_metric(&mut self, kind: crate::abi::MetricType, name: &str) -> Option<u32> {
+        if let Some(id) = self.metric_ids.get(&(kind as u32, name.to_owned())) {
+            return Some(*id);
+        }
+        if self.metric_ids.len() >= self.plugin.limits.max_metrics {
+            self.budgets.exceeded(Budget::Metrics, self.plugin.limits.max_metrics as u64);
+            return None;
+        }
         let metric = self.services.metrics.define(kind, name);
         let id = (self.next_metric_seq << 2) | kind as u32;
         self.next_metric_seq += 1;
         self.metrics.insert(id, metric);
-        id
+        self.metric_ids.insert((kind as u32, name.to_owned()), id);
+        Some(id)
     }
 
     pub fn metric(&self, id: u32) -> Result<&Arc<Metric>, Status> {
@@ -192,10 +221,30 @@ impl HostState {
         self.metrics.get(&id).ok_or(Status::NotFound)
     }
 
-    /// Callout tokens are 4, 8, 12… per VM, as in Envoy.
-    pub fn next_callout_token(&mut self) -> u32 {
+    /// Starts a callout from the current context: its token (4, 8, 12… per VM, as in Envoy),
+    /// or `None` when the context already has its budget of callouts in flight.
+    pub fn start_callout(&mut self) -> Option<u32> {
+        let context = self.context_id();
+        let in_flight = self.callouts_in_flight.get(&context).copied().unwrap_or(0);
+        if in_flight as usize >= self.plugin.limits.max_callouts_in_flight {
+            self.budgets.exceeded(Budget::CalloutsInFlight, self.plugin.limits.max_callouts_in_flight as u64);
+            return None;
+        }
         let token = self.next_callout_seq << 2;
         self.next_callout_seq = self.next_callout_seq.wrapping_add(1).max(1);
-        token
+        self.callouts_in_flight.insert(context, in_flight + 1);
+        self.callout_owner.insert(token, context);
+        Some(token)
+    }
+
+    /// A callout's answer arrived (or it was given up): its context has one fewer in flight.
+    pub fn end_callout(&mut self, token: u32) {
+        let Some(context) = self.callout_owner.remove(&token) else { return };
+        if let Some(n) = self.callouts_in_flight.get_mut(&context) {
+            *n -= 1;
+            if *n == 0 {
+                self.callouts_in_flight.remove(&context);
+            }
+        }
     }
 }

@@ -53,8 +53,26 @@ impl WasmEngine {
     }
 
     /// Reads, validates and compiles `path`, using the disk cache when it holds this exact module.
-    pub fn load(&self, path: &Path) -> Result<LoadedModule, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Read { path: path.to_owned(), source: e })?;
+    /// The file's size and magic number are checked before it is read whole, so a wrong path
+    /// (a disk image, a log) costs nothing.
+    pub fn load(&self, path: &Path, max_bytes: u64) -> Result<LoadedModule, LoadError> {
+        use std::io::Read;
+        let read_error = |e| LoadError::Read { path: path.to_owned(), source: e };
+        let mut file = std::fs::File::open(path).map_err(read_error)?;
+        let size = file.metadata().map_err(read_error)?.len();
+        if size > max_bytes {
+            return Err(LoadError::TooLarge { path: path.to_owned(), size, max: max_bytes });
+        }
+        let mut magic = [0u8; 4];
+        if file.read_exact(&mut magic).is_err() || &magic != b"\0asm" {
+            return Err(LoadError::Invalid {
+                path: path.to_owned(),
+                reason: "not a WebAssembly module (bad magic number)".into(),
+            });
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        bytes.extend_from_slice(&magic);
+        file.take(max_bytes - 4).read_to_end(&mut bytes).map_err(read_error)?;
         self.load_bytes(path, &bytes)
     }
 

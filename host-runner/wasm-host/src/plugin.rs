@@ -1,6 +1,6 @@
 //! What a filter instance is configured with, and the process-wide services every VM uses.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,11 +55,15 @@ impl PluginConfig {
     }
 }
 
-/// Sandbox limits of one VM.
+/// Sandbox limits of one VM: what it may take from the host (see [`crate::sandbox`]).
 #[derive(Clone, Copy, Debug)]
 pub struct VmLimits {
     /// Largest linear memory; growing past it traps the VM.
     pub max_memory_bytes: usize,
+    /// Most elements any table may hold; growing past it traps the VM.
+    pub max_table_elements: usize,
+    /// Most tables a module may declare.
+    pub max_tables: usize,
     /// Longest a stream or timer callback may run before it is interrupted.
     pub callback_timeout: Duration,
     /// Longest start-up (`_initialize`, `on_vm_start`, `on_configure`) may run.
@@ -67,15 +71,44 @@ pub struct VmLimits {
     /// Most VM rebuilds per minute after failures; past it the filter stays failed (fail policy
     /// applies) until the window passes, so a crash loop cannot eat the proxy.
     pub max_restarts_per_minute: u32,
+    /// Most shared-data keys under the filter's vm_id (shared data has no delete in the ABI).
+    pub max_shared_data_keys: usize,
+    /// Most shared-data bytes (keys and values) under the filter's vm_id.
+    pub max_shared_data_bytes: usize,
+    /// Most shared queues registered under the filter's vm_id.
+    pub max_queues: usize,
+    /// Most items waiting in one shared queue the filter enqueues to.
+    pub max_queue_depth: usize,
+    /// Most HTTP callouts one context has in flight.
+    pub max_callouts_in_flight: usize,
+    /// Longest a callout may wait; a callout's timeout of 0 means this, not "forever".
+    pub max_callout_timeout: Duration,
+    /// Most distinct metrics the VM defines.
+    pub max_metrics: usize,
+    /// Most bytes one `proxy_log` or WASI `fd_write` call writes (the rest is cut).
+    pub max_log_bytes_per_call: usize,
+    /// Largest module file accepted (checked before the file is read).
+    pub max_module_bytes: u64,
 }
 
 impl Default for VmLimits {
     fn default() -> Self {
         VmLimits {
             max_memory_bytes: 128 << 20,
+            max_table_elements: 100_000,
+            max_tables: 8,
             callback_timeout: Duration::from_millis(100),
             startup_timeout: Duration::from_secs(5),
             max_restarts_per_minute: 30,
+            max_shared_data_keys: 100_000,
+            max_shared_data_bytes: 64 << 20,
+            max_queues: 1_000,
+            max_queue_depth: 10_000,
+            max_callouts_in_flight: 64,
+            max_callout_timeout: Duration::from_secs(60),
+            max_metrics: 1_000,
+            max_log_bytes_per_call: 64 << 10,
+            max_module_bytes: 100 << 20,
         }
     }
 }
@@ -94,13 +127,11 @@ pub struct Services {
     pub shared_data: SharedData,
     pub queues: SharedQueues,
     pub metrics: MetricsRegistry,
-    /// Names `proxy_http_call` may target.
-    pub clusters: HashSet<String>,
     pub node: NodeInfo,
 }
 
 impl Services {
-    pub fn new(clusters: impl IntoIterator<Item = String>, node: NodeInfo) -> Arc<Services> {
-        Arc::new(Services { clusters: clusters.into_iter().collect(), node, ..Services::default() })
+    pub fn new(node: NodeInfo) -> Arc<Services> {
+        Arc::new(Services { node, ..Services::default() })
     }
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::abi::Status;
 use crate::headers::{HeaderMap, encode_pairs};
 use crate::plugin::{PluginConfig, Services};
-use crate::stream_data::StreamData;
+use crate::stream_data::{Dir, StreamData};
 
 /// A property value before serialisation.
 #[derive(Clone, Debug, PartialEq)]
@@ -157,7 +157,7 @@ fn top_level(
             let Some(field) = next else {
                 return Ok((Value::Unserialisable, false));
             };
-            let h = &s.request_headers;
+            let h = &s.headers[Dir::Request];
             let path = h.get(b":path").unwrap_or_default();
             leaf(match field {
                 b"path" => Some(Value::str(path)),
@@ -181,9 +181,11 @@ fn top_level(
                 b"protocol" => Some(Value::str(info.protocol)),
                 b"duration" => info.request_duration.map(|d| Value::Duration(d.as_nanos() as i64)),
                 b"size" => Some(Value::Int(
-                    h.get_str("content-length").and_then(|v| v.parse().ok()).unwrap_or(info.request_body_bytes as i64),
+                    h.get_str("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(info.body_bytes[Dir::Request] as i64),
                 )),
-                b"total_size" => Some(Value::Int((info.request_body_bytes as usize + h.byte_size()) as i64)),
+                b"total_size" => Some(Value::Int((info.body_bytes[Dir::Request] as usize + h.byte_size()) as i64)),
                 _ => None,
             })
         }
@@ -191,7 +193,7 @@ fn top_level(
             let Some(field) = next else {
                 return Ok((Value::Unserialisable, false));
             };
-            let h = &s.response_headers;
+            let h = &s.headers[Dir::Response];
             leaf(match field {
                 b"code" => info.response_code.map(|c| Value::Int(c as i64)),
                 b"code_details" => info.response_code_details.as_ref().map(Value::str),
@@ -199,9 +201,9 @@ fn top_level(
                 b"grpc_status" => h.get_str("grpc-status").and_then(|v| v.parse().ok()).map(Value::Int),
                 b"headers" => Some(headers_map(h)),
                 b"headers_bytes" => Some(Value::Int(h.byte_size() as i64)),
-                b"trailers" => Some(s.response_trailers.as_ref().map_or(Value::Map(vec![]), headers_map)),
-                b"size" => Some(Value::Int(info.response_body_bytes as i64)),
-                b"total_size" => Some(Value::Int((info.response_body_bytes as usize + h.byte_size()) as i64)),
+                b"trailers" => Some(s.trailers[Dir::Response].as_ref().map_or(Value::Map(vec![]), headers_map)),
+                b"size" => Some(Value::Int(info.body_bytes[Dir::Response] as i64)),
+                b"total_size" => Some(Value::Int((info.body_bytes[Dir::Response] as usize + h.byte_size()) as i64)),
                 _ => None,
             })
         }

@@ -28,8 +28,8 @@ pub struct StreamInfo {
     pub upstream_local: Option<SocketAddr>,
     pub response_code: Option<u32>,
     pub response_code_details: Option<String>,
-    pub request_body_bytes: u64,
-    pub response_body_bytes: u64,
+    /// Body bytes seen, by [`Dir`].
+    pub body_bytes: PerDir<u64>,
     pub request_duration: Option<Duration>,
 }
 
@@ -54,8 +54,7 @@ impl StreamInfo {
             upstream_local: None,
             response_code: None,
             response_code_details: None,
-            request_body_bytes: 0,
-            response_body_bytes: 0,
+            body_bytes: PerDir([0; 2]),
             request_duration: None,
         }
     }
@@ -71,34 +70,70 @@ pub struct LocalReply {
     pub grpc_status: Option<u32>,
 }
 
+/// A direction of a stream: requests flow client → upstream, responses back. Everything
+/// the host keeps per direction is an array indexed by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dir {
+    Request = 0,
+    Response = 1,
+}
+
+impl Dir {
+    pub const BOTH: [Dir; 2] = [Dir::Request, Dir::Response];
+
+    pub fn other(self) -> Dir {
+        match self {
+            Dir::Request => Dir::Response,
+            Dir::Response => Dir::Request,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One value per direction, indexed by [`Dir`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PerDir<T>(pub [T; 2]);
+
+impl<T> std::ops::Index<Dir> for PerDir<T> {
+    type Output = T;
+    fn index(&self, d: Dir) -> &T {
+        &self.0[d as usize]
+    }
+}
+
+impl<T> std::ops::IndexMut<Dir> for PerDir<T> {
+    fn index_mut(&mut self, d: Dir) -> &mut T {
+        &mut self.0[d as usize]
+    }
+}
+
 /// Things a filter asked for during a callback. Envoy runs them after the VM call returns.
 #[derive(Clone, Debug, Default)]
 pub struct Actions {
-    pub continue_request: bool,
-    pub continue_response: bool,
+    /// `proxy_continue_stream`, per direction.
+    pub resume: PerDir<bool>,
     pub close: bool,
     pub local_reply: Option<LocalReply>,
 }
 
 impl Actions {
     pub fn is_empty(&self) -> bool {
-        !self.continue_request && !self.continue_response && !self.close && self.local_reply.is_none()
+        !self.resume[Dir::Request] && !self.resume[Dir::Response] && !self.close && self.local_reply.is_none()
     }
 }
 
 /// Which maps and buffers a filter may touch right now (Envoy drops its pointers to a map as
-/// soon as the callback that owns it continues).
+/// soon as the callback that owns it continues), per direction.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Access {
-    pub request_headers: bool,
-    pub request_trailers: bool,
-    pub request_body: bool,
-    pub response_headers: bool,
-    pub response_trailers: bool,
-    pub response_body: bool,
-    /// In the last request body chunk without trailers: request trailers may be added.
-    pub may_add_request_trailers: bool,
-    pub may_add_response_trailers: bool,
+    pub headers: PerDir<bool>,
+    pub trailers: PerDir<bool>,
+    pub body: PerDir<bool>,
+    /// In the last body chunk without trailers: trailers may be added.
+    pub may_add_trailers: PerDir<bool>,
 }
 
 /// Body bytes held at one filter. Chunks are kept as the proxy received them (no copy) until
@@ -168,31 +203,30 @@ pub struct StageData {
     pub context_id: u32,
     pub access: Access,
     /// Body bytes held at this filter (paused or buffering), readable as HTTP_*_BODY.
-    pub request_body: Body,
-    pub response_body: Body,
+    pub body: PerDir<Body>,
     pub actions: Actions,
 }
 
 /// Shared per-stream state.
 #[derive(Debug, Default)]
 pub struct StreamData {
-    pub request_headers: HeaderMap,
-    pub request_trailers: Option<HeaderMap>,
-    pub response_headers: HeaderMap,
-    pub response_trailers: Option<HeaderMap>,
+    /// Request and response headers (pseudo-headers included), by [`Dir`].
+    pub headers: PerDir<HeaderMap>,
+    pub trailers: PerDir<Option<HeaderMap>>,
     pub info: StreamInfo,
     /// Values set with `proxy_set_property`, readable by every filter of the stream.
     pub filter_state: HashMap<Vec<u8>, Bytes>,
     pub stages: Vec<StageData>,
     /// The access-log phase: maps are read-only and request trailers are gone.
     pub in_log: bool,
-    /// A filter changed the request/response body: a Content-Length from the origin no longer
-    /// holds, so the proxy drops it (if the headers have not left yet).
-    pub request_body_rewritten: bool,
-    pub response_body_rewritten: bool,
+    /// A filter changed the body: a Content-Length from the origin no longer holds, so the
+    /// proxy drops it (if the headers have not left yet).
+    pub body_rewritten: PerDir<bool>,
     /// Some stage has actions waiting (spares the engine a scan of every stage).
     pub actions_pending: bool,
-    waker: Option<Waker>,
+    /// Whoever drives each side of the stream (the client-facing response, the upstream-facing
+    /// request body): both are woken when a filter acts from outside a callback.
+    wakers: PerDir<Option<Waker>>,
 }
 
 pub type SharedStream = Rc<RefCell<StreamData>>;
@@ -200,17 +234,25 @@ pub type SharedStream = Rc<RefCell<StreamData>>;
 impl StreamData {
     pub fn new(request_headers: HeaderMap, info: StreamInfo, stages: usize) -> StreamData {
         StreamData {
-            request_headers,
+            headers: PerDir([request_headers, HeaderMap::new()]),
             info,
             stages: (0..stages).map(|_| StageData::default()).collect(),
             ..StreamData::default()
         }
     }
 
-    pub fn set_waker(&mut self, waker: &Waker) {
-        match &self.waker {
+    /// Remembers who drives `side` of the stream (the direction whose output it takes).
+    pub fn set_waker(&mut self, side: Dir, waker: &Waker) {
+        match &self.wakers[side] {
             Some(w) if w.will_wake(waker) => {}
-            _ => self.waker = Some(waker.clone()),
+            _ => self.wakers[side] = Some(waker.clone()),
+        }
+    }
+
+    /// Wakes the driver of `side`, if one waits.
+    pub fn wake(&self, side: Dir) {
+        if let Some(w) = &self.wakers[side] {
+            w.wake_by_ref();
         }
     }
 
@@ -220,8 +262,7 @@ impl StreamData {
             f(&mut s.actions);
             self.actions_pending = true;
         }
-        if let Some(w) = &self.waker {
-            w.wake_by_ref();
-        }
+        self.wake(Dir::Request);
+        self.wake(Dir::Response);
     }
 }

@@ -7,67 +7,23 @@
 //! [`Dispatcher`] once the call has returned, never from inside it.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use wasmtime::{InstancePre, Linker, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResults};
+use wasmtime::{InstancePre, Linker, Store, Trap, TypedFunc, WasmParams, WasmResults};
 
 use crate::abi::AbiVersion;
-use crate::error::{LoadError, StartError};
+use crate::error::{Failure, LoadError, StartError};
 use crate::host_state::{Ctx, HostState, HttpCallRequest, HttpCallResponse};
 use crate::module::{EPOCH_TICK, LoadedModule, WasmEngine};
 use crate::plugin::{PluginConfig, Services};
+use crate::sandbox::{Limiter, SandboxBreach};
 use crate::shared::QueueOwner;
-use crate::stream_data::SharedStream;
-
-/// Why a call into a filter did not complete.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// The guest trapped (unreachable, out-of-bounds access, panic=abort...).
-    Trap(String),
-    /// The callback ran past its deadline and was interrupted.
-    Timeout,
-    /// The guest grew its memory past the cap.
-    MemoryLimit,
-    /// A callback returned a value the ABI does not define.
-    BadReturn { callback: &'static str, value: u32 },
-    /// The VM failed earlier and has not been rebuilt yet.
-    VmFailed,
-    /// A call was attempted while the VM was already running one (a host bug guard).
-    Busy,
-}
-
-impl Failure {
-    /// A short label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Failure::Trap(_) => "trap",
-            Failure::Timeout => "timeout",
-            Failure::MemoryLimit => "memory",
-            Failure::BadReturn { .. } => "bad_return",
-            Failure::VmFailed => "vm_failed",
-            Failure::Busy => "busy",
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Trap(msg) => write!(f, "trapped: {msg}"),
-            Failure::Timeout => f.write_str("ran past its callback deadline and was interrupted"),
-            Failure::MemoryLimit => f.write_str("grew its memory past the cap"),
-            Failure::BadReturn { callback, value } => {
-                write!(f, "{callback} returned {value}, which the ABI does not define")
-            }
-            Failure::VmFailed => f.write_str("its VM failed earlier"),
-            Failure::Busy => f.write_str("was re-entered"),
-        }
-    }
-}
+use crate::stream_data::{Dir, PerDir, SharedStream};
 
 /// What the proxy provides to carry out a VM's effects.
 pub trait Dispatcher {
@@ -80,6 +36,8 @@ pub trait Dispatcher {
 pub struct PluginTemplate {
     pub plugin: Arc<PluginConfig>,
     pub services: Arc<Services>,
+    /// The clusters `proxy_http_call` may name.
+    pub clusters: Arc<HashSet<String>>,
     pub module: LoadedModule,
     pub abi: AbiVersion,
     pre: InstancePre<HostState>,
@@ -93,6 +51,7 @@ impl PluginTemplate {
         module: LoadedModule,
         plugin: PluginConfig,
         services: Arc<Services>,
+        clusters: Arc<HashSet<String>>,
     ) -> Result<PluginTemplate, LoadError> {
         let path = module.path.clone();
         let abi = match module.info.abi_version() {
@@ -127,7 +86,7 @@ impl PluginTemplate {
         let pre = linker
             .instantiate_pre(&module.module)
             .map_err(|e| LoadError::Link { path: path.clone(), reason: format!("{e:#}") })?;
-        Ok(PluginTemplate { plugin: Arc::new(plugin), services, module, abi, pre, engine: engine.clone() })
+        Ok(PluginTemplate { plugin: Arc::new(plugin), services, clusters, module, abi, pre, engine: engine.clone() })
     }
 
     /// Builds and starts a VM: instantiation, `_initialize`/`_start`, the root context,
@@ -140,14 +99,21 @@ impl PluginTemplate {
         let plugin = &self.plugin;
         let filter = plugin.name.clone();
         let path = self.module.path.clone();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(plugin.limits.max_memory_bytes)
-            .trap_on_grow_failure(true)
-            .instances(1)
-            .build();
-        let state = HostState::new(plugin.clone(), self.services.clone(), self.abi, limits, queue_owner);
+        let limiter = Limiter {
+            max_memory_bytes: plugin.limits.max_memory_bytes,
+            max_table_elements: plugin.limits.max_table_elements,
+            max_tables: plugin.limits.max_tables,
+        };
+        let state = HostState::new(
+            plugin.clone(),
+            self.services.clone(),
+            self.clusters.clone(),
+            self.abi,
+            limiter,
+            queue_owner,
+        );
         let mut store = Store::new(self.engine.engine(), state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(ticks(plugin.limits.startup_timeout));
         let instance = self.pre.instantiate(&mut store).map_err(|e| StartError::Instantiate {
@@ -196,12 +162,18 @@ impl PluginTemplate {
             on_configure: typed!("proxy_on_configure", (u32, u32), u32),
             on_tick: typed!("proxy_on_tick", u32, ()),
             on_queue_ready: typed!("proxy_on_queue_ready", (u32, u32), ()),
-            on_request_headers: typed!("proxy_on_request_headers", (u32, u32, u32), u32),
-            on_request_body: typed!("proxy_on_request_body", (u32, u32, u32), u32),
-            on_request_trailers: typed!("proxy_on_request_trailers", (u32, u32), u32),
-            on_response_headers: typed!("proxy_on_response_headers", (u32, u32, u32), u32),
-            on_response_body: typed!("proxy_on_response_body", (u32, u32, u32), u32),
-            on_response_trailers: typed!("proxy_on_response_trailers", (u32, u32), u32),
+            on_headers: PerDir([
+                typed!("proxy_on_request_headers", (u32, u32, u32), u32),
+                typed!("proxy_on_response_headers", (u32, u32, u32), u32),
+            ]),
+            on_body: PerDir([
+                typed!("proxy_on_request_body", (u32, u32, u32), u32),
+                typed!("proxy_on_response_body", (u32, u32, u32), u32),
+            ]),
+            on_trailers: PerDir([
+                typed!("proxy_on_request_trailers", (u32, u32), u32),
+                typed!("proxy_on_response_trailers", (u32, u32), u32),
+            ]),
             on_http_call_response: typed!("proxy_on_http_call_response", (u32, u32, u32, u32, u32), ()),
             on_done: typed!("proxy_on_done", u32, u32),
             on_log: typed!("proxy_on_log", u32, ()),
@@ -257,12 +229,12 @@ struct Callbacks {
     on_configure: Option<TypedFunc<(u32, u32), u32>>,
     on_tick: Option<TypedFunc<u32, ()>>,
     on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
-    on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_request_trailers: Option<TypedFunc<(u32, u32), u32>>,
-    on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_response_trailers: Option<TypedFunc<(u32, u32), u32>>,
+    /// `proxy_on_{request,response}_headers(context, count, end_of_stream)`, by direction.
+    on_headers: PerDir<Option<TypedFunc<(u32, u32, u32), u32>>>,
+    /// `proxy_on_{request,response}_body(context, size, end_of_stream)`.
+    on_body: PerDir<Option<TypedFunc<(u32, u32, u32), u32>>>,
+    /// `proxy_on_{request,response}_trailers(context, count)`.
+    on_trailers: PerDir<Option<TypedFunc<(u32, u32), u32>>>,
     on_http_call_response: Option<CalloutResponseFn>,
     on_done: Option<TypedFunc<u32, u32>>,
     on_log: Option<TypedFunc<u32, ()>>,
@@ -412,12 +384,11 @@ impl PluginVm {
 
     /// Classifies a call error and marks the VM failed.
     fn fail(&self, callback: &'static str, e: wasmtime::Error) -> Failure {
-        let failure = if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            Failure::Timeout
-        } else if format!("{e:#}").contains("forcing trap when growing memory") {
-            Failure::MemoryLimit
-        } else {
-            Failure::Trap(describe(&e))
+        let failure = match (e.downcast_ref::<Trap>(), e.downcast_ref::<SandboxBreach>()) {
+            (Some(Trap::Interrupt), _) => Failure::Timeout,
+            (_, Some(SandboxBreach::Memory { .. })) => Failure::MemoryLimit,
+            (_, Some(SandboxBreach::TableElements { .. })) => Failure::TableLimit,
+            _ => Failure::Trap(describe(&e)),
         };
         self.failed.set(true);
         tracing::error!(filter = %self.plugin.name, callback, "filter VM failed in {callback}: {failure}");
@@ -458,46 +429,24 @@ impl PluginVm {
         Ok(id)
     }
 
-    pub fn on_request_headers(self: &Rc<Self>, ctx: u32, headers: u32, eos: bool) -> Raw {
-        self.cb
-            .on_request_headers
+    /// `proxy_on_request_headers` / `proxy_on_response_headers`.
+    pub fn on_headers(self: &Rc<Self>, d: Dir, ctx: u32, headers: u32, eos: bool) -> Raw {
+        const NAMES: [&str; 2] = ["proxy_on_request_headers", "proxy_on_response_headers"];
+        self.cb.on_headers[d]
             .as_ref()
-            .map_or(Ok(0), |f| self.call("proxy_on_request_headers", ctx, f, (ctx, headers, eos as u32)))
+            .map_or(Ok(0), |f| self.call(NAMES[d.index()], ctx, f, (ctx, headers, eos as u32)))
     }
 
-    pub fn on_request_body(self: &Rc<Self>, ctx: u32, size: u32, eos: bool) -> Raw {
-        self.cb
-            .on_request_body
-            .as_ref()
-            .map_or(Ok(0), |f| self.call("proxy_on_request_body", ctx, f, (ctx, size, eos as u32)))
+    /// `proxy_on_request_body` / `proxy_on_response_body`.
+    pub fn on_body(self: &Rc<Self>, d: Dir, ctx: u32, size: u32, eos: bool) -> Raw {
+        const NAMES: [&str; 2] = ["proxy_on_request_body", "proxy_on_response_body"];
+        self.cb.on_body[d].as_ref().map_or(Ok(0), |f| self.call(NAMES[d.index()], ctx, f, (ctx, size, eos as u32)))
     }
 
-    pub fn on_request_trailers(self: &Rc<Self>, ctx: u32, trailers: u32) -> Raw {
-        self.cb
-            .on_request_trailers
-            .as_ref()
-            .map_or(Ok(0), |f| self.call("proxy_on_request_trailers", ctx, f, (ctx, trailers)))
-    }
-
-    pub fn on_response_headers(self: &Rc<Self>, ctx: u32, headers: u32, eos: bool) -> Raw {
-        self.cb
-            .on_response_headers
-            .as_ref()
-            .map_or(Ok(0), |f| self.call("proxy_on_response_headers", ctx, f, (ctx, headers, eos as u32)))
-    }
-
-    pub fn on_response_body(self: &Rc<Self>, ctx: u32, size: u32, eos: bool) -> Raw {
-        self.cb
-            .on_response_body
-            .as_ref()
-            .map_or(Ok(0), |f| self.call("proxy_on_response_body", ctx, f, (ctx, size, eos as u32)))
-    }
-
-    pub fn on_response_trailers(self: &Rc<Self>, ctx: u32, trailers: u32) -> Raw {
-        self.cb
-            .on_response_trailers
-            .as_ref()
-            .map_or(Ok(0), |f| self.call("proxy_on_response_trailers", ctx, f, (ctx, trailers)))
+    /// `proxy_on_request_trailers` / `proxy_on_response_trailers`.
+    pub fn on_trailers(self: &Rc<Self>, d: Dir, ctx: u32, trailers: u32) -> Raw {
+        const NAMES: [&str; 2] = ["proxy_on_request_trailers", "proxy_on_response_trailers"];
+        self.cb.on_trailers[d].as_ref().map_or(Ok(0), |f| self.call(NAMES[d.index()], ctx, f, (ctx, trailers)))
     }
 
     /// `proxy_on_log`, `proxy_on_done` and `proxy_on_delete` for a finished stream context, which
@@ -549,6 +498,9 @@ impl PluginVm {
         token: u32,
         response: Option<HttpCallResponse>,
     ) -> Result<(), Failure> {
+        if let Ok(mut store) = self.store.try_borrow_mut() {
+            store.data_mut().end_callout(token);
+        }
         let Some(f) = &self.cb.on_http_call_response else {
             return Ok(());
         };

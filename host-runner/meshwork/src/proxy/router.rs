@@ -2,6 +2,11 @@
 //! route names or a request header picks, retries asked for with `x-envoy-retry-on` and
 //! friends, and per-request timeouts from `x-envoy-upstream-rq-timeout-ms`. Filters written for
 //! Envoy's router (the retry and timeout filters' "envoy-native" mode) therefore work here too.
+//!
+//! These headers reach the router only from filters or from clients inside the listener's
+//! trust boundary ([`super::request`] removes them from everyone else), and every retry must
+//! still be admitted by the cluster's circuit (`max_retries` or its retry budget), so no
+//! request can make an unbounded number of attempts.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -11,6 +16,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 
 use super::body::{self, ProxyBody};
+use super::generation::{Generation, Route};
 use super::upstream::{Cluster, PooledBody, UpstreamError};
 
 pub const RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on");
@@ -92,8 +98,8 @@ impl RetryPolicy {
     }
 }
 
-/// The overall timeout: `x-envoy-upstream-rq-timeout-ms` when given (0 disables it), else the
-/// route's.
+/// The route timeout for this request: `x-envoy-upstream-rq-timeout-ms` when given (0 turns
+/// the route timeout off; the stream idle timeout still applies), else the route's.
 pub fn request_timeout(headers: &HeaderMap, route_timeout: Option<Duration>) -> Option<Duration> {
     match header_u64(headers, &REQUEST_TIMEOUT) {
         Some(0) => None,
@@ -130,11 +136,11 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
-    /// The local reply Envoy gives for this outcome: status, details, body.
-    pub fn reply(&self) -> (u16, &'static str, String) {
+    /// The local reply this outcome becomes.
+    pub fn failure(&self) -> super::request::StreamFailure {
         match self {
-            ExchangeError::Upstream(e) => (503, e.details(), e.body()),
-            ExchangeError::PerTryTimeout => (504, "upstream_per_try_timeout", "upstream request timeout".into()),
+            ExchangeError::Upstream(e) => super::request::StreamFailure::from_upstream(e),
+            ExchangeError::PerTryTimeout => super::request::StreamFailure::PerTryTimeout,
         }
     }
 }
@@ -158,8 +164,9 @@ impl Replayable {
     }
 }
 
-/// Sends `request` to `cluster`, retrying as `policy` allows with Envoy's back-off. The last
-/// response (or failure) is the answer; retried responses are discarded.
+/// Sends `request` to `cluster`, retrying as `policy` allows with Envoy's back-off, each retry
+/// only once the cluster's circuit admits it. The last response (or failure) is the answer;
+/// retried responses are discarded.
 pub async fn exchange(
     cluster: Rc<Cluster>,
     request: Replayable,
@@ -167,6 +174,8 @@ pub async fn exchange(
     jitter: impl Fn() -> f64,
 ) -> Exchange {
     let mut attempts = 0;
+    // The permit of the retry in progress (none for the first attempt).
+    let mut permit = None;
     loop {
         attempts += 1;
         let sent = cluster.send(request.build(attempts));
@@ -174,36 +183,46 @@ pub async fn exchange(
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
             None => Ok(sent.await),
         };
-        let retries_left = attempts <= policy.max_retries;
-        let result = match outcome {
-            Ok(Ok((response, addr))) => {
-                if retries_left && policy.retries_status(response.status().as_u16()) {
-                    drop(response); // the connection is not reused: its body was not read
-                    backoff(attempts, &jitter).await;
-                    continue;
-                }
-                Ok((response, addr))
-            }
-            Ok(Err(e)) => {
-                let failure = match &e {
+        drop(permit.take());
+        let wants_retry = attempts <= policy.max_retries
+            && match &outcome {
+                Ok(Ok((response, _))) => policy.retries_status(response.status().as_u16()),
+                Ok(Err(e)) => policy.retries_failure(&match e {
                     UpstreamError::Connect(..) | UpstreamError::ConnectTimeout(_) => Failure::Connect,
                     UpstreamError::Reset(..) => Failure::Reset,
-                };
-                if retries_left && policy.retries_failure(&failure) {
+                }),
+                Err(()) => policy.retries_failure(&Failure::PerTryTimeout),
+            };
+        if wants_retry {
+            match cluster.circuit.try_retry() {
+                Some(p) => {
+                    // The connection is not reused: a retried response's body was not read.
+                    drop(outcome);
+                    permit = Some(p);
                     backoff(attempts, &jitter).await;
                     continue;
                 }
-                Err(e.into())
-            }
-            Err(()) => {
-                if retries_left && policy.retries_failure(&Failure::PerTryTimeout) {
-                    backoff(attempts, &jitter).await;
-                    continue;
+                None => {
+                    cluster.metrics.retry_overflow.increment(1).ok();
+                    tracing::debug!(cluster = %cluster.name, "retry not admitted: the cluster's retry limit is reached");
                 }
-                Err(ExchangeError::PerTryTimeout)
             }
+        }
+        let result = match outcome {
+            Ok(Ok(ok)) => Ok(ok),
+            Ok(Err(e)) => Err(e.into()),
+            Err(()) => Err(ExchangeError::PerTryTimeout),
         };
         return Exchange { result, attempts };
+    }
+}
+
+/// The cluster `route` sends this request to: the route's own, or the one a header names
+/// (Envoy's `cluster_header`); `None` when the header names no cluster.
+pub fn cluster_for(route: &Route, headers: &HeaderMap, generation: &Generation) -> Option<Rc<Cluster>> {
+    match &route.target {
+        Target::Cluster(c) => Some(c.clone()),
+        Target::Header(name) => headers.get(name).and_then(|c| c.to_str().ok()).and_then(|c| generation.cluster(c)),
     }
 }
 

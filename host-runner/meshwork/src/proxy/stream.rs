@@ -1,29 +1,39 @@
 //! One request through the filter chain: hyper on both sides, the wasm host's engine between.
 //!
-//! A single [`Driver`] per stream does all the work when polled: it feeds the client's body and
-//! the upstream's response into the engine, sends what the engine lets through, runs actions
-//! filters requested from callouts or timers, and enforces the route timeout. The service
-//! future polls it until response headers are ready; after that the response body polls it.
+//! A single [`Driver`] per stream does all the work when polled, from either side: the client
+//! side (the service future until response headers, then the response body) and the upstream
+//! side (the request body hyper's client pulls). Whichever side polls moves everything that can
+//! move — the client's body into the engine, the upstream's response into the engine, actions
+//! filters requested from callouts or timers, the stream's timers — and wakes the other side.
+//!
+//! Memory stays bounded: the client's body is read only while the engine accepts more
+//! (filters hold less than the buffer limit and the last output has been taken), and the
+//! upstream's only while the client has taken what came before. Errors travel: a malformed or
+//! cut-short client body resets the upstream request and answers 400; a client that leaves
+//! drops the driver, which fails the upstream request body at once; an upstream that fails
+//! midway resets the client's stream.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body::{Body, Frame};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use meshwork_wasm_host::headers::HeaderMap;
 use meshwork_wasm_host::{Dir, FilterStream, LocalReply, Output, PluginVm, StreamInfo};
-use tokio::time::Sleep;
 
-use super::body::{self, BoxError, FrameSender, ProxyBody};
-use super::router::{self, Exchange, Replayable, RetryPolicy, Target};
+use super::body::{self, BodyError, BoxError, Expired, ProxyBody, StreamShared, StreamTimer};
+use super::generation::{Generation, Route};
+use super::listener::ConnState;
+use super::request::{Prepared, StreamFailure};
+use super::router::{self, Exchange, Replayable, RetryPolicy};
 use super::upstream::{Cluster, PooledBody, strip_hop_by_hop};
-use super::worker::{ConnInfo, Route, Worker};
+use super::worker::Worker;
 
 /// The most request body meshwork buffers to be able to retry (Envoy's default
 /// `per_request_buffer_limit_bytes`); larger requests that ask for retries get 413.
@@ -47,35 +57,28 @@ enum Upstream {
 struct Driver {
     engine: FilterStream,
     worker: Rc<Worker>,
+    generation: Rc<Generation>,
     route: Rc<Route>,
+    /// The client's body, while some of it is still to read.
     downstream: Option<Incoming>,
-    upstream_tx: Option<FrameSender>,
+    /// Bytes the client promised (Content-Length) and bytes read, to catch a short body.
+    downstream_expected: Option<u64>,
+    downstream_received: u64,
     upstream: Upstream,
-    deadline: Option<Pin<Box<Sleep>>>,
+    cluster: Option<Rc<Cluster>>,
+    timer: StreamTimer,
     upstream_started: Option<Instant>,
     /// The request asked for retries: the response says how many attempts it took.
     report_attempts: bool,
-    cluster_name: Rc<str>,
     response_finished: bool,
 }
 
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
-/// Converts a client request into the map filters see: pseudo-headers first, `Host` folded
-/// into `:authority` as Envoy does, and an `x-request-id` when the client sent none.
-fn request_map(parts: &mut http::request::Parts, worker: &Worker) -> HeaderMap {
+/// Converts a prepared request into the map filters see: pseudo-headers first, `Host` folded
+/// into `:authority` as Envoy does.
+fn request_map(parts: &mut http::request::Parts) -> HeaderMap {
     let mut regular = std::mem::take(&mut parts.headers);
-    strip_hop_by_hop(&mut regular);
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| Bytes::copy_from_slice(a.as_str().as_bytes()))
-        .or_else(|| regular.remove(http::header::HOST).map(|h| Bytes::copy_from_slice(h.as_bytes())))
-        .unwrap_or_default();
-    regular.remove(http::header::HOST);
-    if !regular.contains_key(X_REQUEST_ID) {
-        regular.insert(X_REQUEST_ID, worker.request_id());
-    }
+    let authority =
+        regular.remove(http::header::HOST).map(|h| Bytes::copy_from_slice(h.as_bytes())).unwrap_or_default();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let pseudo = vec![
         (Bytes::from_static(b":authority"), authority),
@@ -143,46 +146,49 @@ fn protocol(version: http::Version) -> &'static str {
     }
 }
 
-fn local(status: u32, details: &str, body: impl Into<Bytes>) -> LocalReply {
-    LocalReply { status, details: details.into(), body: body.into(), headers: Vec::new(), grpc_status: None }
-}
-
-/// Handles a request through `chain`.
+/// Handles a prepared request through `chain`.
 pub async fn handle(
-    request: Request<Incoming>,
-    worker: Rc<Worker>,
-    route: Rc<Route>,
+    prepared: Prepared,
+    body: Incoming,
+    worker: &Rc<Worker>,
+    generation: &Rc<Generation>,
     chain: Vec<Rc<PluginVm>>,
-    conn: &ConnInfo,
+    conn: &ConnState,
 ) -> Result<Response<ProxyBody>, BoxError> {
-    let (mut parts, body) = request.into_parts();
-    let headers = request_map(&mut parts, &worker);
+    let Prepared { mut parts, route, protocol: version } = prepared;
+    let headers = request_map(&mut parts);
     let cluster_name = match &route.target {
-        Target::Cluster(c) => c.name.clone(),
-        Target::Header(_) => Rc::from(""),
+        router::Target::Cluster(c) => c.name.clone(),
+        router::Target::Header(_) => Rc::from(""),
     };
-    let mut info = StreamInfo::new(route.name.clone(), cluster_name.clone());
-    info.protocol = protocol(parts.version);
+    let mut info = StreamInfo::new(route.name.clone(), cluster_name);
+    info.protocol = protocol(version);
     info.source = Some(conn.peer);
     info.destination = Some(conn.local);
     info.connection_id = conn.id;
     let end_stream = body.is_end_stream();
-    let mut engine = FilterStream::new(chain, headers, info);
-    engine.request_headers(end_stream);
+    let engine = FilterStream::new(chain, headers, info).with_buffer_limit(generation.filter_buffer_limit());
+    let shared = StreamShared::new(Instant::now());
     let driver = Rc::new(RefCell::new(Driver {
         engine,
-        worker,
+        worker: worker.clone(),
+        generation: generation.clone(),
         route,
+        downstream_expected: body.size_hint().exact(),
         downstream: (!end_stream).then_some(body),
-        upstream_tx: None,
+        downstream_received: 0,
         upstream: Upstream::NotStarted,
-        deadline: None,
+        cluster: None,
+        timer: StreamTimer::new(shared, generation.config.listener.stream_idle_timeout),
         upstream_started: None,
         report_attempts: false,
-        cluster_name,
         response_finished: false,
     }));
-    let end_stream = std::future::poll_fn(|cx| driver.borrow_mut().poll_response_headers(cx)).await?;
+    driver.borrow_mut().engine.request_headers(end_stream);
+    let end_stream = {
+        let weak = Rc::downgrade(&driver);
+        std::future::poll_fn(|cx| driver.borrow_mut().poll_response_headers(&weak, cx)).await?
+    };
     let response = driver.borrow().downstream_head()?;
     let body = if end_stream {
         driver.borrow_mut().response_finished = true;
@@ -194,19 +200,29 @@ pub async fn handle(
 }
 
 impl Driver {
-    fn poll_response_headers(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, BoxError>> {
-        self.make_progress(cx);
+    fn shared(&self) -> &Rc<StreamShared> {
+        self.timer.shared()
+    }
+
+    fn poll_response_headers(
+        &mut self,
+        me: &Weak<RefCell<Driver>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<bool, BoxError>> {
+        self.make_progress(me, Dir::Response, cx);
         match self.engine.next_output(Dir::Response) {
             Some(Output::Headers { end_stream }) => Poll::Ready(Ok(end_stream)),
             Some(other) => Poll::Ready(Err(format!("response {other:?} before headers").into())),
-            None if self.engine.is_reset() => Poll::Ready(Err("stream reset by a filter".into())),
+            None if self.engine.is_reset() => {
+                Poll::Ready(Err(BodyError::Reset("by a filter before the response").into()))
+            }
             None => Poll::Pending,
         }
     }
 
     fn downstream_head(&self) -> Result<Response<()>, BoxError> {
         let data = self.engine.data().borrow();
-        let h = &data.response_headers;
+        let h = &data.headers[Dir::Response];
         let status = h
             .get_str(":status")
             .and_then(|s| s.parse::<u16>().ok())
@@ -218,119 +234,99 @@ impl Driver {
         Ok(response)
     }
 
-    /// Runs everything that can run now; registers the waker for the rest.
-    fn make_progress(&mut self, cx: &mut Context<'_>) {
+    /// Runs everything that can run now on behalf of `side`, registering its waker for the
+    /// rest; wakes the other side when anything moved. The upstream side (the request body)
+    /// only feeds the request; the client side drives everything.
+    fn make_progress(&mut self, me: &Weak<RefCell<Driver>>, side: Dir, cx: &mut Context<'_>) {
+        self.engine.data().borrow_mut().set_waker(side, cx.waker());
+        let mut any = false;
         loop {
-            self.engine.data().borrow_mut().set_waker(cx.waker());
             self.engine.process_actions();
-            let mut progressed = self.send_upstream();
+            let mut progressed = self.start_upstream_when_ready(me);
             progressed |= self.read_downstream(cx);
-            progressed |= self.read_upstream(cx);
-            progressed |= self.check_deadline(cx);
-            if !progressed {
-                return;
+            // Only the client side waits on the upstream and the timers: the upstream request
+            // body is not polled again once it has ended, so a wake-up registered from it
+            // could be lost.
+            if side == Dir::Response {
+                progressed |= self.read_upstream(cx);
+                progressed |= self.check_timer(cx);
             }
+            if !progressed {
+                break;
+            }
+            any = true;
+        }
+        if any {
+            self.engine.data().borrow().wake(side.other());
         }
     }
 
-    /// Moves what left the request side of the chain towards the upstream.
-    fn send_upstream(&mut self) -> bool {
+    /// Takes what left the request side of the chain that the driver itself handles: the
+    /// headers (which start the upstream request) and, for a request gathered for retries, its
+    /// body. Streamed body data stays for the upstream request body to pull.
+    fn start_upstream_when_ready(&mut self, me: &Weak<RefCell<Driver>>) -> bool {
         let mut progressed = false;
-        while let Some(output) = self.engine.next_output(Dir::Request) {
+        loop {
+            let collecting = matches!(self.upstream, Upstream::Collecting { .. });
+            match self.engine.peek_output(Dir::Request) {
+                Some(Output::Headers { .. }) => {
+                    let Some(Output::Headers { end_stream }) = self.engine.next_output(Dir::Request) else { break };
+                    self.start_upstream(me, end_stream);
+                }
+                Some(_) if collecting => {
+                    let output = self.engine.next_output(Dir::Request);
+                    self.collect(output);
+                }
+                _ => break,
+            }
             progressed = true;
-            match output {
-                Output::Headers { end_stream } => self.start_upstream(end_stream),
-                Output::Data { bytes, end_stream } => {
-                    if let Upstream::Collecting { request, .. } = &mut self.upstream {
-                        if request.body.len() + bytes.len() > MAX_REPLAY_BODY {
-                            self.engine.local_reply(local(
-                                413,
-                                "request_payload_exceeded_retry_buffer_limit",
-                                "request body too large to retry\n",
-                            ));
-                            self.upstream = Upstream::Done;
-                            continue;
-                        }
-                        let mut body =
-                            std::mem::take(&mut request.body).try_into_mut().unwrap_or_else(|b| b.as_ref().into());
-                        body.extend_from_slice(&bytes);
-                        request.body = body.freeze();
-                        if end_stream {
-                            self.launch();
-                        }
-                        continue;
-                    }
-                    if let Some(tx) = &self.upstream_tx {
-                        let _ = tx.send(Ok(Frame::data(bytes)));
-                    }
-                    if end_stream {
-                        self.upstream_tx = None;
-                    }
-                }
-                Output::Trailers => {
-                    if matches!(self.upstream, Upstream::Collecting { .. }) {
-                        // Retried requests go without trailers (HTTP/1.1 upstreams rarely take them).
-                        self.launch();
-                        continue;
-                    }
-                    let trailers = self.engine.data().borrow().request_trailers.clone().unwrap_or_default();
-                    if let Some(tx) = self.upstream_tx.take() {
-                        let _ = tx.send(Ok(Frame::trailers(trailers.into_regular())));
-                    }
-                }
-            }
         }
-        if self.engine.request_aborted() {
-            // A local reply answers the client: the upstream request is abandoned.
-            self.upstream_tx = None;
+        if self.engine.request_aborted() && matches!(self.upstream, Upstream::Collecting { .. } | Upstream::NotStarted)
+        {
+            // A local reply answers the client: nothing goes upstream.
+            self.upstream = Upstream::Done;
             self.downstream = None;
-            if matches!(self.upstream, Upstream::Waiting(_) | Upstream::Streaming(_) | Upstream::Collecting { .. }) {
-                self.upstream = Upstream::Done;
-                self.deadline = None;
-            }
         }
         progressed
     }
 
-    /// The request left the filter chain: pick the cluster, then send it (streaming), or gather
-    /// its body first when it asks for retries.
-    fn start_upstream(&mut self, end_stream: bool) {
-        let (method, uri, mut headers, cluster) = {
+    /// The request left the filter chain: pick the cluster, then send it (its body streamed),
+    /// or gather its body first when it asks for retries.
+    fn start_upstream(&mut self, me: &Weak<RefCell<Driver>>, end_stream: bool) {
+        let (method, uri, mut headers) = {
             let data = self.engine.data().borrow();
-            let h = &data.request_headers;
+            let h = &data.headers[Dir::Request];
             let method = Method::from_bytes(h.get(b":method").unwrap_or(b"GET"));
             let uri = Uri::try_from(h.get(b":path").unwrap_or(b"/"));
             let (Ok(method), Ok(uri)) = (method, uri) else {
                 drop(data);
-                self.engine.local_reply(local(500, "filter_made_invalid_request", "invalid request after filters\n"));
+                self.engine.local_reply(LocalReply {
+                    status: 500,
+                    details: "filter_made_invalid_request".into(),
+                    body: Bytes::from_static(b"invalid request after filters\n"),
+                    headers: Vec::new(),
+                    grpc_status: None,
+                });
                 return;
             };
             let mut headers = h.regular().clone();
             if let Some(authority) = h.get(b":authority").and_then(|a| HeaderValue::from_bytes(a).ok()) {
                 headers.insert(http::header::HOST, authority);
             }
-            let cluster = match &self.route.target {
-                Target::Cluster(c) => Some(c.clone()),
-                Target::Header(name) => h
-                    .get(name.as_str().as_bytes())
-                    .and_then(|c| std::str::from_utf8(c).ok())
-                    .and_then(|c| self.worker.cluster(c)),
-            };
-            (method, uri, headers, cluster)
+            (method, uri, headers)
         };
-        let Some(cluster) = cluster else {
-            // Envoy answers a cluster_header naming no cluster with 404.
-            self.engine.local_reply(local(404, "cluster_not_found", "no cluster for this request\n"));
+        let Some(cluster) = router::cluster_for(&self.route, &headers, &self.generation) else {
+            self.engine.local_reply(StreamFailure::NoCluster.local_reply());
             return;
         };
-        self.cluster_name = cluster.name.clone();
         self.engine.data().borrow_mut().info.cluster_name = cluster.name.clone();
         let policy = RetryPolicy::from_headers(&headers);
-        let timeout = router::request_timeout(&headers, self.route.timeout);
+        self.shared().set_route_timeout(router::request_timeout(&headers, self.route.timeout));
         router::strip_control_headers(&mut headers);
         self.upstream_started = Some(Instant::now());
-        if let Some(timeout) = timeout {
-            self.deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+        self.cluster = Some(cluster.clone());
+        if end_stream {
+            self.shared().request_complete();
         }
         if let Some(policy) = policy {
             self.report_attempts = true;
@@ -344,9 +340,7 @@ impl Driver {
         let body = if end_stream {
             body::empty()
         } else {
-            let (tx, body) = body::channel();
-            self.upstream_tx = Some(tx);
-            ProxyBody::new(body)
+            ProxyBody::new(UpstreamRequestBody { driver: me.clone(), ended: false })
         };
         let mut request = Request::new(body);
         *request.method_mut() = method;
@@ -357,38 +351,89 @@ impl Driver {
         }));
     }
 
+    /// Adds request output to a request gathered for retries.
+    fn collect(&mut self, output: Option<Output>) {
+        let Upstream::Collecting { request, .. } = &mut self.upstream else { return };
+        match output {
+            Some(Output::Data { bytes, end_stream }) => {
+                if request.body.len() + bytes.len() > MAX_REPLAY_BODY {
+                    self.upstream = Upstream::Done;
+                    self.engine.local_reply(StreamFailure::RetryBufferOverflow.local_reply());
+                    return;
+                }
+                let mut body = std::mem::take(&mut request.body).try_into_mut().unwrap_or_else(|b| b.as_ref().into());
+                body.extend_from_slice(&bytes);
+                request.body = body.freeze();
+                if end_stream {
+                    self.launch();
+                }
+            }
+            // Retried requests go without trailers (HTTP/1.1 upstreams rarely take them).
+            Some(Output::Trailers) => self.launch(),
+            _ => {}
+        }
+    }
+
     /// Starts the retrying exchange once the whole request is known.
     fn launch(&mut self) {
         let Upstream::Collecting { request, cluster, policy } = std::mem::replace(&mut self.upstream, Upstream::Done)
         else {
             return;
         };
+        self.shared().request_complete();
         let worker = self.worker.clone();
         self.upstream =
             Upstream::Waiting(Box::pin(router::exchange(cluster, *request, policy, move || worker.random_unit())));
     }
 
+    /// The whole request has gone upstream: the route timer starts, and the client side (which
+    /// runs the timers) must look at it.
+    fn request_sent(&self) {
+        self.shared().request_complete();
+        self.engine.data().borrow().wake(Dir::Response);
+    }
+
+    /// The client's body failed or ended short: answer 400 and make sure the upstream request,
+    /// if one is under way, is reset rather than completed.
+    fn bad_request_body(&mut self, why: &str) {
+        tracing::debug!("client request body failed: {why}");
+        self.downstream = None;
+        self.shared().mark_bad_request_body();
+        self.worker.stats.bad_request_bodies.increment(1).ok();
+        if matches!(self.upstream, Upstream::Waiting(_) | Upstream::Collecting { .. }) {
+            self.upstream = Upstream::Done;
+        }
+        self.engine.local_reply(StreamFailure::BadRequestBody.local_reply());
+    }
+
     fn read_downstream(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.engine.accepts(Dir::Request) {
+            return false;
+        }
         let Some(body) = &mut self.downstream else {
             return false;
         };
         match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Pending => false,
             Poll::Ready(None) => {
+                if self.downstream_expected.is_some_and(|n| n != self.downstream_received) {
+                    self.bad_request_body("body shorter than its Content-Length");
+                    return true;
+                }
                 self.downstream = None;
                 self.engine.request_data(Bytes::new(), true);
                 true
             }
             Poll::Ready(Some(Err(e))) => {
-                tracing::debug!("client request body failed: {e}");
-                self.downstream = None;
-                self.upstream_tx = None;
+                self.bad_request_body(&e.to_string());
                 true
             }
             Poll::Ready(Some(Ok(frame))) => {
+                self.timer.shared().touch();
                 let end = body.is_end_stream();
                 match frame.into_data() {
                     Ok(data) => {
+                        self.downstream_received += data.len() as u64;
                         if end {
                             self.downstream = None;
                         }
@@ -408,18 +453,18 @@ impl Driver {
 
     fn read_upstream(&mut self, cx: &mut Context<'_>) -> bool {
         match &mut self.upstream {
-            Upstream::NotStarted | Upstream::Done => false,
-            Upstream::Collecting { .. } => false,
+            Upstream::NotStarted | Upstream::Done | Upstream::Collecting { .. } => false,
             Upstream::Waiting(future) => {
                 let Exchange { result, attempts } = match future.as_mut().poll(cx) {
                     Poll::Pending => return false,
                     Poll::Ready(r) => r,
                 };
-                self.worker.stats.upstream_retries(&self.cluster_name, attempts - 1);
+                let Some(cluster) = self.cluster.clone() else { return false };
+                cluster.metrics.retried(attempts - 1);
                 match result {
                     Ok((response, addr)) => {
                         if let Some(start) = self.upstream_started {
-                            self.worker.stats.upstream_time(&self.cluster_name, start.elapsed());
+                            cluster.metrics.time(start.elapsed());
                         }
                         let (mut parts, body) = response.into_parts();
                         let end = body.is_end_stream();
@@ -428,18 +473,16 @@ impl Driver {
                         }
                         self.engine.data().borrow_mut().info.upstream = Some(addr);
                         self.upstream = if end { Upstream::Done } else { Upstream::Streaming(body) };
-                        if end {
-                            self.deadline = None;
-                        }
                         self.engine.response_headers(response_map(&mut parts), end);
                     }
                     Err(e) => {
-                        tracing::debug!(cluster = %self.cluster_name, attempts, "upstream failed: {e}");
-                        self.worker.stats.upstream_failure(&self.cluster_name);
+                        tracing::debug!(cluster = %cluster.name, attempts, "upstream failed: {e}");
                         self.upstream = Upstream::Done;
-                        self.deadline = None;
-                        let (status, details, body) = e.reply();
-                        let mut reply = local(status as u32, details, body);
+                        if self.shared().bad_request_body() {
+                            return true;
+                        }
+                        cluster.metrics.failures.increment(1).ok();
+                        let mut reply = e.failure().local_reply();
                         if self.report_attempts {
                             reply.headers.push((
                                 router::ATTEMPT_COUNT.as_str().as_bytes().to_vec(),
@@ -451,56 +494,70 @@ impl Driver {
                 }
                 true
             }
-            Upstream::Streaming(body) => match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Pending => false,
-                Poll::Ready(None) => {
-                    self.upstream = Upstream::Done;
-                    self.deadline = None;
-                    self.engine.response_data(Bytes::new(), true);
-                    true
+            Upstream::Streaming(body) => {
+                if !self.engine.accepts(Dir::Response) {
+                    return false;
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::debug!("upstream response body failed: {e}");
-                    self.upstream = Upstream::Done;
-                    self.deadline = None;
-                    // Headers may be out already; then the engine resets instead.
-                    self.engine.local_reply(local(503, "upstream_reset_after_response_started", ""));
-                    true
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    let end = body.is_end_stream();
-                    if end {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending => false,
+                    Poll::Ready(None) => {
                         self.upstream = Upstream::Done;
-                        self.deadline = None;
+                        self.engine.response_data(Bytes::new(), true);
+                        true
                     }
-                    match frame.into_data() {
-                        Ok(data) => self.engine.response_data(data, end),
-                        Err(frame) => {
+                    Poll::Ready(Some(Err(e))) => {
+                        tracing::debug!("upstream response body failed: {e}");
+                        self.upstream = Upstream::Done;
+                        // The client has response headers already: the engine resets instead.
+                        self.engine.local_reply(StreamFailure::UpstreamReset.local_reply());
+                        true
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        self.timer.shared().touch();
+                        let end = body.is_end_stream();
+                        if end {
                             self.upstream = Upstream::Done;
-                            self.deadline = None;
-                            if let Ok(trailers) = frame.into_trailers() {
-                                self.engine.response_trailers(HeaderMap::from_parts(Vec::new(), trailers));
+                        }
+                        match frame.into_data() {
+                            Ok(data) => self.engine.response_data(data, end),
+                            Err(frame) => {
+                                self.upstream = Upstream::Done;
+                                if let Ok(trailers) = frame.into_trailers() {
+                                    self.engine.response_trailers(HeaderMap::from_parts(Vec::new(), trailers));
+                                }
                             }
                         }
+                        true
                     }
-                    true
                 }
-            },
+            }
         }
     }
 
-    fn check_deadline(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(deadline) = &mut self.deadline else {
-            return false;
-        };
-        if deadline.as_mut().poll(cx).is_pending() {
+    fn check_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.response_finished || self.engine.is_reset() {
             return false;
         }
-        self.deadline = None;
+        let expired = match self.timer.poll_expired(cx) {
+            Poll::Pending => return false,
+            Poll::Ready(e) => e,
+        };
         self.upstream = Upstream::Done;
-        self.upstream_tx = None;
-        self.worker.stats.upstream_timeout(&self.cluster_name);
-        self.engine.local_reply(local(504, "upstream_response_timeout", "upstream request timeout"));
+        self.downstream = None;
+        let failure = match expired {
+            Expired::Route => {
+                if let Some(c) = &self.cluster {
+                    c.metrics.timeouts.increment(1).ok();
+                }
+                StreamFailure::RouteTimeout
+            }
+            Expired::Idle => {
+                self.worker.stats.stream_idle_timeouts.increment(1).ok();
+                StreamFailure::StreamIdle
+            }
+        };
+        // After response headers left, the engine resets the stream instead.
+        self.engine.local_reply(failure.local_reply());
         true
     }
 }
@@ -512,7 +569,7 @@ impl Drop for Driver {
     }
 }
 
-/// The client-facing response body of a filtered stream.
+/// The client-facing response body of a filtered stream; it owns the driver.
 struct FilteredBody {
     driver: Rc<RefCell<Driver>>,
 }
@@ -522,11 +579,12 @@ impl Body for FilteredBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let weak = Rc::downgrade(&self.driver);
         let mut d = self.driver.borrow_mut();
         if d.response_finished {
             return Poll::Ready(None);
         }
-        d.make_progress(cx);
+        d.make_progress(&weak, Dir::Response, cx);
         match d.engine.next_output(Dir::Response) {
             Some(Output::Data { bytes, end_stream }) => {
                 d.response_finished = end_stream;
@@ -534,12 +592,67 @@ impl Body for FilteredBody {
             }
             Some(Output::Trailers) => {
                 d.response_finished = true;
-                let trailers = d.engine.data().borrow().response_trailers.clone().unwrap_or_default();
+                let trailers = d.engine.data().borrow().trailers[Dir::Response].clone().unwrap_or_default();
                 Poll::Ready(Some(Ok(Frame::trailers(trailers.into_regular()))))
             }
             Some(Output::Headers { .. }) => Poll::Ready(Some(Err("a second response after headers were sent".into()))),
-            None if d.engine.is_reset() => Poll::Ready(Some(Err("stream reset".into()))),
+            None if d.engine.is_reset() => Poll::Ready(Some(Err(BodyError::Reset("after the response began").into()))),
             None => Poll::Pending,
         }
+    }
+}
+
+/// The request body sent upstream, pulled from the chain. It holds the driver weakly: once the
+/// client side is gone, the upstream request fails instead of ending as if complete.
+struct UpstreamRequestBody {
+    driver: Weak<RefCell<Driver>>,
+    ended: bool,
+}
+
+impl Body for UpstreamRequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let Some(driver) = self.driver.upgrade() else {
+            return Poll::Ready(Some(Err(BodyError::ClientGone.into())));
+        };
+        let mut d = driver.borrow_mut();
+        d.make_progress(&self.driver, Dir::Request, cx);
+        match d.engine.next_output(Dir::Request) {
+            Some(Output::Data { bytes, end_stream }) => {
+                if end_stream {
+                    self.ended = true;
+                    d.request_sent();
+                }
+                d.shared().touch();
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Some(Output::Trailers) => {
+                self.ended = true;
+                d.request_sent();
+                let trailers = d.engine.data().borrow().trailers[Dir::Request].clone().unwrap_or_default();
+                Poll::Ready(Some(Ok(Frame::trailers(trailers.into_regular()))))
+            }
+            Some(Output::Headers { .. }) => Poll::Ready(Some(Err("request headers twice".into()))),
+            None if d.shared().bad_request_body() => {
+                Poll::Ready(Some(Err(BodyError::BadRequestBody("the client's body failed".into()).into())))
+            }
+            None if d.engine.request_aborted() => {
+                Poll::Ready(Some(Err(BodyError::Reset("the request was answered locally").into())))
+            }
+            None => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
     }
 }

@@ -1,12 +1,15 @@
-//! Upstream clusters of one worker: HTTP/1.1 connection pools per endpoint, round robin.
+//! Upstream clusters of one worker: HTTP/1.1 connection pools per endpoint, round robin, and
+//! the cluster's circuit (requests and retries in flight, shared by every worker).
 //!
 //! A connection goes back to its pool only after its response body has been read to the end,
-//! so a pooled connection is always idle. Everything here is single-threaded (one worker).
+//! so a pooled connection is always idle. Everything but the circuit is single-threaded.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +21,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use super::body::{BoxError, ProxyBody};
+use super::stats::ClusterMetrics;
+use crate::config::RetryBudget;
 
 /// Why an upstream request produced no response.
 #[derive(Debug, thiserror::Error)]
@@ -30,30 +35,6 @@ pub enum UpstreamError {
     Reset(SocketAddr, hyper::Error),
 }
 
-impl UpstreamError {
-    /// Envoy's response code details for the local reply this error becomes.
-    pub fn details(&self) -> &'static str {
-        match self {
-            UpstreamError::Connect(..) | UpstreamError::ConnectTimeout(_) => {
-                "upstream_reset_before_response_started{connection_failure}"
-            }
-            UpstreamError::Reset(..) => "upstream_reset_before_response_started{remote_reset}",
-        }
-    }
-
-    /// Envoy's local reply body text.
-    pub fn body(&self) -> String {
-        match self {
-            UpstreamError::Connect(..) | UpstreamError::ConnectTimeout(_) => {
-                "upstream connect error or disconnect/reset before headers. reset reason: connection failure".into()
-            }
-            UpstreamError::Reset(..) => {
-                "upstream connect error or disconnect/reset before headers. reset reason: remote reset".into()
-            }
-        }
-    }
-}
-
 pub struct Endpoint {
     pub addr: SocketAddr,
     idle: RefCell<Vec<SendRequest<ProxyBody>>>,
@@ -64,6 +45,81 @@ pub struct Cluster {
     endpoints: Vec<Rc<Endpoint>>,
     next: Cell<usize>,
     connect_timeout: Duration,
+    pub circuit: Arc<Circuit>,
+    pub metrics: ClusterMetrics,
+}
+
+/// What is in flight to one cluster across the process, and how many retries may join it:
+/// Envoy's `max_retries` circuit breaker (default 3), or its retry budget (a percentage of the
+/// requests in flight, with a floor). Every retry, whoever asked for it, must be admitted here.
+#[derive(Debug)]
+pub struct Circuit {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    max_retries: u32,
+    budget: Option<RetryBudget>,
+}
+
+impl Circuit {
+    pub fn new(max_retries: u32, budget: Option<RetryBudget>) -> Circuit {
+        Circuit { requests: AtomicU64::new(0), retries: AtomicU64::new(0), max_retries, budget }
+    }
+
+    /// No cap (clusters a configuration does not describe).
+    pub fn unlimited() -> Circuit {
+        Circuit::new(u32::MAX, None)
+    }
+
+    /// Retries that may be in flight now.
+    fn retry_limit(&self) -> u64 {
+        match self.budget {
+            None => u64::from(self.max_retries),
+            Some(b) => {
+                let share = (self.requests.load(Ordering::Relaxed) as f64 * b.percent / 100.0) as u64;
+                share.max(u64::from(b.min_concurrency))
+            }
+        }
+    }
+
+    /// Admits one more retry, or says no (the caller answers with what it has).
+    pub fn try_retry(self: &Arc<Self>) -> Option<RetryPermit> {
+        let limit = self.retry_limit();
+        let mut current = self.retries.load(Ordering::Relaxed);
+        loop {
+            if current >= limit {
+                return None;
+            }
+            match self.retries.compare_exchange_weak(current, current + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(RetryPermit(self.clone())),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    fn request_started(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// A retry admitted by the circuit; given back when its attempt is over.
+#[derive(Debug)]
+pub struct RetryPermit(Arc<Circuit>);
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.0.retries.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request to the cluster in flight, until its response body is done.
+#[derive(Debug)]
+struct InFlight(Arc<Circuit>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Headers HTTP/1.1 uses per connection; a proxy must not forward them (RFC 9110 7.6.1).
@@ -95,7 +151,13 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 }
 
 impl Cluster {
-    pub fn new(name: String, endpoints: &[SocketAddr], connect_timeout: Duration) -> Cluster {
+    pub fn new(
+        name: String,
+        endpoints: &[SocketAddr],
+        connect_timeout: Duration,
+        circuit: Arc<Circuit>,
+        metrics: ClusterMetrics,
+    ) -> Cluster {
         Cluster {
             name: Rc::from(name),
             endpoints: endpoints
@@ -104,6 +166,8 @@ impl Cluster {
                 .collect(),
             next: Cell::new(0),
             connect_timeout,
+            circuit,
+            metrics,
         }
     }
 
@@ -116,10 +180,11 @@ impl Cluster {
     /// Sends `request` to the next endpoint, reusing an idle connection when there is one.
     pub async fn send(&self, request: Request<ProxyBody>) -> Result<(Response<PooledBody>, SocketAddr), UpstreamError> {
         let endpoint = self.pick();
+        let in_flight = self.circuit.request_started();
         let mut sender = self.checkout(&endpoint).await?;
         let response = sender.send_request(request).await.map_err(|e| UpstreamError::Reset(endpoint.addr, e))?;
         let (parts, body) = response.into_parts();
-        let mut pooled = PooledBody { body, pool: Some((endpoint.clone(), sender)) };
+        let mut pooled = PooledBody { body, pool: Some((endpoint.clone(), sender)), _in_flight: in_flight };
         if pooled.body.is_end_stream() {
             pooled.release();
         }
@@ -150,7 +215,7 @@ impl Cluster {
             .map_err(|e| UpstreamError::Connect(addr, e))?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .max_headers(super::MAX_HEADERS)
+            .max_headers(super::listener::MAX_HEADERS)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Reset(addr, e))?;
@@ -167,6 +232,7 @@ impl Cluster {
 pub struct PooledBody {
     body: Incoming,
     pool: Option<(Rc<Endpoint>, SendRequest<ProxyBody>)>,
+    _in_flight: InFlight,
 }
 
 impl PooledBody {

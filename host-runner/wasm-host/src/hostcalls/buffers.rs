@@ -6,6 +6,7 @@ use wasmtime::{Caller, Linker};
 use crate::abi::{BufferType, Status};
 use crate::host_state::HostState;
 use crate::memory::{Hc, copy_out, finish, read, write_u32};
+use crate::stream_data::Dir;
 
 /// A buffer's bytes as the effective context sees them. `None` is Envoy's "not available"
 /// (NotFound); bodies outside their callbacks read as empty, as in Envoy.
@@ -17,15 +18,8 @@ fn snapshot(state: &HostState, t: BufferType) -> Option<Bytes> {
             };
             let data = stream.borrow();
             let s = &data.stages[stage];
-            Some(match t {
-                BufferType::HttpRequestBody if s.access.request_body => {
-                    Bytes::copy_from_slice(s.request_body.as_slice())
-                }
-                BufferType::HttpResponseBody if s.access.response_body => {
-                    Bytes::copy_from_slice(s.response_body.as_slice())
-                }
-                _ => Bytes::new(),
-            })
+            let d = body_dir(t);
+            Some(if s.access.body[d] { Bytes::copy_from_slice(s.body[d].as_slice()) } else { Bytes::new() })
         }
         BufferType::DownstreamData | BufferType::UpstreamData | BufferType::GrpcReceiveBuffer => Some(Bytes::new()),
         BufferType::HttpCallResponseBody => state.callout_response.as_ref().map(|r| r.body.clone()),
@@ -33,6 +27,10 @@ fn snapshot(state: &HostState, t: BufferType) -> Option<Bytes> {
         BufferType::PluginConfiguration => state.plugin_config_readable.then(|| state.plugin.configuration.clone()),
         BufferType::CallData => Some(state.call_data.clone()),
     }
+}
+
+fn body_dir(t: BufferType) -> Dir {
+    if t == BufferType::HttpRequestBody { Dir::Request } else { Dir::Response }
 }
 
 fn buffer_type(raw: u32) -> Hc<BufferType> {
@@ -96,17 +94,15 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let mut s = stream.borrow_mut();
                 let s = &mut *s;
                 let st = &mut s.stages[stage];
-                match t {
-                    BufferType::HttpRequestBody if st.access.request_body => {
-                        edit(st.request_body.owned(), start, length, &data)?;
-                        s.request_body_rewritten = true;
-                    }
-                    BufferType::HttpResponseBody if st.access.response_body => {
-                        edit(st.response_body.owned(), start, length, &data)?;
-                        s.response_body_rewritten = true;
-                    }
-                    _ => return Err(Status::BadArgument.into()),
+                if !matches!(t, BufferType::HttpRequestBody | BufferType::HttpResponseBody) {
+                    return Err(Status::BadArgument.into());
                 }
+                let d = body_dir(t);
+                if !st.access.body[d] {
+                    return Err(Status::BadArgument.into());
+                }
+                edit(st.body[d].owned(), start, length, &data)?;
+                s.body_rewritten[d] = true;
                 Ok(())
             })())
         },

@@ -46,7 +46,7 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 if timeout_ms > i32::MAX as u32 {
                     return Err(Status::BadArgument.into());
                 }
-                if !c.data().services.clusters.contains(&cluster) {
+                if !c.data().clusters.contains(&cluster) {
                     tracing::debug!(filter = %c.data().plugin.name, %cluster, "proxy_http_call to an unknown cluster");
                     return Err(Status::BadArgument.into());
                 }
@@ -54,8 +54,15 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     return Err(Status::BadArgument.into());
                 }
                 let state = c.data_mut();
-                let token = state.next_callout_token();
-                let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms as u64));
+                // The spec's answer when the host cannot send the call.
+                let token = state.start_callout().ok_or(Status::InternalFailure)?;
+                // 0 is "no timeout" in Envoy; here it is the longest a VM may wait, so a
+                // forgotten callout cannot hold its context (and its stream) forever.
+                let max = state.plugin.limits.max_callout_timeout;
+                let timeout = match timeout_ms {
+                    0 => max,
+                    ms => Duration::from_millis(ms as u64).min(max),
+                };
                 state.effects.http_calls.push(HttpCallRequest { token, cluster, headers, body, trailers, timeout });
                 write_u32(&mut c, token_ptr, token)
             })())

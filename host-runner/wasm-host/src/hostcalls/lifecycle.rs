@@ -7,6 +7,7 @@ use wasmtime::{Caller, Linker};
 use crate::abi::{AbiVersion, LogLevel, Status};
 use crate::host_state::HostState;
 use crate::memory::{copy_out, finish, with_bytes, write_u32, write_u64};
+use crate::sandbox::Budget;
 
 /// Emits a guest log line through `tracing`, if it passes the filter's level.
 pub fn emit_log(state: &HostState, level: LogLevel, message: &str) {
@@ -30,6 +31,16 @@ pub fn emit_log(state: &HostState, level: LogLevel, message: &str) {
     }
 }
 
+/// The part of a log message within the VM's per-call budget (the rest is cut and counted).
+pub fn cap_log<'a>(state: &mut HostState, message: &'a [u8]) -> &'a [u8] {
+    let max = state.plugin.limits.max_log_bytes_per_call;
+    if message.len() <= max {
+        return message;
+    }
+    state.budgets.exceeded(Budget::LogBytes, max as u64);
+    &message[..max]
+}
+
 pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
@@ -40,6 +51,7 @@ pub fn add(linker: &mut Linker<HostState>, abi: AbiVersion) -> wasmtime::Result<
             let level = LogLevel::from_raw(level).ok_or(Status::BadArgument)?;
             with_bytes(&mut c, p, s, |message, state| {
                 if level >= state.plugin.log_level {
+                    let message = cap_log(state, message);
                     emit_log(state, level, &String::from_utf8_lossy(message));
                 }
             })

@@ -11,7 +11,7 @@ use crate::abi::{MapType, Status};
 use crate::headers::{HeaderError, HeaderMap, decode_pairs};
 use crate::host_state::HostState;
 use crate::memory::{Hc, copy_out, finish, read, with_bytes, with_two, write_u32};
-use crate::stream_data::StreamData;
+use crate::stream_data::{Dir, StreamData};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Availability {
@@ -30,26 +30,35 @@ fn stream_availability(data: &StreamData, stage: usize, t: MapType) -> Availabil
     let live = |ok: bool| {
         if ok { Availability::ReadWrite } else { Availability::Missing }
     };
-    match (t, data.in_log) {
-        (MapType::RequestHeaders, true) => Availability::ReadOnly,
-        (MapType::ResponseHeaders, true) => Availability::ReadOnly,
-        (MapType::ResponseTrailers, true) => log_read(data.response_trailers.is_some()),
-        (MapType::RequestTrailers, true) => Availability::Missing,
-        (MapType::RequestHeaders, false) => live(a.request_headers),
-        (MapType::ResponseHeaders, false) => live(a.response_headers),
-        (MapType::RequestTrailers, false) => live(a.request_trailers || a.may_add_request_trailers),
-        (MapType::ResponseTrailers, false) => live(a.response_trailers || a.may_add_response_trailers),
-        _ => Availability::Missing,
+    let Some((d, trailers)) = stream_map_of(t) else {
+        return Availability::Missing;
+    };
+    match (d, trailers, data.in_log) {
+        (_, false, true) => Availability::ReadOnly,
+        (Dir::Response, true, true) => log_read(data.trailers[Dir::Response].is_some()),
+        (Dir::Request, true, true) => Availability::Missing,
+        (d, false, false) => live(a.headers[d]),
+        (d, true, false) => live(a.trailers[d] || a.may_add_trailers[d]),
     }
 }
 
-fn stream_map(data: &mut StreamData, t: MapType) -> &mut HeaderMap {
+/// The direction of a stream map, and whether it is the trailers.
+fn stream_map_of(t: MapType) -> Option<(Dir, bool)> {
     match t {
-        MapType::RequestHeaders => &mut data.request_headers,
-        MapType::ResponseHeaders => &mut data.response_headers,
+        MapType::RequestHeaders => Some((Dir::Request, false)),
+        MapType::RequestTrailers => Some((Dir::Request, true)),
+        MapType::ResponseHeaders => Some((Dir::Response, false)),
+        MapType::ResponseTrailers => Some((Dir::Response, true)),
+        _ => None,
+    }
+}
+
+fn stream_map(data: &mut StreamData, d: Dir, trailers: bool) -> &mut HeaderMap {
+    if trailers {
         // Trailers come into being when a filter adds to them in the last body chunk.
-        MapType::RequestTrailers => data.request_trailers.get_or_insert_with(HeaderMap::new),
-        _ => data.response_trailers.get_or_insert_with(HeaderMap::new),
+        data.trailers[d].get_or_insert_with(HeaderMap::new)
+    } else {
+        &mut data.headers[d]
     }
 }
 
@@ -84,7 +93,10 @@ fn with_map<R>(
     if !enough {
         return Err((have, in_log));
     }
-    Ok(f(stream_map(&mut data, t)))
+    let Some((d, trailers)) = stream_map_of(t) else {
+        return Err((Availability::Missing, in_log));
+    };
+    Ok(f(stream_map(&mut data, d, trailers)))
 }
 
 fn map_type(raw: u32) -> Hc<MapType> {

@@ -21,7 +21,9 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let name = read_string(&c, np, ns)?;
                 let kind = MetricType::from_raw(t).ok_or(Status::BadArgument)?;
-                let id = c.data_mut().define_metric(kind, &name);
+                // Over its budget of metrics the VM learns it from the status (the host keeps
+                // every metric for the life of the process).
+                let id = c.data_mut().define_metric(kind, &name).ok_or(Status::InternalFailure)?;
                 write_u32(&mut c, rp, id)
             })())
         },

@@ -3,8 +3,11 @@
 use bytes::Bytes;
 use wasmtime::{Caller, Linker};
 
+use crate::abi::Status;
 use crate::host_state::HostState;
 use crate::memory::{copy_out, finish, read, read_string, write_u32};
+use crate::sandbox::Budget;
+use crate::shared::{SetBudget, SetError};
 
 pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
@@ -23,12 +26,32 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_shared_data",
-        |c: Caller<'_, HostState>, kp: u32, ks: u32, vp: u32, vs: u32, cas: u32| {
+        |mut c: Caller<'_, HostState>, kp: u32, ks: u32, vp: u32, vs: u32, cas: u32| {
             finish((|| {
                 let key = read(&c, kp, ks)?;
                 let value = read(&c, vp, vs)?;
-                let state = c.data();
-                Ok(state.services.shared_data.set(&state.plugin.vm_id, &key, Bytes::from(value), cas)?)
+                let state = c.data_mut();
+                let limits = state.plugin.limits;
+                let budget = SetBudget {
+                    usage: &state.shared_usage,
+                    max_keys: limits.max_shared_data_keys,
+                    max_bytes: limits.max_shared_data_bytes,
+                };
+                let result = state.services.shared_data.set(&state.plugin.vm_id, &key, Bytes::from(value), cas, budget);
+                match result {
+                    Ok(()) => Ok(()),
+                    Err(SetError::CasMismatch) => Err(Status::CasMismatch.into()),
+                    // Over budget: the spec has no status for it; INTERNAL_FAILURE is "the host
+                    // could not do it".
+                    Err(SetError::TooManyKeys) => {
+                        state.budgets.exceeded(Budget::SharedDataKeys, limits.max_shared_data_keys as u64);
+                        Err(Status::InternalFailure.into())
+                    }
+                    Err(SetError::TooManyBytes) => {
+                        state.budgets.exceeded(Budget::SharedDataBytes, limits.max_shared_data_bytes as u64);
+                        Err(Status::InternalFailure.into())
+                    }
+                }
             })())
         },
     )?;
@@ -38,8 +61,19 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Caller<'_, HostState>, np: u32, ns: u32, rp: u32| {
             finish((|| {
                 let name = read_string(&c, np, ns)?;
-                let state = c.data();
-                let id = state.services.queues.register(&state.plugin.vm_id, &name, state.queue_owner.clone());
+                let state = c.data_mut();
+                let max = state.plugin.limits.max_queues;
+                let registered = state.services.queues.register(
+                    &state.plugin.vm_id,
+                    &name,
+                    state.queue_owner.clone(),
+                    &state.shared_usage,
+                    max,
+                );
+                let Some(id) = registered else {
+                    state.budgets.exceeded(Budget::Queues, max as u64);
+                    return Err(Status::InternalFailure.into());
+                };
                 write_u32(&mut c, rp, id)
             })())
         },
@@ -58,12 +92,25 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    linker.func_wrap("env", "proxy_enqueue_shared_queue", |c: Caller<'_, HostState>, id: u32, p: u32, s: u32| {
-        finish((|| {
-            let value = read(&c, p, s)?;
-            Ok(c.data().services.queues.enqueue(id, Bytes::from(value))?)
-        })())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut c: Caller<'_, HostState>, id: u32, p: u32, s: u32| {
+            finish((|| {
+                let value = read(&c, p, s)?;
+                let state = c.data_mut();
+                let max = state.plugin.limits.max_queue_depth;
+                match state.services.queues.enqueue(id, Bytes::from(value), max) {
+                    Ok(()) => Ok(()),
+                    Err(Some(status)) => Err(status.into()),
+                    Err(None) => {
+                        state.budgets.exceeded(Budget::QueueDepth, max as u64);
+                        Err(Status::InternalFailure.into())
+                    }
+                }
+            })())
+        },
+    )?;
     linker.func_wrap(
         "env",
         "proxy_dequeue_shared_queue",

@@ -8,7 +8,7 @@ use crate::abi::{Status, StreamType};
 use crate::headers::decode_pairs;
 use crate::host_state::HostState;
 use crate::memory::{Hc, finish, read};
-use crate::stream_data::LocalReply;
+use crate::stream_data::{Dir, LocalReply};
 
 fn stream_type(raw: u32) -> Hc<StreamType> {
     StreamType::from_raw(raw).ok_or(Status::BadArgument.into())
@@ -27,13 +27,11 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     let mut s = stream.borrow_mut();
                     // Envoy drops its request-side map pointers on either continue.
                     let access = &mut s.stages[stage].access;
-                    access.request_headers = false;
-                    access.request_trailers = false;
-                    access.request_body = false;
-                    s.act(stage, |a| match t {
-                        StreamType::HttpRequest => a.continue_request = true,
-                        _ => a.continue_response = true,
-                    });
+                    access.headers[Dir::Request] = false;
+                    access.trailers[Dir::Request] = false;
+                    access.body[Dir::Request] = false;
+                    let d = if t == StreamType::HttpRequest { Dir::Request } else { Dir::Response };
+                    s.act(stage, |a| a.resume[d] = true);
                 }
             }
             Ok(())

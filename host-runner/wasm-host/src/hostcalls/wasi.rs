@@ -11,6 +11,7 @@ use crate::abi::{LogLevel, errno};
 use crate::host_state::HostState;
 use crate::hostcalls::lifecycle::{emit_log, now_ns};
 use crate::memory::{Fail, Hc, read, write, write_u32, write_u64};
+use crate::sandbox::Budget;
 
 pub const MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
 
@@ -57,19 +58,31 @@ fn fd_write(c: &mut Caller<'_, HostState>, fd: u32, iovs: u32, count: u32, nwrit
         _ => return Ok(errno::BADF),
     };
     errno_of((|| {
+        // The guest says how much it writes (iovec lengths can add up past its whole memory):
+        // the host gathers at most the per-call budget, and reports the full length as written
+        // so the guest does not retry what was cut.
+        let max = c.data().plugin.limits.max_log_bytes_per_call;
         let mut text = Vec::new();
+        let mut total: u64 = 0;
         for i in 0..count {
             let entry = read(c, iovs.wrapping_add(i.wrapping_mul(8)), 8)?;
             let ptr = u32::from_le_bytes(entry[..4].try_into().unwrap_or_default());
             let len = u32::from_le_bytes(entry[4..].try_into().unwrap_or_default());
-            text.extend_from_slice(&read(c, ptr, len)?);
+            let room = max.saturating_sub(text.len());
+            let take = (len as usize).min(room) as u32;
+            if take > 0 {
+                text.extend_from_slice(&read(c, ptr, take)?);
+            }
+            total += u64::from(len);
         }
-        let written = text.len() as u32;
+        if total > max as u64 {
+            c.data_mut().budgets.exceeded(Budget::LogBytes, max as u64);
+        }
         let line = text.strip_suffix(b"\n").unwrap_or(&text);
         if !line.is_empty() {
             emit_log(c.data(), level, &String::from_utf8_lossy(line));
         }
-        write_u32(c, nwritten, written)
+        write_u32(c, nwritten, u32::try_from(total).unwrap_or(u32::MAX))
     })())
 }
 

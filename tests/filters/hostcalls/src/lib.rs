@@ -58,6 +58,15 @@ mod raw {
             token: *mut u32,
         ) -> u32;
         pub fn proxy_get_property(path: *const u8, len: usize, ret: *mut *mut u8, ret_len: *mut usize) -> u32;
+        pub fn proxy_set_shared_data(
+            key: *const u8,
+            key_len: usize,
+            value: *const u8,
+            value_len: usize,
+            cas: u32,
+        ) -> u32;
+        pub fn proxy_register_shared_queue(name: *const u8, len: usize, ret: *mut u32) -> u32;
+        pub fn proxy_enqueue_shared_queue(queue: u32, value: *const u8, len: usize) -> u32;
         pub fn proxy_grpc_call(
             a: *const u8,
             b: usize,
@@ -349,6 +358,81 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// `x-budget: shared|queue|metrics|callouts|log` tries `x-n` of that resource at once and
+    /// reports `x-budget-ok` (how many the host accepted) and `x-budget-refused` (the status
+    /// of the first refusal, or none).
+    fn budget_scenario(&mut self) {
+        let what = self.get_http_request_header("x-budget").unwrap_or_default();
+        let n: usize = self.get_http_request_header("x-n").and_then(|v| v.parse().ok()).unwrap_or(1);
+        let salt = self.get_http_request_header("x-salt").unwrap_or_default();
+        let mut statuses = Vec::with_capacity(n);
+        unsafe {
+            match what.as_str() {
+                "shared" => {
+                    let value = [7u8; 100];
+                    for i in 0..n {
+                        let key = format!("budget.{salt}.{i}");
+                        statuses.push(raw::proxy_set_shared_data(
+                            key.as_ptr(),
+                            key.len(),
+                            value.as_ptr(),
+                            value.len(),
+                            0,
+                        ));
+                    }
+                }
+                "queue" => {
+                    let name = format!("budget.queue.{salt}");
+                    let mut id = 0;
+                    statuses.push(raw::proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id));
+                    for _ in 1..n {
+                        statuses.push(raw::proxy_enqueue_shared_queue(id, b"item".as_ptr(), 4));
+                    }
+                }
+                "queues" => {
+                    for i in 0..n {
+                        let name = format!("budget.queues.{salt}.{i}");
+                        let mut id = 0;
+                        statuses.push(raw::proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id));
+                    }
+                }
+                "metrics" => {
+                    for i in 0..n {
+                        let name = format!("budget_metric_{salt}_{i}");
+                        let mut id = 0;
+                        statuses.push(raw::proxy_define_metric(0, name.as_ptr(), name.len(), &mut id));
+                    }
+                }
+                "callouts" => {
+                    for _ in 0..n {
+                        let sent = self.dispatch_http_call(
+                            &self.config.callout_cluster,
+                            vec![(":method", "GET"), (":path", "/side?delay=2s"), (":authority", "side")],
+                            None,
+                            vec![],
+                            Duration::from_secs(5),
+                        );
+                        statuses.push(sent.map_or_else(|e| e as u32, |_| 0));
+                    }
+                }
+                "log" => {
+                    let text = vec![b'l'; n];
+                    statuses.push(raw::proxy_log(2, text.as_ptr(), text.len()));
+                    let iov = [text.as_ptr() as usize, text.len()];
+                    let mut written = 0usize;
+                    statuses.push(u32::from(raw::fd_write(1, &iov, 1, &mut written)));
+                    self.note("x-budget-written", written);
+                }
+                _ => {}
+            }
+        }
+        self.note("x-budget-ok", statuses.iter().filter(|s| **s == 0).count());
+        let refused = statuses.iter().find(|s| **s != 0).map_or("none".to_string(), |s| s.to_string());
+        self.note("x-budget-refused", refused);
+    }
+}
+
 impl Context for Stream {
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, num_trailers: usize) {
         if Some(token) != self.callout_token {
@@ -525,6 +609,29 @@ impl HttpContext for Stream {
                 self.note("x-wasi-fd-write-bad-fd", unsafe { raw::fd_write(9, &iov, 1, &mut written) });
             }
             "statuses" => self.raw_statuses_request(),
+            "budget" => self.budget_scenario(),
+            "callout-delay" | "callout-timeout-zero" => {
+                // Holds the request (and its body) until a callout to `/side?delay=…` answers;
+                // with timeout 0 the host's longest callout wait applies.
+                let delay = self.get_http_request_header("x-delay").unwrap_or_else(|| "0s".into());
+                let path = format!("/side?delay={delay}");
+                let timeout = if self.test == "callout-timeout-zero" { 0 } else { 30_000 };
+                let sent = self.dispatch_http_call(
+                    &self.config.callout_cluster,
+                    vec![(":method", "GET"), (":path", &path), (":authority", "side")],
+                    None,
+                    vec![],
+                    Duration::from_millis(timeout),
+                );
+                let status = match sent {
+                    Ok(token) => {
+                        self.callout_token = Some(token);
+                        return Action::Pause;
+                    }
+                    Err(e) => e as u32,
+                };
+                self.note("x-callout-error", status);
+            }
             "pause-then-continue" => {
                 // A timer-less resume: continue_stream inside the same callback.
                 self.resume_http_request();

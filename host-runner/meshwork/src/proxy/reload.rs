@@ -1,0 +1,184 @@
+//! Reloading the configuration without dropping a request (SIGHUP, admin `POST /reload`).
+//!
+//! 1. The file is read and checked, and its filters are compiled (from the caches when
+//!    unchanged) — a bad file is refused here, with the old configuration still serving.
+//! 2. Every worker builds a generation from it: routes, pools, and fresh VMs that have run
+//!    `on_vm_start` and `on_configure`. If any worker fails, every worker drops what it built.
+//! 3. Every worker switches. Requests already running keep the old generation's routes,
+//!    clusters and VMs until they finish; listeners keep their sockets.
+//!
+//! The listen address, the admin address and the number of workers are fixed for the life of
+//! the process (they name sockets and threads); changing them needs a restart.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use meshwork_wasm_host::metrics::Metric;
+use meshwork_wasm_host::{Services, WasmEngine};
+use tokio::sync::mpsc;
+
+use super::generation::Blueprint;
+use super::worker::Command;
+use crate::config::ProxyConfig;
+
+/// Where the configuration comes from, to read it again.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    Native(PathBuf),
+    Envoy { path: PathBuf, allow_unsupported: bool },
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> anyhow::Result<ProxyConfig> {
+        match self {
+            ConfigSource::Native(path) => ProxyConfig::load(path),
+            ConfigSource::Envoy { path, allow_unsupported } => crate::envoy::load(path, *allow_unsupported),
+        }
+    }
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug)]
+pub struct ReloadReport {
+    pub generation: u64,
+    pub filters: usize,
+    pub clusters: usize,
+    pub routes: usize,
+}
+
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "configuration generation {} in force: {} filter(s), {} cluster(s), {} route(s)",
+            self.generation, self.filters, self.clusters, self.routes
+        )
+    }
+}
+
+struct State {
+    blueprint: Arc<Blueprint>,
+    generation: u64,
+}
+
+pub struct Reloader {
+    source: ConfigSource,
+    engine: WasmEngine,
+    services: Arc<Services>,
+    workers: Vec<mpsc::UnboundedSender<Command>>,
+    state: Mutex<State>,
+    reloads: Arc<Metric>,
+    failures: Arc<Metric>,
+}
+
+/// How long a worker may take to build its generation (its filters' start-up included).
+const WORKER_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Reloader {
+    pub fn new(
+        source: ConfigSource,
+        engine: WasmEngine,
+        services: Arc<Services>,
+        workers: Vec<mpsc::UnboundedSender<Command>>,
+        blueprint: Arc<Blueprint>,
+    ) -> Reloader {
+        let reloads = services.metrics.counter("meshwork_config_reloads_total;.;outcome=.=ok");
+        let failures = services.metrics.counter("meshwork_config_reloads_total;.;outcome=.=refused");
+        Reloader {
+            source,
+            engine,
+            services,
+            workers,
+            state: Mutex::new(State { blueprint, generation: 1 }),
+            reloads,
+            failures,
+        }
+    }
+
+    /// Reads the configuration again and puts it in force on every worker, or refuses it and
+    /// keeps the current one.
+    pub fn reload(&self) -> anyhow::Result<ReloadReport> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.reload_locked(&mut state);
+        match &result {
+            Ok(_) => self.reloads.increment(1).ok(),
+            Err(_) => self.failures.increment(1).ok(),
+        };
+        result
+    }
+
+    fn reload_locked(&self, state: &mut State) -> anyhow::Result<ReloadReport> {
+        let config = self.source.load()?;
+        unchangeable(&state.blueprint.config, &config)?;
+        let blueprint = Arc::new(Blueprint::build(config, &self.engine, &self.services)?);
+        let replies: Vec<_> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (reply, rx) = std::sync::mpsc::channel();
+                let sent = w.send(Command::Prepare { blueprint: blueprint.clone(), reply }).is_ok();
+                (sent, rx)
+            })
+            .collect();
+        let mut failure = None;
+        for (i, (sent, rx)) in replies.into_iter().enumerate() {
+            let outcome = if sent {
+                rx.recv_timeout(WORKER_TIMEOUT).map_err(|_| "did not answer".to_string())
+            } else {
+                Err("has stopped".into())
+            };
+            if let Err(e) | Ok(Err(e)) = outcome {
+                failure.get_or_insert(format!("worker {i}: {e}"));
+            }
+        }
+        if let Some(e) = failure {
+            for w in &self.workers {
+                let _ = w.send(Command::Abort);
+            }
+            bail!("the new configuration did not start: {e}");
+        }
+        let acks: Vec<_> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (reply, rx) = std::sync::mpsc::channel();
+                let _ = w.send(Command::Commit { reply });
+                rx
+            })
+            .collect();
+        for rx in acks {
+            let _ = rx.recv_timeout(WORKER_TIMEOUT);
+        }
+        super::stats::publish_limits(&self.services, &blueprint.config);
+        state.generation += 1;
+        let c = &blueprint.config;
+        let report = ReloadReport {
+            generation: state.generation,
+            filters: c.filters.len(),
+            clusters: c.clusters.len(),
+            routes: c.routes.len(),
+        };
+        state.blueprint = blueprint;
+        Ok(report)
+    }
+}
+
+/// Settings that name sockets and threads cannot change without a restart.
+fn unchangeable(old: &ProxyConfig, new: &ProxyConfig) -> anyhow::Result<()> {
+    let same_listen =
+        old.listen.ip() == new.listen.ip() && (new.listen.port() == 0 || old.listen.port() == new.listen.port());
+    let checks = [
+        ("listen", same_listen),
+        ("admin", old.admin.map(|a| a.ip()) == new.admin.map(|a| a.ip())),
+        ("workers", old.workers == new.workers),
+    ];
+    for (field, same) in checks {
+        if !same {
+            return Err(anyhow::anyhow!("{field} cannot change on reload (restart meshwork to change it)"))
+                .context("the new configuration was refused; the old one keeps serving");
+        }
+    }
+    Ok(())
+}
