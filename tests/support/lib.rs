@@ -539,3 +539,78 @@ pub fn fresh_window(window_s: u64, margin: Duration) {
         std::thread::sleep(left + Duration::from_millis(50));
     }
 }
+
+// ----- raw HTTP/1.1 over sockets, for what a well-behaved client cannot send ---------------
+
+/// Sends `bytes` on a fresh connection to `addr` and reads until the peer closes or `wait`
+/// passes; returns what came back (possibly nothing).
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Vec<u8> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let _ = s.write_all(bytes);
+    read_until_closed(&mut s, wait)
+}
+
+/// Reads from `s` until EOF, an error, or `wait` has passed.
+pub fn read_until_closed(s: &mut std::net::TcpStream, wait: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return out;
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The status code of the first HTTP/1.x response in `bytes`.
+pub fn status_of(bytes: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(bytes.get(..12)?).ok()?;
+    text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+}
+
+/// True when the peer has closed `s` (EOF or reset) within `wait`.
+pub fn closed_within(s: &mut std::net::TcpStream, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// (resident, peak resident) memory of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets a process's peak resident memory to its current one (`VmHWM` starts again).
+pub fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}

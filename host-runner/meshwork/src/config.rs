@@ -22,8 +22,9 @@ pub struct ProxyConfig {
     pub admin_allow_non_loopback: bool,
     pub workers: usize,
     pub listener: ListenerConfig,
-    /// Most client connections the whole process holds (every listener, every worker).
-    pub max_connections: usize,
+    /// Most client connections the whole process holds (every listener, every worker); by
+    /// default what the descriptor limit allows (see [`default_max_connections`]).
+    pub max_connections: Option<usize>,
     pub clusters: Vec<ClusterConfig>,
     pub routes: Vec<RouteConfig>,
     pub filters: Vec<FilterConfig>,
@@ -430,7 +431,7 @@ impl ProxyConfig {
             admin_allow_non_loopback: file.admin_allow_non_loopback,
             workers: file.workers,
             listener,
-            max_connections: file.limits.max_connections.unwrap_or_else(default_max_connections),
+            max_connections: file.limits.max_connections,
             clusters,
             routes,
             filters,
@@ -483,7 +484,7 @@ impl ProxyConfig {
         if self.filter_buffer_limit.is_some_and(|b| b < 1024) {
             bail!("filter_chain.buffer_limit must be at least 1KiB");
         }
-        if self.max_connections == 0 || self.listener.max_connections == Some(0) {
+        if self.max_connections == Some(0) || self.listener.max_connections == Some(0) {
             bail!("max_connections must be at least 1 (leave it out for the default)");
         }
         if self.listener.max_requests_per_connection == Some(0) {

@@ -244,7 +244,7 @@ fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyC
         admin_allow_non_loopback: false,
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         listener: settings,
-        max_connections: crate::config::default_max_connections(),
+        max_connections: None,
         clusters,
         routes,
         filters,

@@ -74,12 +74,14 @@ pub fn check(config: ProxyConfig) -> anyhow::Result<()> {
 pub fn start(config: ProxyConfig, source: ConfigSource) -> anyhow::Result<Proxy> {
     let engine = engine(&config)?;
     let services = Services::new(config.node.clone());
-    stats::publish_limits(&services, &config);
     raise_descriptor_limit();
+    stats::publish_limits(&services, &config);
     let blueprint = Arc::new(Blueprint::build(config, &engine, &services)?);
     let config = blueprint.config.clone();
     let listeners = bind(config.listen, config.workers)?;
     let listen = listeners[0].local_addr()?;
+    // After raising the descriptor limit: the default cap follows it.
+    let max_connections = config.max_connections.unwrap_or_else(crate::config::default_max_connections);
     let global = Arc::new(AtomicUsize::new(0));
     let this_listener = Arc::new(AtomicUsize::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -89,7 +91,7 @@ pub fn start(config: ProxyConfig, source: ConfigSource) -> anyhow::Result<Proxy>
         commands.push(tx);
         let caps = ConnectionCaps::new(
             global.clone(),
-            config.max_connections,
+            max_connections,
             this_listener.clone(),
             config.listener.max_connections.unwrap_or(usize::MAX),
         );

@@ -116,7 +116,7 @@ pub fn publish_limits(services: &Services, config: &ProxyConfig) {
         ("max_connection_duration_seconds", secs(l.max_connection_duration)),
         ("drain_timeout_seconds", secs(Some(l.drain_timeout))),
         ("max_connections_listener", l.max_connections.map_or(0, |n| n as i64)),
-        ("max_connections", config.max_connections as i64),
+        ("max_connections", config.max_connections.unwrap_or_else(crate::config::default_max_connections) as i64),
     ];
     for (name, value) in values {
         services.metrics.gauge(&format!("meshwork_limit;.;limit=.={name}")).record(value.max(0) as u64);
