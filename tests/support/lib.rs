@@ -173,6 +173,19 @@ pub struct Proxy {
 /// absent, and the shared module cache is used).
 pub fn try_proxy(yaml: &str) -> Result<Proxy, String> {
     let dir = scratch("proxy");
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, complete_config(yaml)).expect("write config");
+    let process = Process::start(&["run", "--config", path.to_str().unwrap()])?;
+    Ok(Proxy {
+        addr: find_addr(&process.first_line, "listening on http://").expect("proxy address"),
+        admin: find_addr(&process.first_line, "admin on http://"),
+        process,
+        dir,
+    })
+}
+
+/// `yaml` with listen and admin on port 0 and the shared module cache, unless it sets them.
+fn complete_config(yaml: &str) -> String {
     let mut yaml = yaml.to_owned();
     if !yaml.contains("listen:") {
         yaml = format!("listen: 127.0.0.1:0\n{yaml}");
@@ -183,15 +196,7 @@ pub fn try_proxy(yaml: &str) -> Result<Proxy, String> {
     if !yaml.contains("cache_dir:") {
         yaml = format!("cache_dir: {}\n{yaml}", module_cache().display());
     }
-    let path = dir.join("proxy.yaml");
-    std::fs::write(&path, &yaml).expect("write config");
-    let process = Process::start(&["run", "--config", path.to_str().unwrap()])?;
-    Ok(Proxy {
-        addr: find_addr(&process.first_line, "listening on http://").expect("proxy address"),
-        admin: find_addr(&process.first_line, "admin on http://"),
-        process,
-        dir,
-    })
+    yaml
 }
 
 pub fn proxy(yaml: &str) -> Proxy {
@@ -205,6 +210,16 @@ impl Proxy {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin.expect("admin listener"))
+    }
+
+    /// Replaces the configuration file the proxy was started with (completed as at start).
+    pub fn rewrite_config(&self, yaml: &str) {
+        std::fs::write(self.dir.join("proxy.yaml"), complete_config(yaml)).expect("write config");
+    }
+
+    /// `POST /reload` on the admin listener.
+    pub fn reload(&self) -> Reply {
+        post(&self.admin_url("/reload"), &[], b"")
     }
 
     /// `/stats?format=json` as (name, tags, value-or-histogram) entries.
