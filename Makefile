@@ -11,7 +11,7 @@ EBPF_PROGRAMS := xdp-ratelimit sockops-rtt connect-breaker xdp-pass
 EBPF_CRATE := ebpf/meshwork-ebpf-programs
 EBPF_TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' $(EBPF_CRATE)/rust-toolchain.toml)
 
-.PHONY: all setup build ebpf filters test-filters test demo bench lint clean
+.PHONY: all setup build ebpf filters test-filters test demo bench lint fuzz clean
 
 all: build filters
 
@@ -50,6 +50,12 @@ test-filters: setup
 
 test: build filters test-filters
 	$(CARGO) test --release --workspace
+
+# Long property-based fuzzing of the header-pairs decoder and the hostcall surface (random
+# modules making random hostcalls). `make test` runs a few cases of the same properties.
+FUZZ_CASES ?= 20000
+fuzz: setup
+	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p meshwork-wasm-host --test fuzz
 
 demo: build filters
 	scripts/demo.sh
