@@ -31,10 +31,8 @@ fn setup(limits: &str) -> Setup {
 
 /// Asks the probe to take `n` of `budget`; returns (accepted, first refusal).
 fn probe(s: &Setup, budget: &str, n: usize, salt: &str) -> (usize, String) {
-    let r = get(
-        &s.p.url("/"),
-        &[("x-test", "budget"), ("x-budget", budget), ("x-n", &n.to_string()), ("x-salt", salt)],
-    );
+    let r =
+        get(&s.p.url("/"), &[("x-test", "budget"), ("x-budget", budget), ("x-n", &n.to_string()), ("x-salt", salt)]);
     assert_eq!(r.status, 200, "{budget}: {}", r.text());
     (r.header("x-budget-ok").unwrap().parse().unwrap(), r.header("x-budget-refused").unwrap().to_owned())
 }

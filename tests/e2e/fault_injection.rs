@@ -169,10 +169,10 @@ fn bad_configuration_is_refused_naming_the_field() {
     for (configuration, expected) in [
         ("{abort: {http_status: 700}}", "abort.http_status 700"),
         ("{abort: {http_status: 503, header_abort: {}}}", "abort: give exactly one of"),
-        ("{delay: {fixed_delay: 5 parsecs}}", "delay: duration"),
+        ("{delay: {fixed_delay: 5 parsecs}}", "delay.fixed_delay: \"5 parsecs\" has an unknown unit"),
         ("{abort: {http_status: 503, percentage: {numerator: 5, denominator: THOUSAND}}}", "abort.percentage"),
         ("{abort: {http_status: 503, percentage: 101}}", "abort.percentage: numerator 101"),
-        ("{abrt: {http_status: 503}}", "unknown field"),
+        ("{abrt: {http_status: 503}}", "unknown field `abrt`"),
         ("{headers: [{name: x-a, value: b}]}", "give abort, delay or both"),
         ("{abort: {http_status: 503}, headers: [{name: x-a}]}", "headers[0] (x-a): give exactly one of"),
     ] {

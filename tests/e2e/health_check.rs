@@ -185,17 +185,20 @@ fn bad_configuration_is_refused_naming_the_field() {
     let a = upstream("a");
     for (configuration, expected) in [
         ("{targets: []}", "targets: list at least one cluster"),
-        ("{targets: [{name: a}]}", "targets: unknown field `name`"),
-        ("{active: {}}", "targets: missing"),
+        ("{targets: [{name: a}]}", "targets[0].name: unknown field `name`"),
+        ("{active: {}}", "missing field `targets`"),
         ("{targets: [{cluster: a}], active: {interval: 0ms}}", "active.interval must be above zero"),
-        ("{targets: [{cluster: a}], active: {interval: 5 parsecs}}", "active: duration"),
+        (
+            "{targets: [{cluster: a}], active: {interval: 5 parsecs}}",
+            "active.interval: \"5 parsecs\" has an unknown unit",
+        ),
         ("{targets: [{cluster: a}], active: {healthy_threshold: 0}}", "active.healthy_threshold"),
         ("{targets: [{cluster: a}], passive: {max_ejection_percent: 150}}", "passive.max_ejection_percent 150"),
         ("{targets: [{cluster: a}], balance: fastest}", "balance: unknown variant `fastest`"),
         ("{targets: [{cluster: a}], active: null, passive: null}", "nothing would be checked"),
         ("{targets: [{cluster: a}, {cluster: a}]}", "targets[1].cluster \"a\" is listed twice"),
         ("{targets: [{cluster: a}], route_header: \"x y\"}", "route_header \"x y\" is not a valid header name"),
-        ("{targets: [{cluster: a}], interval: 1s}", "unknown field \"interval\""),
+        ("{targets: [{cluster: a}], interval: 1s}", "interval: unknown field `interval`"),
     ] {
         let err = try_proxy(&format!(
             "clusters: [{}]\nroute: {{cluster: a}}\nfilters: [{{name: health, module: {}, configuration: {configuration}}}]\n",

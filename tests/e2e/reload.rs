@@ -48,10 +48,21 @@ fn a_bad_configuration_is_refused_and_the_old_one_keeps_serving() {
         ("no such module", config(&two, "two", "filters: [{name: f, module: /no/such.wasm}]\n"), "/no/such.wasm"),
         (
             "a filter that refuses its configuration",
-            config(&two, "two", &format!("filters: [{{name: rl, module: {}, configuration: {{rate: -1}}}}]\n", wasm("local-rate-limit").display())),
+            config(
+                &two,
+                "two",
+                &format!(
+                    "filters: [{{name: rl, module: {}, configuration: {{rate: -1}}}}]\n",
+                    wasm("local-rate-limit").display()
+                ),
+            ),
             "proxy_on_configure returned false",
         ),
-        ("another number of workers", config(&two, "two", "").replace("workers: 2", "workers: 3"), "workers cannot change"),
+        (
+            "another number of workers",
+            config(&two, "two", "").replace("workers: 2", "workers: 3"),
+            "workers cannot change",
+        ),
         ("another listen address", format!("listen: 127.0.0.2:0\n{}", config(&two, "two", "")), "listen cannot change"),
     ];
     for (what, yaml, says) in &bad {
@@ -152,6 +163,7 @@ fn the_admin_listener_beyond_loopback_needs_an_explicit_option() {
     let err = try_proxy(&format!("admin: 0.0.0.0:0\n{}", config(&up, "app", ""))).err().expect("refused");
     assert!(err.contains("not a loopback address") && err.contains("admin_allow_non_loopback"), "{err}");
     let p = proxy(&format!("admin: 0.0.0.0:0\nadmin_allow_non_loopback: true\n{}", config(&up, "app", "")));
-    let warned = eventually(Duration::from_secs(5), || p.process.stderr().contains("reachable from other hosts").then_some(()));
+    let warned =
+        eventually(Duration::from_secs(5), || p.process.stderr().contains("reachable from other hosts").then_some(()));
     assert!(warned.is_some(), "{}", p.process.stderr());
 }

@@ -210,7 +210,7 @@ struct BulkheadRoot {
 
 impl BulkheadRoot {
     fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let config: Config = serde_json::from_slice(bytes).map_err(|e| format!("bad configuration: {e}"))?;
+        let config: Config = meshwork_filter_support::config::parse(bytes)?;
         if config.max_concurrent == 0 {
             return Err("max_concurrent must be at least 1".into());
         }

@@ -165,7 +165,7 @@ struct BreakerRoot {
 
 impl BreakerRoot {
     fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let config: Config = serde_json::from_slice(bytes).map_err(|e| format!("bad configuration: {e}"))?;
+        let config: Config = meshwork_filter_support::config::parse(bytes)?;
         let failure_ratio = match &config.failure_ratio {
             None => None,
             Some(r) if !(r.threshold > 0.0 && r.threshold <= 1.0) => {

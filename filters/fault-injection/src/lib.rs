@@ -15,7 +15,7 @@ use meshwork_fault::{
     ABORT_HEADER, ABORT_PERCENTAGE_HEADER, AbortPolicy, AbortStatus, ActiveFaults, DELAY_HEADER,
     DELAY_PERCENTAGE_HEADER, DelayLength, DelayPolicy, Denominator, FaultHeaders, Fraction, Policy,
 };
-use meshwork_filter_support::config::{ConfigObject, header_name};
+use meshwork_filter_support::config::{self, header_name};
 use meshwork_filter_support::wakeups::{Wakeups, act_for};
 use meshwork_filter_support::{
     ConfigDuration, Random, SharedTable, configured, fingerprint, now_ns, property_string, tagged,
@@ -93,26 +93,16 @@ struct HeaderConfig {
     present: Option<bool>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
 struct Config {
     abort: Option<AbortConfig>,
     delay: Option<DelayConfig>,
     /// Faults apply only to requests with all of these headers (Envoy's `headers`).
+    #[serde(default)]
     headers: Vec<HeaderConfig>,
     /// The most requests carrying a fault at once, across workers; unlimited when absent.
     max_active_faults: Option<u64>,
-}
-
-fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let mut object = ConfigObject::parse(bytes)?;
-    let config = Config {
-        abort: object.take("abort")?,
-        delay: object.take("delay")?,
-        headers: object.take("headers")?.unwrap_or_default(),
-        max_active_faults: object.take("max_active_faults")?,
-    };
-    object.finish(&["abort", "delay", "headers", "max_active_faults"])?;
-    Ok(config)
 }
 
 fn header_match(i: usize, h: HeaderConfig) -> Result<HeaderMatch, String> {
@@ -210,7 +200,7 @@ struct FaultRoot {
 
 impl FaultRoot {
     fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let config = parse_config(bytes)?;
+        let config = config::parse::<Config>(bytes)?;
         let policy = policy(&config)?;
         let headers =
             config.headers.into_iter().enumerate().map(|(i, h)| header_match(i, h)).collect::<Result<Vec<_>, _>>()?;

@@ -119,7 +119,7 @@ struct GlobalRateLimitRoot {
 
 impl GlobalRateLimitRoot {
     fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let config: Config = serde_json::from_slice(bytes).map_err(|e| format!("bad configuration: {e}"))?;
+        let config: Config = meshwork_filter_support::config::parse(bytes)?;
         if config.domain.is_empty() {
             return Err("domain: must not be empty".into());
         }

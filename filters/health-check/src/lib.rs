@@ -20,7 +20,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use meshwork_cas_table::Outcome as CasOutcome;
-use meshwork_filter_support::config::{ConfigObject, header_name};
+use meshwork_filter_support::config::{self, header_name};
 use meshwork_filter_support::outcome::Outcome;
 use meshwork_filter_support::{
     ConfigDuration, Random, SharedTable, fingerprint, now_ns, property, property_string, tagged,
@@ -120,29 +120,24 @@ enum Balance {
     Random,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
 struct Config {
     targets: Vec<TargetConfig>,
+    /// On with defaults when absent, off when null.
+    #[serde(default = "config::on", deserialize_with = "config::on_unless_null")]
     active: Option<ActiveConfig>,
+    #[serde(default = "config::on", deserialize_with = "config::on_unless_null")]
     passive: Option<PassiveConfig>,
     route_header: Option<String>,
+    #[serde(default)]
     balance: Balance,
+    #[serde(default = "default_status")]
     status: u32,
 }
 
-fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let mut object = ConfigObject::parse(bytes)?;
-    let config = Config {
-        targets: object.take("targets")?.ok_or("targets: missing (list the clusters to check)")?,
-        // On with defaults when absent, off when null.
-        active: object.section("active")?,
-        passive: object.section("passive")?,
-        route_header: object.take("route_header")?,
-        balance: object.take("balance")?.unwrap_or_default(),
-        status: object.take("status")?.unwrap_or(503),
-    };
-    object.finish(&["targets", "active", "passive", "route_header", "balance", "status"])?;
-    Ok(config)
+fn default_status() -> u32 {
+    503
 }
 
 fn nanos(field: &str, d: ConfigDuration) -> Result<u64, String> {
@@ -198,7 +193,7 @@ fn log(level: LogLevel, message: &str) {
 
 impl Checker {
     fn configure(bytes: &[u8]) -> Result<Checker, String> {
-        let config = parse_config(bytes)?;
+        let config = config::parse::<Config>(bytes)?;
         if config.targets.is_empty() {
             return Err("targets: list at least one cluster".into());
         }

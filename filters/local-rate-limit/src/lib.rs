@@ -85,7 +85,7 @@ fn log(level: LogLevel, message: &str) {
 
 impl RateLimitRoot {
     fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let config: Config = serde_json::from_slice(bytes).map_err(|e| format!("bad configuration: {e}"))?;
+        let config: Config = meshwork_filter_support::config::parse(bytes)?;
         let period_ns = u64::try_from(config.period.0.as_nanos()).map_err(|_| "period is too long".to_string())?;
         let limit =
             Limit::new(config.rate, period_ns, config.burst.unwrap_or(config.rate)).map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use meshwork_filter_support::{now_ns, property, property_i64, route_name, tagged};
+use meshwork_filter_support::{config, configured, now_ns, property, property_i64, route_name, tagged};
 use meshwork_measure_core::{PrefixRoute, StatusClass, StreamTimes, route_for_path, write_server_timing};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -134,16 +134,9 @@ impl Context for MeasureRoot {}
 impl RootContext for MeasureRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = if bytes.iter().all(u8::is_ascii_whitespace) {
-            Config::default()
-        } else {
-            match serde_json::from_slice::<Config>(&bytes) {
-                Ok(c) => c,
-                Err(e) => {
-                    proxy_wasm::hostcalls::log(LogLevel::Error, &format!("measure: bad configuration: {e}")).ok();
-                    return false;
-                }
-            }
+        let config: Config = match config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => return configured("measure", Err(e)),
         };
         self.shared = Some(Rc::new(Shared { config, routes: RefCell::default(), last: RefCell::default() }));
         true

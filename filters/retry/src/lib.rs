@@ -418,7 +418,7 @@ struct RetryRoot {
 
 impl RetryRoot {
     fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let config: Config = serde_json::from_slice(bytes).map_err(|e| format!("bad configuration: {e}"))?;
+        let config: Config = meshwork_filter_support::config::parse(bytes)?;
         let mut retry_on = RetryOn::default();
         for c in &config.retry_on {
             match c {

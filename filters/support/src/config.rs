@@ -1,43 +1,40 @@
-//! A filter's JSON configuration, read field by field: every error names its field, and a field
-//! nobody took is refused with the list of known ones (a typo must not silently mean "default").
+//! A filter's JSON configuration, the one way every meshwork filter reads it: a `Config` type
+//! deriving `Deserialize` with `deny_unknown_fields` (a typo must not silently mean
+//! "default"), parsed by [`parse`], whose errors name the field's path
+//! (`targets[0].cluster: invalid type…`).
 
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Deserializer};
 
-/// The configuration object while its fields are being taken out of it.
-pub struct ConfigObject(Map<String, Value>);
-
-impl ConfigObject {
-    /// The configuration bytes as a JSON object.
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        match serde_json::from_slice(bytes).map_err(|e| format!("configuration is not JSON: {e}"))? {
-            Value::Object(object) => Ok(ConfigObject(object)),
-            _ => Err("configuration must be a JSON object".into()),
+/// Parses configuration bytes into `T`. An empty (or blank) configuration is `{}`.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            format!("configuration is not JSON: {inner}")
+        } else if path == "." {
+            format!("{inner}")
+        } else {
+            format!("{path}: {inner}")
         }
-    }
+    })?;
+    json.end().map_err(|e| format!("configuration is not JSON: {e}"))?;
+    Ok(value)
+}
 
-    /// Takes field `name`; `None` when absent.
-    pub fn take<T: DeserializeOwned>(&mut self, name: &str) -> Result<Option<T>, String> {
-        self.0.remove(name).map(|v| serde_json::from_value(v).map_err(|e| format!("{name}: {e}"))).transpose()
-    }
+/// For a section that is on with its defaults when absent: `#[serde(default = "on",
+/// deserialize_with = "on_unless_null")]`; `null` turns it off.
+pub fn on<T: DeserializeOwned>() -> Option<T> {
+    // The section's own field defaults, as if it were given as `{}`.
+    serde_json::from_value(serde_json::Value::Object(serde_json::Map::new())).ok()
+}
 
-    /// Takes a section that is on with its defaults when absent and off when `null`.
-    pub fn section<T: DeserializeOwned>(&mut self, name: &str) -> Result<Option<T>, String> {
-        match self.0.remove(name) {
-            Some(Value::Null) => Ok(None),
-            value => serde_json::from_value(value.unwrap_or_else(|| Value::Object(Map::new())))
-                .map(Some)
-                .map_err(|e| format!("{name}: {e}")),
-        }
-    }
-
-    /// Refuses the first field that was not taken.
-    pub fn finish(self, known: &[&str]) -> Result<(), String> {
-        match self.0.keys().next() {
-            Some(field) => Err(format!("unknown field {field:?} (known: {})", known.join(", "))),
-            None => Ok(()),
-        }
-    }
+/// See [`on`].
+pub fn on_unless_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(d)
 }
 
 /// A header name a proxy-wasm host accepts: an HTTP token, in lower case as hosts present them.
@@ -53,22 +50,41 @@ pub fn header_name(field: &str, name: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fields_are_taken_and_leftovers_refused() {
-        let mut c = ConfigObject::parse(br#"{"rate": 5, "typo": 1, "section": null}"#).unwrap();
-        assert_eq!(c.take::<u32>("rate").unwrap(), Some(5));
-        assert_eq!(c.take::<u32>("absent").unwrap(), None);
-        assert_eq!(c.section::<Map<String, Value>>("section").unwrap(), None);
-        assert_eq!(c.section::<Map<String, Value>>("other").unwrap(), Some(Map::new()));
-        assert_eq!(c.finish(&["rate", "section"]).unwrap_err(), r#"unknown field "typo" (known: rate, section)"#);
+    #[derive(Deserialize, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Section {
+        #[serde(default)]
+        depth: u32,
+    }
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Example {
+        rate: u32,
+        #[serde(default)]
+        list: Vec<Section>,
+        #[serde(default = "on", deserialize_with = "on_unless_null")]
+        section: Option<Section>,
     }
 
     #[test]
-    fn errors_name_the_field() {
-        let mut c = ConfigObject::parse(br#"{"rate": "five"}"#).unwrap();
-        assert!(c.take::<u32>("rate").unwrap_err().starts_with("rate: "));
-        assert_eq!(ConfigObject::parse(b"[1]").err().unwrap(), "configuration must be a JSON object");
-        assert!(ConfigObject::parse(b"{").err().unwrap().starts_with("configuration is not JSON"));
+    fn sections_are_on_unless_null() {
+        let c: Example = parse(br#"{"rate": 5}"#).unwrap();
+        assert_eq!(c.section, Some(Section { depth: 0 }), "absent: on with its defaults");
+        let c: Example = parse(br#"{"rate": 5, "section": null}"#).unwrap();
+        assert_eq!(c.section, None, "null: off");
+        let c: Example = parse(br#"{"rate": 5, "section": {"depth": 2}}"#).unwrap();
+        assert_eq!(c.section, Some(Section { depth: 2 }));
+    }
+
+    #[test]
+    fn errors_name_the_field_path() {
+        let e = |json: &[u8]| parse::<Example>(json).unwrap_err();
+        assert!(e(br#"{"rate": "five"}"#).starts_with("rate: invalid type"), "{}", e(br#"{"rate": "five"}"#));
+        assert!(e(br#"{"rate": 1, "typo": 1}"#).contains("unknown field `typo`"));
+        assert!(e(br#"{"rate": 1, "list": [{}, {"deep": 1}]}"#).starts_with("list[1].deep: unknown field `deep`"));
+        assert!(e(b"{").starts_with("configuration is not JSON"));
+        assert!(e(b"").contains("missing field `rate`"), "an empty configuration is {{}}");
     }
 
     #[test]

@@ -33,24 +33,7 @@ pub struct ConfigDuration(pub Duration);
 
 impl ConfigDuration {
     pub fn parse(text: &str) -> Result<Duration, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m or h)"))?;
-        let (number, unit) = text.split_at(split);
-        let value: f64 = number.parse().map_err(|_| format!("duration {text:?} does not start with a number"))?;
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => {
-                return Err(format!("duration {text:?} has unknown unit {other:?} (use ms, s, m or h)"));
-            }
-        };
-        Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration {text:?} is out of range"))
+        meshwork_units::parse_duration(text).map_err(|e| e.to_string())
     }
 }
 
@@ -276,7 +259,7 @@ mod tests {
         assert_eq!(ConfigDuration::parse("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(ConfigDuration::parse("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(ConfigDuration::parse("100us"), Ok(Duration::from_micros(100)));
-        assert!(ConfigDuration::parse("10").unwrap_err().contains("no unit"));
+        assert!(ConfigDuration::parse("10").unwrap_err().contains("needs a unit"));
         assert!(ConfigDuration::parse("10 parsecs").unwrap_err().contains("unknown unit"));
         assert!(ConfigDuration::parse("s").unwrap_err().contains("number"));
         let d: ConfigDuration = serde_json_from_str("1500");

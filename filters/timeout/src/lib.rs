@@ -80,7 +80,7 @@ struct TimeoutRoot {
 
 impl TimeoutRoot {
     fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let config: Config = serde_json::from_slice(bytes).map_err(|e| format!("bad configuration: {e}"))?;
+        let config: Config = meshwork_filter_support::config::parse(bytes)?;
         for (route, t) in std::iter::once((&"timeout".to_string(), &config.timeout)).chain(&config.routes) {
             if t.0 < Duration::from_millis(1) {
                 return Err(format!("{route}: a timeout must be at least 1ms"));

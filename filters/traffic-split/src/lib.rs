@@ -9,7 +9,7 @@
 
 use std::rc::Rc;
 
-use meshwork_filter_support::config::{ConfigObject, header_name};
+use meshwork_filter_support::config::{self, header_name};
 use meshwork_filter_support::{Random, configured, property_string, tagged};
 use meshwork_traffic_split::{Backend, Chosen, HeaderMatch, Request, RequestMatch, Routes, Rule, Split, ValueMatch};
 use proxy_wasm::hostcalls;
@@ -68,25 +68,21 @@ enum HashOn {
     Header(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
 struct Config {
+    #[serde(default = "default_header")]
     header: String,
+    #[serde(default)]
     rules: Vec<RuleConfig>,
     /// For requests no rule matches.
+    #[serde(default)]
     backends: Vec<BackendConfig>,
     hash_on: Option<HashOn>,
 }
 
-fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let mut object = ConfigObject::parse(bytes)?;
-    let config = Config {
-        header: object.take("header")?.unwrap_or_else(|| "x-meshwork-cluster".into()),
-        rules: object.take("rules")?.unwrap_or_default(),
-        backends: object.take("backends")?.unwrap_or_default(),
-        hash_on: object.take("hash_on")?,
-    };
-    object.finish(&["header", "rules", "backends", "hash_on"])?;
-    Ok(config)
+fn default_header() -> String {
+    "x-meshwork-cluster".into()
 }
 
 fn header_match(field: &str, h: HeaderConfig) -> Result<HeaderMatch, String> {
@@ -130,7 +126,7 @@ struct SplitRoot {
 
 impl SplitRoot {
     fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let config = parse_config(bytes)?;
+        let config: Config = config::parse(bytes)?;
         let header = header_name("header", &config.header)?;
         let plugin = property_string(&["plugin_name"]).unwrap_or_else(|| "traffic-split".into());
         let counter = |rule: &str, backend: &str| {

@@ -251,20 +251,7 @@ fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Du
 
 /// `"250ms"`, `"5s"`, `"1m"`, `"1h"`, `"100us"`, `"10ns"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like \"250ms\""))?;
-    let ns_per = match unit.trim() {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" => 60e9,
-        "h" => 3600e9,
-        _ => return Err(format!("{text:?}: unknown unit (use ns, us, ms, s, m or h)")),
-    };
-    Ok(Duration::from_nanos((value * ns_per).round() as u64))
+    meshwork_units::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

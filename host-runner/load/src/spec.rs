@@ -215,21 +215,7 @@ impl LoadSpec {
 
 /// `10s`, `250ms`, `1.5s`, `2m`, `100us`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, LoadError> {
-    let t = s.trim();
-    let bad = || LoadError::BadInput(format!("{s:?} is not a duration (use e.g. 10s, 250ms, 2m)"));
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1e3,
-        "us" | "µs" => n / 1e6,
-        "ns" => n / 1e9,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+    meshwork_units::parse_duration_or(s, "s").map_err(|e| LoadError::BadInput(e.to_string()))
 }
 
 /// A latency objective: `p99<=10ms`.

@@ -225,22 +225,21 @@ pub fn format_duration(ns: u64) -> String {
 }
 
 /// Reads a proto3 JSON `Duration` (`"1.5s"`, `"0s"`, `"2.000000001s"`) as nanoseconds;
-/// `None` for anything else, negative durations included.
+/// `None` for anything else, negative durations included. The number is read by the one
+/// duration parser (`meshwork_units`); proto3 only allows seconds and up to nine decimals.
 pub fn parse_duration(text: &str) -> Option<u64> {
     let number = text.strip_suffix('s')?;
     let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty()
+        || !digits(whole)
+        || !digits(frac)
+        || frac.len() > 9
+        || (number.contains('.') && frac.is_empty())
+    {
         return None;
     }
-    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) || (number.contains('.') && frac.is_empty()) {
-        return None;
-    }
-    let seconds: u64 = whole.parse().ok()?;
-    let mut nanos = 0u64;
-    for (i, b) in frac.bytes().enumerate() {
-        nanos += u64::from(b - b'0') * 10u64.pow(8 - i as u32);
-    }
-    seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
+    u64::try_from(meshwork_units::parse_duration(text).ok()?.as_nanos()).ok()
 }
 
 #[cfg(feature = "serde")]
