@@ -1293,7 +1293,7 @@ fn errors_are_one_line_and_say_what_is_wrong() {
     let e = one_line_error(&["load", "xdp-ratelimit", "--iface", "lo", "--config", "{rate: 0}"]);
     assert!(e.contains("xdp-ratelimit config: rate must be at least 1"), "{e}");
     let e = one_line_error(&["load", "connect-breaker", "--config", "{cool_down: soon}"]);
-    assert!(e.contains("connect-breaker config") && e.contains("duration"), "{e}");
+    assert!(e.contains("connect-breaker config") && e.contains("\"soon\" is not a duration"), "{e}");
     let e = one_line_error(&["load", "xdp-ratelimit", "--cgroup", "/sys/fs/cgroup", "--config", cfg]);
     assert!(e.contains("give --iface"), "{e}");
     let e = one_line_error(&["stats", "no-such-instance"]);

@@ -440,7 +440,8 @@ scenarios:
         let json: Value =
             serde_json::from_str(&std::fs::read_to_string(out_dir.join(format!("{name}.smp.json"))).unwrap()).unwrap();
         let yaml: Value =
-            serde_yaml::from_str(&std::fs::read_to_string(out_dir.join(format!("{name}.smp.yaml"))).unwrap()).unwrap();
+            serde_saphyr::from_str(&std::fs::read_to_string(out_dir.join(format!("{name}.smp.yaml"))).unwrap())
+                .unwrap();
         assert!(same(&json, &yaml), "{name}: the YAML and JSON documents differ:\n{json}\n{yaml}");
         smp_required(&json, name);
         docs.insert(name, json);
@@ -545,7 +546,7 @@ fn kubernetes_job_manifest_and_log_collection() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("kubectl apply -f") && err.contains("--collect"), "{err}");
-    let job: Value = serde_yaml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let job: Value = serde_saphyr::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
     assert_eq!(job["apiVersion"], "batch/v1");
     assert_eq!(job["kind"], "Job");
     assert_eq!(job["metadata"]["name"], "bench-7");

@@ -128,7 +128,7 @@ fn bad_configuration_is_refused_naming_the_field() {
     let (v1, v2) = versions();
     for (configuration, expected) in [
         ("{backends: [{name: v1, weight: 0}]}", "backends has weights that add up to 0"),
-        ("{backends: [{name: v1, weight: -1}]}", "backends: invalid value"),
+        ("{backends: [{name: v1, weight: -1}]}", "backends[0].weight: invalid value"),
         ("{rules: [{backends: []}]}", "rules[0].backends lists no backends"),
         (
             "{rules: [{match: {headers: [{name: \"x a\", present: true}]}, backends: [{name: v1}]}]}",
@@ -137,7 +137,7 @@ fn bad_configuration_is_refused_naming_the_field() {
         ("{rules: [{match: {headers: [{name: x-a}]}, backends: [{name: v1}]}]}", "rules[0].match.headers[0] (x-a)"),
         ("{header: \"bad header\", backends: [{name: v1}]}", "header \"bad header\" is not a valid header name"),
         ("{}", "give backends, rules or both"),
-        ("{backend: [{name: v1}]}", "unknown field \"backend\""),
+        ("{backend: [{name: v1}]}", "unknown field `backend`"),
     ] {
         let err = try_proxy(&format!(
             "clusters: [{}, {}]\nroute: {{cluster_header: x-meshwork-cluster}}\nfilters: [{{name: split, module: {}, configuration: {configuration}}}]\n",

@@ -123,7 +123,7 @@ pub fn run(args: EbpfArgs) -> anyhow::Result<ExitCode> {
             let parsed = config::parse(program, config.as_deref())?;
             let config_json = match config.as_deref() {
                 Some(text) if text.trim_start().starts_with('{') => {
-                    serde_yaml::from_str::<serde_json::Value>(text).unwrap_or(serde_json::Value::Null)
+                    serde_saphyr::from_str::<serde_json::Value>(text).unwrap_or(serde_json::Value::Null)
                 }
                 Some(path) => serde_json::Value::String(path.to_owned()),
                 None => serde_json::Value::Null,
@@ -291,7 +291,7 @@ pub fn run(args: EbpfArgs) -> anyhow::Result<ExitCode> {
                 image,
             })?;
             match output {
-                ManifestOutput::Yaml => print!("{}", serde_yaml::to_string(&ds)?),
+                ManifestOutput::Yaml => print!("{}", serde_saphyr::to_string(&ds)?),
                 ManifestOutput::Json => println!("{}", serde_json::to_string_pretty(&ds)?),
             }
             Ok(ExitCode::SUCCESS)

@@ -59,12 +59,17 @@ pub fn parse(program: Program, text: Option<&str>) -> Result<ProgramConfig, Ebpf
         Some(path) => std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read {path}: {e}")))?,
     };
     let parsed = match program {
-        Program::XdpRatelimit => serde_yaml::from_str::<RateLimitText>(&source).map(|t| t.check()),
-        Program::SockopsRtt => serde_yaml::from_str::<RttText>(&source).map(|t| t.check()),
-        Program::ConnectBreaker => serde_yaml::from_str::<BreakerText>(&source).map(|t| t.check()),
-        Program::XdpPass => serde_yaml::from_str::<EmptyText>(&source).map(|_| Ok(ProgramConfig::None)),
+        Program::XdpRatelimit => serde_saphyr::from_str::<RateLimitText>(&source).map(|t| t.check()),
+        Program::SockopsRtt => serde_saphyr::from_str::<RttText>(&source).map(|t| t.check()),
+        Program::ConnectBreaker => serde_saphyr::from_str::<BreakerText>(&source).map(|t| t.check()),
+        Program::XdpPass => serde_saphyr::from_str::<EmptyText>(&source).map(|_| Ok(ProgramConfig::None)),
     };
-    parsed.map_err(|e| bad(e.to_string().replace('\n', " ")))?.map_err(bad)
+    parsed.map_err(|e| bad(yaml_error(&e)))?.map_err(bad)
+}
+
+/// A YAML error on one line: where, and what (the parser's source snippet left out).
+fn yaml_error(e: &serde_saphyr::Error) -> String {
+    e.without_snippet().to_string().trim_start_matches("error: ").replace('\n', " ")
 }
 
 #[derive(Deserialize)]
@@ -235,13 +240,19 @@ impl BreakerText {
     }
 }
 
+/// A duration: `"250ms"`, or a number of milliseconds.
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    match serde_yaml::Value::deserialize(d)? {
-        serde_yaml::Value::Number(n) => {
-            n.as_u64().map(Duration::from_millis).ok_or_else(|| D::Error::custom("a duration must not be negative"))
-        }
-        serde_yaml::Value::String(s) => parse_duration(&s).map_err(D::Error::custom),
-        other => Err(D::Error::custom(format!("expected a duration like \"250ms\", got {other:?}"))),
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Millis(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)
+        .map_err(|_| D::Error::custom("expected a duration like \"250ms\" or a number of milliseconds"))?
+    {
+        Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
+        Raw::Text(s) => parse_duration(&s).map_err(D::Error::custom),
     }
 }
 

@@ -102,7 +102,7 @@ pub struct ScenarioSpec {
     pub proxy_name: Option<String>,
     /// kind meshwork: the filter chain, as in `meshwork run`'s configuration.
     #[serde(default)]
-    pub filters: Vec<serde_yaml::Value>,
+    pub filters: Vec<serde_json::Value>,
     /// kind meshwork: worker threads.
     #[serde(default)]
     pub workers: Option<usize>,
@@ -115,7 +115,7 @@ fn bad(path: &Path, reason: impl Into<String>) -> LoadError {
 impl Profile {
     pub fn load(path: &Path) -> Result<Profile, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|e| bad(path, format!("cannot read: {e}")))?;
-        let profile: Profile = serde_yaml::from_str(&text).map_err(|e| bad(path, e.to_string()))?;
+        let profile: Profile = serde_saphyr::from_str(&text).map_err(|e| bad(path, e.without_snippet().to_string()))?;
         profile.validate(path)?;
         Ok(profile)
     }
@@ -278,11 +278,11 @@ fn start_meshwork(upstream: &Target, scenario: &ScenarioSpec, profile_dir: &Path
                 scenario.name,
                 path.display()
             );
-            f["module"] = serde_yaml::Value::String(path.display().to_string());
+            f["module"] = serde_json::Value::String(path.display().to_string());
         }
         filters.push(f);
     }
-    let config = serde_yaml::to_string(&serde_json::json!({
+    let config = serde_saphyr::to_string(&serde_json::json!({
         "listen": "127.0.0.1:0",
         "admin": "127.0.0.1:0",
         "workers": scenario.workers.unwrap_or(1),
@@ -522,7 +522,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         let name = slug(d.labels.get("scenario").map_or("scenario", String::as_str));
         let yaml = args.out.join(format!("{name}.smp.yaml"));
         let json = args.out.join(format!("{name}.smp.json"));
-        std::fs::write(&yaml, serde_yaml::to_string(d)?).with_context(|| format!("cannot write {}", yaml.display()))?;
+        std::fs::write(&yaml, serde_saphyr::to_string(d)?)
+            .with_context(|| format!("cannot write {}", yaml.display()))?;
         std::fs::write(&json, serde_json::to_string_pretty(d)?)
             .with_context(|| format!("cannot write {}", json.display()))?;
     }

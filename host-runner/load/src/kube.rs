@@ -105,7 +105,7 @@ pub fn job(spec: &LoadSpec, opts: &JobOptions) -> Result<Job, LoadError> {
 }
 
 pub fn manifest_yaml(job: &Job) -> String {
-    serde_yaml::to_string(job).expect("a Job serialises")
+    serde_saphyr::to_string(job).expect("a Job serialises")
 }
 
 /// What to run once the manifest exists.
@@ -159,8 +159,8 @@ mod tests {
     #[test]
     fn manifest_round_trips_through_the_api_types() {
         let yaml = manifest_yaml(&job(&spec(), &opts()).unwrap());
-        let back: Job = serde_yaml::from_str(&yaml).unwrap();
-        let v: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        let back: Job = serde_saphyr::from_str(&yaml).unwrap();
+        let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
         assert_eq!(v["apiVersion"], "batch/v1");
         assert_eq!(v["kind"], "Job");
         let js = back.spec.unwrap();

@@ -208,7 +208,7 @@ mod tests {
 
     fn limits(yaml: &str) -> Limits {
         let mut l = Limits::default();
-        l.add(&serde_yaml::from_str::<DomainSpec>(yaml).unwrap()).unwrap();
+        l.add(&serde_saphyr::from_str::<DomainSpec>(yaml).unwrap()).unwrap();
         l
     }
 

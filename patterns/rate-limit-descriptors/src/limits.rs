@@ -253,7 +253,7 @@ mod tests {
     use alloc::string::ToString;
 
     pub(crate) fn limits(yaml: &str) -> Limits {
-        let spec: DomainSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: DomainSpec = serde_saphyr::from_str(yaml).unwrap();
         let mut l = Limits::default();
         l.add(&spec).unwrap();
         l
@@ -325,7 +325,7 @@ descriptors:
     }
 
     fn error(yaml: &str) -> String {
-        let spec: DomainSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: DomainSpec = serde_saphyr::from_str(yaml).unwrap();
         Limits::default().add(&spec).unwrap_err().0
     }
 
@@ -370,7 +370,7 @@ descriptors:
             ),
             "descriptors[0].rate_limit.replaces[0].name: a limit cannot replace itself"
         );
-        let unknown = serde_yaml::from_str::<DomainSpec>("domain: d\ndescriptors: [{key: a, rate_limits: {}}]")
+        let unknown = serde_saphyr::from_str::<DomainSpec>("domain: d\ndescriptors: [{key: a, rate_limits: {}}]")
             .unwrap_err()
             .to_string();
         assert!(unknown.contains("unknown field `rate_limits`"), "{unknown}");

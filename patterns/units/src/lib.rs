@@ -16,6 +16,14 @@ use core::time::Duration;
 pub struct UnitError<'a> {
     pub text: &'a str,
     pub kind: UnitErrorKind,
+    /// What the text should have been.
+    pub expected: Quantity,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quantity {
+    Duration,
+    Size,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,26 +42,18 @@ pub enum UnitErrorKind {
 impl fmt::Display for UnitError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = self.text;
+        let (like, units) = match self.expected {
+            Quantity::Duration => ("a duration like 250ms, 1.5s or 2m", "ns, us, ms, s, m or h"),
+            Quantity::Size => ("a size like 64MiB or 4096", "B, KiB, MiB, GiB or TiB"),
+        };
         match self.kind {
-            UnitErrorKind::NotANumber => write!(f, "{t:?} is not a number with a unit, like 250ms or 64MiB"),
-            UnitErrorKind::NoUnit => {
-                write!(f, "{t:?} needs a unit (ms, s, m, h for durations; KiB, MiB, GiB for sizes)")
-            }
-            UnitErrorKind::UnknownUnit => write!(f, "{t:?} has an unknown unit ({})", self.expected()),
+            UnitErrorKind::NotANumber => write!(f, "{t:?} is not {like}"),
+            UnitErrorKind::NoUnit => write!(f, "{t:?} needs a unit ({units})"),
+            UnitErrorKind::UnknownUnit => write!(f, "{t:?} has an unknown unit (use {units})"),
             UnitErrorKind::OutOfRange => write!(f, "{t:?} is out of range"),
             UnitErrorKind::FractionalBytes => write!(f, "{t:?} is not a whole number of bytes"),
         }
     }
-}
-
-impl UnitError<'_> {
-    fn expected(&self) -> &'static str {
-        if looks_like_size(self.text) { "use B, KiB, MiB or GiB" } else { "use ns, us, ms, s, m or h" }
-    }
-}
-
-fn looks_like_size(text: &str) -> bool {
-    text.trim_end().ends_with('B') || text.trim_end().ends_with("iB")
 }
 
 impl core::error::Error for UnitError<'_> {}
@@ -109,7 +109,7 @@ pub fn parse_duration_or<'a>(text: &'a str, default_unit: &'static str) -> Resul
 }
 
 fn parse_duration_inner<'a>(text: &'a str, default_unit: Option<&'static str>) -> Result<Duration, UnitError<'a>> {
-    let err = |kind| UnitError { text, kind };
+    let err = |kind| UnitError { text, kind, expected: Quantity::Duration };
     let (number, unit) = split(text).map_err(err)?;
     let unit = match (unit, default_unit) {
         ("", Some(d)) => d,
@@ -140,7 +140,7 @@ fn parse_duration_inner<'a>(text: &'a str, default_unit: Option<&'static str>) -
 /// Parses `64MiB`, `512KiB`, `1GiB`, `1048576` (bytes), `1.5MiB`. `K`, `M`, `G` mean the same
 /// binary units.
 pub fn parse_size(text: &str) -> Result<u64, UnitError<'_>> {
-    let err = |kind| UnitError { text, kind };
+    let err = |kind| UnitError { text, kind, expected: Quantity::Size };
     let (number, unit) = split(text).map_err(err)?;
     let per: u64 = match unit {
         "" | "B" => 1,
@@ -195,6 +195,8 @@ mod tests {
         assert_eq!(kind("9999999999999999h"), UnitErrorKind::OutOfRange);
         let text = parse_duration("5 parsecs").unwrap_err().to_string();
         assert!(text.contains("\"5 parsecs\"") && text.contains("ms, s"), "{text}");
+        assert!(parse_duration("soon").unwrap_err().to_string().contains("is not a duration"));
+        assert!(parse_size("big").unwrap_err().to_string().contains("is not a size"));
     }
 
     #[test]

@@ -20,7 +20,8 @@ fn add(limits: &mut Limits, path: &Path, text: &str) -> anyhow::Result<()> {
     if text.trim().is_empty() {
         return Err(anyhow!("{}: the file is empty (expected `domain:` and `descriptors:`)", path.display()));
     }
-    let spec: DomainSpec = serde_yaml::from_str(text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let spec: DomainSpec =
+        serde_saphyr::from_str(text).map_err(|e| anyhow!("{}: {}", path.display(), crate::config::yaml_error(&e)))?;
     limits.add(&spec).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
@@ -53,7 +54,8 @@ mod tests {
         let unknown =
             error("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_minute: 1}\n");
         assert!(
-            unknown.starts_with("limits.yaml: descriptors[0].rate_limit: unknown field `requests_per_minute`"),
+            unknown.starts_with("limits.yaml: ")
+                && unknown.contains("line 4 column 32: unknown field `requests_per_minute`"),
             "{unknown}"
         );
         let wrong_type =

@@ -7,7 +7,6 @@
 mod config;
 mod http;
 mod redis;
-mod resp;
 mod store;
 
 use std::io::Write;
@@ -20,7 +19,7 @@ use anyhow::{Context, anyhow};
 use hyper_util::rt::TokioIo;
 
 use crate::OutputFormat;
-use redis::{Redis, RedisUrl};
+use redis::Redis;
 use store::Store;
 
 #[derive(clap::Args)]
@@ -35,9 +34,6 @@ pub struct Args {
     /// every service that uses it; without it, counters live in this process.
     #[arg(long)]
     redis: Option<String>,
-    /// Connections to Redis, each carrying one request's pipeline at a time.
-    #[arg(long, default_value_t = 4)]
-    redis_connections: usize,
     /// How long one Redis pipeline (connecting included) may take before the request fails.
     #[arg(long, default_value = "1s", value_parser = crate::config::parse_duration)]
     redis_timeout: Duration,
@@ -53,10 +49,7 @@ pub fn serve(args: Args) -> anyhow::Result<()> {
     let limits = config::load(&args.configs)?;
     let store = match &args.redis {
         None => Store::memory(),
-        Some(url) => {
-            let url = RedisUrl::parse(url).map_err(|e| anyhow!("--redis: {e}"))?;
-            Store::Redis(Arc::new(Redis::new(url, args.redis_connections, args.redis_timeout)))
-        }
+        Some(url) => Store::Redis(Arc::new(Redis::open(url, args.redis_timeout).map_err(|e| anyhow!("--redis: {e}"))?)),
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
