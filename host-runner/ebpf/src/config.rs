@@ -59,17 +59,12 @@ pub fn parse(program: Program, text: Option<&str>) -> Result<ProgramConfig, Ebpf
         Some(path) => std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read {path}: {e}")))?,
     };
     let parsed = match program {
-        Program::XdpRatelimit => serde_saphyr::from_str::<RateLimitText>(&source).map(|t| t.check()),
-        Program::SockopsRtt => serde_saphyr::from_str::<RttText>(&source).map(|t| t.check()),
-        Program::ConnectBreaker => serde_saphyr::from_str::<BreakerText>(&source).map(|t| t.check()),
-        Program::XdpPass => serde_saphyr::from_str::<EmptyText>(&source).map(|_| Ok(ProgramConfig::None)),
+        Program::XdpRatelimit => meshwork_yaml::from_str::<RateLimitText>(&source).map(|t| t.check()),
+        Program::SockopsRtt => meshwork_yaml::from_str::<RttText>(&source).map(|t| t.check()),
+        Program::ConnectBreaker => meshwork_yaml::from_str::<BreakerText>(&source).map(|t| t.check()),
+        Program::XdpPass => meshwork_yaml::from_str::<EmptyText>(&source).map(|_| Ok(ProgramConfig::None)),
     };
-    parsed.map_err(|e| bad(yaml_error(&e)))?.map_err(bad)
-}
-
-/// A YAML error on one line: where, and what (the parser's source snippet left out).
-fn yaml_error(e: &serde_saphyr::Error) -> String {
-    e.without_snippet().to_string().trim_start_matches("error: ").replace('\n', " ")
+    parsed.map_err(|e| bad(e.to_string()))?.map_err(bad)
 }
 
 #[derive(Deserialize)]

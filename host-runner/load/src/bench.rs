@@ -115,7 +115,7 @@ fn bad(path: &Path, reason: impl Into<String>) -> LoadError {
 impl Profile {
     pub fn load(path: &Path) -> Result<Profile, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|e| bad(path, format!("cannot read: {e}")))?;
-        let profile: Profile = serde_saphyr::from_str(&text).map_err(|e| bad(path, e.without_snippet().to_string()))?;
+        let profile: Profile = meshwork_yaml::from_str(&text).map_err(|e| bad(path, e.to_string()))?;
         profile.validate(path)?;
         Ok(profile)
     }

@@ -21,7 +21,6 @@ pub mod smp;
 pub mod spec;
 pub mod svg;
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -235,7 +234,8 @@ fn spec_from(args: &LoadArgs) -> anyhow::Result<LoadSpec> {
     Ok(spec)
 }
 
-/// Prints a progress line on stderr until dropped.
+/// Progress on stderr until dropped: an indicatif bar on a terminal; elsewhere (CI logs, pipes)
+/// one plain line a second, which indicatif does not draw.
 struct ProgressLine {
     stop: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<()>>,
@@ -243,48 +243,61 @@ struct ProgressLine {
 
 impl ProgressLine {
     fn start(progress: Arc<Progress>, total: Option<Duration>, label: String, counts: bool) -> ProgressLine {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| Self::bar(total, &label));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
-            let tty = std::io::stderr().is_terminal();
             let start = Instant::now();
             let mut last = (Instant::now(), 0u64);
             let mut ticks = 0u32;
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
                 ticks += 1;
-                if !tty && !ticks.is_multiple_of(4) {
+                if bar.is_none() && !ticks.is_multiple_of(4) {
                     continue;
                 }
-                let done = progress.done.load(Ordering::Relaxed);
-                let errors = progress.errors.load(Ordering::Relaxed);
-                let now = Instant::now();
-                let rate = (done - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-3);
-                last = (now, done);
-                let elapsed = start.elapsed().as_secs_f64();
-                let bar = match total {
-                    Some(t) => {
-                        let f = (elapsed / t.as_secs_f64()).min(1.0);
-                        let n = (f * 30.0) as usize;
-                        format!("[{}{}] {elapsed:>5.1}s/{:.1}s", "=".repeat(n), " ".repeat(30 - n), t.as_secs_f64())
+                // Worker processes report only at the end: then the time is all there is to show.
+                let message = counts.then(|| {
+                    let done = progress.done.load(Ordering::Relaxed);
+                    let errors = progress.errors.load(Ordering::Relaxed);
+                    let now = Instant::now();
+                    let rate = (done - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-3);
+                    last = (now, done);
+                    format!("{done} done  {rate:.0} req/s  {errors} errors")
+                });
+                let elapsed = start.elapsed();
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(elapsed.as_millis() as u64);
+                        if let Some(m) = message {
+                            bar.set_message(m);
+                        }
                     }
-                    None => format!("{elapsed:>6.1}s"),
-                };
-                // Worker processes report only at the end: then the bar is all there is to show.
-                let line = if counts {
-                    format!("{label} {bar}  {done} done  {rate:.0} req/s  {errors} errors")
-                } else {
-                    format!("{label} {bar}")
-                };
-                let mut err = std::io::stderr();
-                let _ = if tty { write!(err, "\r{line}\x1b[K") } else { writeln!(err, "{line}") };
-                let _ = err.flush();
+                    None => {
+                        let of = total.map(|t| format!("/{:.1}s", t.as_secs_f64())).unwrap_or_default();
+                        eprintln!("{label} [{:.1}s{of}]  {}", elapsed.as_secs_f64(), message.unwrap_or_default());
+                    }
+                }
             }
-            if tty {
-                let _ = write!(std::io::stderr(), "\r\x1b[K");
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
             }
         });
         ProgressLine { stop, handle: Some(handle) }
+    }
+
+    fn bar(total: Option<Duration>, label: &str) -> indicatif::ProgressBar {
+        let (bar, template) = match total {
+            Some(t) => {
+                (indicatif::ProgressBar::new(t.as_millis() as u64), "{prefix} [{bar:30}] {elapsed}/{duration}  {msg}")
+            }
+            None => (indicatif::ProgressBar::new_spinner(), "{prefix} {spinner} {elapsed}  {msg}"),
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(label.to_owned());
+        bar
     }
 }
 

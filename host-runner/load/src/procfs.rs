@@ -1,15 +1,11 @@
 //! What /proc says about processes and the machine: CPU time, resident memory, who listens on a
-//! port, and the environment an SMP result records.
+//! port, and the environment an SMP result records (read through the `procfs` crate).
 
 use std::collections::HashSet;
 
+use procfs::Current;
+use procfs::process::{FDTarget, Process};
 use serde::{Deserialize, Serialize};
-
-fn clock_ticks() -> u64 {
-    // SAFETY: sysconf takes an integer and returns one.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
-}
 
 /// CPU time of a process in µs: its CPU-time clock (ns precision, every thread it ever ran,
 /// exited ones included, so it never goes backwards), else user + system time in clock ticks
@@ -36,14 +32,8 @@ fn process_clock_us(pid: u32) -> Option<u64> {
 
 /// User + system CPU time of a process (all its threads, dead ones included), in µs.
 fn stat_cpu_us(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: count fields after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, utime 14, stime 15 (1-based, man 5 proc).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) * 1_000_000 / clock_ticks())
+    let stat = Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()?;
+    Some((stat.utime + stat.stime) * 1_000_000 / procfs::ticks_per_second().max(1))
 }
 
 /// The sum over several processes (None if any has gone).
@@ -53,49 +43,35 @@ pub fn cpu_us_all(pids: &[u32]) -> Option<u64> {
 
 /// (resident, peak resident) in KiB.
 pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:").unwrap_or(0)))
+    let status = Process::new(i32::try_from(pid).ok()?).ok()?.status().ok()?;
+    Some((status.vmrss?, status.vmhwm.unwrap_or(0)))
 }
 
 /// Processes holding a listening TCP socket on `port` (any address): found through the
 /// socket's inode in /proc/net/tcp{,6} and the processes' descriptor tables.
 pub fn pids_listening_on(port: u16) -> Vec<u32> {
-    let mut inodes = HashSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "0A" {
-                continue;
-            }
-            let local_port = f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port == Some(port) {
-                inodes.insert(format!("socket:[{}]", f[9]));
-            }
-        }
-    }
+    let tables = [procfs::net::tcp(), procfs::net::tcp6()];
+    let inodes: HashSet<u64> = tables
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.state == procfs::net::TcpState::Listen && e.local_address.port() == port)
+        .map(|e| e.inode)
+        .collect();
     if inodes.is_empty() {
         return vec![];
     }
-    let mut pids = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return pids };
-    for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
-        if fds
-            .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| inodes.contains(l.to_string_lossy().as_ref())))
-        {
-            pids.push(pid);
-        }
-    }
+    let mut pids: Vec<u32> = procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|p| {
+            p.fd().is_ok_and(|fds| {
+                fds.flatten().any(|fd| matches!(fd.target, FDTarget::Socket(i) if inodes.contains(&i)))
+            })
+        })
+        .filter_map(|p| u32::try_from(p.pid()).ok())
+        .collect();
     pids.sort();
     pids
 }
@@ -132,18 +108,9 @@ pub fn environment() -> Environment {
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
         .map(|v| v.trim_matches('"').to_owned())
         .unwrap_or_else(|| "linux".into());
-    let cpu_model = read("/proc/cpuinfo")
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_default();
-    let memory_mb = read("/proc/meminfo")
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(0, |kib| kib / 1024);
+    let cpu_model =
+        procfs::CpuInfo::current().ok().and_then(|c| c.model_name(0).map(str::to_owned)).unwrap_or_default();
+    let memory_mb = procfs::Meminfo::current().map_or(0, |m| m.mem_total / (1 << 20));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     Environment {
         id: format!("{hostname}-{cores}c-{memory_mb}mb-{kernel}"),

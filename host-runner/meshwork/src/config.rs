@@ -277,11 +277,6 @@ struct FileNode {
     metadata: BTreeMap<String, String>,
 }
 
-/// A YAML error on one line: where, and what (the parser's source snippet left out).
-pub fn yaml_error(e: &serde_saphyr::Error) -> String {
-    e.without_snippet().to_string().trim_start_matches("error: ").replace('\n', " ")
-}
-
 /// Parses "250ms", "1.5s", "2m", "1h" (see `meshwork_units`).
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     meshwork_units::parse_duration(text).map_err(|e| anyhow::anyhow!("{e}"))
@@ -353,8 +348,8 @@ pub fn default_max_connections() -> usize {
 impl ProxyConfig {
     pub fn load(path: &Path) -> anyhow::Result<ProxyConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let file: File = serde_saphyr::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}", yaml_error(&e)))
+        let file: File = meshwork_yaml::from_str(&text)
+            .map_err(anyhow::Error::new)
             .with_context(|| format!("config {} is not valid", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         ProxyConfig::from_file(file, base).with_context(|| format!("config {} is not valid", path.display()))
@@ -612,7 +607,7 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> anyhow::Result<ProxyConfig> {
-        let file: File = serde_saphyr::from_str(yaml).map_err(|e| anyhow::anyhow!("{}", yaml_error(&e)))?;
+        let file: File = meshwork_yaml::from_str(yaml)?;
         ProxyConfig::from_file(file, Path::new("/cfg"))
     }
 

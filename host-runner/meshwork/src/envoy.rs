@@ -106,8 +106,8 @@ fn duration(value: Option<&Value>, path: &str) -> anyhow::Result<Option<Duration
 /// as warnings).
 pub fn load(path: &Path, allow_unsupported: bool) -> anyhow::Result<ProxyConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read Envoy config {}", path.display()))?;
-    let value: Value = serde_saphyr::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}", crate::config::yaml_error(&e)))
+    let value: Value = meshwork_yaml::from_str(&text)
+        .map_err(anyhow::Error::new)
         .with_context(|| format!("Envoy config {} is not valid YAML/JSON", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut w = Walker { errors: Vec::new(), warnings: Vec::new() };

@@ -20,8 +20,7 @@ fn add(limits: &mut Limits, path: &Path, text: &str) -> anyhow::Result<()> {
     if text.trim().is_empty() {
         return Err(anyhow!("{}: the file is empty (expected `domain:` and `descriptors:`)", path.display()));
     }
-    let spec: DomainSpec =
-        serde_saphyr::from_str(text).map_err(|e| anyhow!("{}: {}", path.display(), crate::config::yaml_error(&e)))?;
+    let spec: DomainSpec = meshwork_yaml::from_str(text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     limits.add(&spec).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
@@ -55,12 +54,12 @@ mod tests {
             error("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_minute: 1}\n");
         assert!(
             unknown.starts_with("limits.yaml: ")
-                && unknown.contains("line 4 column 32: unknown field `requests_per_minute`"),
+                && unknown.contains("line 4 column 32: descriptors[0].rate_limit.requests_per_minute: unknown field `requests_per_minute`"),
             "{unknown}"
         );
         let wrong_type =
             error("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: -1}\n");
-        assert!(wrong_type.contains("requests_per_unit"), "{wrong_type}");
+        assert!(wrong_type.contains(": descriptors[0].rate_limit.requests_per_unit: "), "{wrong_type}");
         assert!(error("descriptors: []\n").contains("missing field `domain`"));
     }
 
