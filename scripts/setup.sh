@@ -22,6 +22,8 @@ command -v nginx >/dev/null && [ -x "$(command -v nginx)" ] || need+=(nginx-ligh
 command -v curl >/dev/null || need+=(curl)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v valgrind >/dev/null || need+=(valgrind)
+# protoc: the gRPC APIs (host-runner/grpc-api) are generated from .proto files at build time.
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 # eBPF (make ebpf, its tests and bench): LLVM 22 for bpf-linker, bpftool to check attachments,
 # iproute2 for namespaces, ethtool for the tests' delay line, iptables and nftables for the
 # bench's comparison.

@@ -241,7 +241,9 @@ fn status_codes_match_envoys_host() {
         ("x-status-callout-huge-timeout", "2"),
         ("x-status-unknown-property", "1"),
         ("x-status-whole-request-property", "3"),
-        ("x-status-grpc-call", "12"),
+        ("x-status-grpc-unknown-cluster", "4"),
+        ("x-status-grpc-call", "0"),
+        ("x-grpc-call-token-kind", "1"),
         ("x-status-request-header-in-response", "2"),
     ];
     for (header, want) in expect {

@@ -214,15 +214,13 @@ static_resources:
     assert!(text.contains("meshwork_measure_upstream_latency_us_count{route=\"route-0\"} 3\n"), "{text}");
 
     // An unsupported field is named, and the run refused.
-    let bad = envoy.replace(
-        "    connect_timeout: 1s\n",
-        "    connect_timeout: 1s\n    transport_socket: {name: envoy.transport_sockets.tls}\n",
-    );
+    let bad = envoy
+        .replace("    connect_timeout: 1s\n", "    connect_timeout: 1s\n    outlier_detection: {consecutive_5xx: 3}\n");
     let bad_path = dir.join("bad.yaml");
     std::fs::write(&bad_path, bad).unwrap();
     let (code, _, stderr) = run(&["run", "--envoy-config", bad_path.to_str().unwrap()]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("static_resources.clusters[0].transport_socket: not supported"), "{stderr}");
+    assert!(stderr.contains("static_resources.clusters[0].outlier_detection: not supported"), "{stderr}");
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! Needs the release binary and the filter modules: `make build filters test-filters` (which
 //! `make test` runs first). Set MESHWORK_BIN to test another binary.
 
+pub mod grpc;
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -197,6 +200,54 @@ fn complete_config(yaml: &str) -> String {
         yaml = format!("cache_dir: {}\n{yaml}", module_cache().display());
     }
     yaml
+}
+
+/// A proxy with several listeners, by name (from its first line: `scheme://addr (name)`).
+pub struct Listeners {
+    pub process: Process,
+    pub addrs: std::collections::BTreeMap<String, SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub dir: PathBuf,
+}
+
+impl Listeners {
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self.addrs.get(name).unwrap_or_else(|| panic!("no listener {name:?} in {:?}", self.addrs))
+    }
+
+    pub fn url(&self, name: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addr(name))
+    }
+}
+
+/// Starts `meshwork run --config` with `yaml` exactly as given (plus the module cache) and
+/// reads where each listener is.
+pub fn try_listeners(yaml: &str, args: &[&str]) -> Result<Listeners, String> {
+    let dir = scratch("listeners");
+    let path = dir.join("proxy.yaml");
+    let yaml = if yaml.contains("cache_dir:") {
+        yaml.to_owned()
+    } else {
+        format!("cache_dir: {}\n{yaml}", module_cache().display())
+    };
+    std::fs::write(&path, yaml).expect("write config");
+    let mut all = vec!["run", "--config", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let process = Process::start(&all)?;
+    let mut addrs = std::collections::BTreeMap::new();
+    let line = process.first_line.clone();
+    for part in line.split("://").skip(1) {
+        let addr: String = part.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+        let name = part.split_once(" (").and_then(|(_, rest)| rest.split_once(')')).map(|(n, _)| n.to_owned());
+        if let (Ok(addr), Some(name)) = (addr.parse(), name) {
+            addrs.insert(name, addr);
+        }
+    }
+    Ok(Listeners { admin: find_addr(&line, "admin on http://"), process, addrs, dir })
+}
+
+pub fn listeners(yaml: &str) -> Listeners {
+    try_listeners(yaml, &[]).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn proxy(yaml: &str) -> Proxy {
@@ -628,4 +679,57 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
 /// Resets a process's peak resident memory to its current one (`VmHWM` starts again).
 pub fn reset_peak_rss(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// A TCP echo server on 127.0.0.1: every byte comes back (after `prefix`, once per
+/// connection); the client's end of stream ends the echo. Runs until the test process ends.
+pub fn tcp_echo(prefix: &'static str) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut reader = stream.try_clone().expect("clone");
+                let mut writer = stream;
+                let mut first = true;
+                let mut buf = [0u8; 16 << 10];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if first && !prefix.is_empty() {
+                                let _ = writer.write_all(prefix.as_bytes());
+                            }
+                            first = false;
+                            if writer.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// Reads from `s` until `want` bytes arrived, the peer closed, or `wait` passed.
+pub fn read_exactly(s: &mut std::net::TcpStream, want: usize, wait: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    while out.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
 }

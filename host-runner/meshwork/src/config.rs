@@ -2,7 +2,7 @@
 //! Envoy bootstrap translation produce.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,26 +13,103 @@ use meshwork_wasm_host::abi::LogLevel;
 use meshwork_wasm_host::{NodeInfo, PluginConfig, VmLimits};
 use serde::Deserialize;
 
+use crate::tls::{CertificateSpec, ClientTlsSpec, ServerTlsSpec, TlsVersion};
+
 /// Everything `meshwork run` needs, whichever file it came from.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
-    pub listen: SocketAddr,
+    /// At least one; HTTP and TCP listeners in any mix.
+    pub listeners: Vec<ListenerSpec>,
     pub admin: Option<SocketAddr>,
     /// The admin listener may bind a non-loopback address (it can stop and reload the proxy).
     pub admin_allow_non_loopback: bool,
     pub workers: usize,
-    pub listener: ListenerConfig,
     /// Most client connections the whole process holds (every listener, every worker); by
     /// default what the descriptor limit allows (see [`default_max_connections`]).
     pub max_connections: Option<usize>,
     pub clusters: Vec<ClusterConfig>,
+    /// Filters that run outside any listener (Envoy's `envoy.bootstrap.wasm` WasmService):
+    /// only their root context, on the main thread (one VM), ticks and queues.
+    pub services: Vec<FilterConfig>,
+    /// Host names resolved to these addresses instead of through DNS (`--resolve`).
+    pub resolve: BTreeMap<String, Vec<IpAddr>>,
+    pub node: NodeInfo,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// One listening address and what it serves.
+#[derive(Clone, Debug)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    pub settings: ListenerConfig,
+    pub tls: Option<ServerTlsSpec>,
+    /// Read a PROXY protocol (v1 or v2) header first; its addresses are the client's.
+    pub proxy_protocol: bool,
+    pub kind: ListenerKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum ListenerKind {
+    Http(HttpListener),
+    Tcp(TcpListener),
+}
+
+/// An HTTP listener: routes, and the HTTP filters requests pass.
+#[derive(Clone, Debug)]
+pub struct HttpListener {
     pub routes: Vec<RouteConfig>,
+    /// Envoy's rule (the first route that matches wins) instead of meshwork's longest prefix.
+    pub first_match: bool,
     pub filters: Vec<FilterConfig>,
     /// Body bytes a stream through the filters may hold per direction (defaults to the
     /// listener's buffer limit).
     pub filter_buffer_limit: Option<usize>,
-    pub node: NodeInfo,
-    pub cache_dir: Option<PathBuf>,
+}
+
+/// A TCP listener: network filters in front of a TCP proxy to one cluster.
+#[derive(Clone, Debug)]
+pub struct TcpListener {
+    pub cluster: String,
+    pub filters: Vec<FilterConfig>,
+}
+
+impl ListenerSpec {
+    pub fn http(&self) -> Option<&HttpListener> {
+        match &self.kind {
+            ListenerKind::Http(h) => Some(h),
+            ListenerKind::Tcp(_) => None,
+        }
+    }
+
+    /// Its filters, HTTP or network.
+    pub fn filters(&self) -> &[FilterConfig] {
+        match &self.kind {
+            ListenerKind::Http(h) => &h.filters,
+            ListenerKind::Tcp(t) => &t.filters,
+        }
+    }
+
+    /// How clients reach it: `http`/`https`, or `tcp`/`tls` for a TCP listener.
+    pub fn scheme(&self) -> &'static str {
+        match (&self.kind, self.tls.is_some()) {
+            (ListenerKind::Http(_), false) => "http",
+            (ListenerKind::Http(_), true) => "https",
+            (ListenerKind::Tcp(_), false) => "tcp",
+            (ListenerKind::Tcp(_), true) => "tls",
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Every filter of every listener, then the services.
+    pub fn all_filters(&self) -> impl Iterator<Item = &FilterConfig> {
+        self.listeners.iter().flat_map(ListenerSpec::filters).chain(&self.services)
+    }
+
+    pub fn routes(&self) -> usize {
+        self.listeners.iter().filter_map(ListenerSpec::http).map(|h| h.routes.len()).sum()
+    }
 }
 
 /// How a listener treats its clients: buffers, timeouts, caps, trust. Defaults are Envoy's,
@@ -59,6 +136,11 @@ pub struct ListenerConfig {
     /// Clients whose router-control `x-envoy-*` headers are honoured (Envoy's internal addresses);
     /// everyone else has them removed before the filters run.
     pub trusted_clients: Vec<IpNet>,
+    /// Append the client's address to `x-forwarded-for` (Envoy's `use_remote_address`).
+    pub use_remote_address: bool,
+    /// Proxies in front that a trusted client vouches for: the client address that counts is
+    /// this many entries from the end of `x-forwarded-for` (Envoy's `xff_num_trusted_hops`).
+    pub xff_trusted_hops: u32,
 }
 
 impl Default for ListenerConfig {
@@ -73,6 +155,8 @@ impl Default for ListenerConfig {
             drain_timeout: Duration::from_secs(5),
             max_connections: None,
             trusted_clients: Vec::new(),
+            use_remote_address: true,
+            xff_trusted_hops: 0,
         }
     }
 }
@@ -90,7 +174,7 @@ impl ListenerConfig {
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub name: String,
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Vec<EndpointConfig>,
     pub connect_timeout: Duration,
     /// Most retries in flight to the cluster at once, from every source (Envoy's
     /// `circuit_breakers.thresholds.max_retries`, default 3).
@@ -98,6 +182,44 @@ pub struct ClusterConfig {
     /// When set, retries in flight are capped by this share of active requests instead
     /// (Envoy's `retry_budget`).
     pub retry_budget: Option<RetryBudget>,
+    /// Speak HTTP/2 to it (h2c, or h2 over TLS); otherwise HTTP/1.1 unless TLS ALPN picks h2.
+    pub http2: bool,
+    pub tls: Option<ClientTlsSpec>,
+    /// How often host names are resolved again (Envoy's `dns_refresh_rate`, 5 s).
+    pub dns_refresh: Duration,
+}
+
+/// An endpoint as configured: an IP address, or a host name resolved through DNS (every
+/// address it resolves to, as Envoy's STRICT_DNS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointConfig {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl EndpointConfig {
+    pub fn parse(text: &str, what: &str) -> anyhow::Result<EndpointConfig> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(EndpointConfig::Ip(addr));
+        }
+        let (host, port) = text
+            .rsplit_once(':')
+            .with_context(|| format!("{what} {text:?} needs a port, like 127.0.0.1:8080 or app.internal:8080"))?;
+        let port = port.parse().with_context(|| format!("{what} {text:?}: {port:?} is not a port"))?;
+        if host.is_empty() || host.contains(['/', ' ', '[', ']']) {
+            bail!("{what} {text:?} is neither an IP address with a port nor a host name with a port");
+        }
+        Ok(EndpointConfig::Name { host: host.to_ascii_lowercase(), port })
+    }
+}
+
+impl std::fmt::Display for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointConfig::Ip(a) => write!(f, "{a}"),
+            EndpointConfig::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -111,11 +233,34 @@ pub struct RetryBudget {
 #[derive(Clone, Debug)]
 pub struct RouteConfig {
     pub name: String,
-    /// Requests whose path starts with this go to this route ("/" matches all).
-    pub prefix: String,
+    pub path: PathMatch,
     pub target: RouteTarget,
     /// The whole-request timeout (Envoy's route timeout); None disables it.
     pub timeout: Option<Duration>,
+}
+
+/// Which paths a route takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Paths starting with this ("/" matches all).
+    Prefix(String),
+    /// This path exactly (the query is not part of it).
+    Exact(String),
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path.split('?').next() == Some(p.as_str()),
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        match self {
+            PathMatch::Prefix(p) | PathMatch::Exact(p) => p,
+        }
+    }
 }
 
 /// Where a route sends its requests.
@@ -125,6 +270,11 @@ pub enum RouteTarget {
     /// The cluster named by this request header, as set by a filter (Envoy's `cluster_header`,
     /// how the traffic-split filter picks a version).
     ClusterHeader(String),
+    /// The proxy answers itself (Envoy's `direct_response`).
+    Direct {
+        status: u16,
+        body: Bytes,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -135,10 +285,12 @@ pub struct FilterConfig {
 
 // ----- the native file -----------------------------------------------------------------------
 
+/// The file. Its top level is one HTTP listener (`listen`, `listener`, `route(s)`, `filters`,
+/// `filter_chain`) for the common case; `listeners:` adds more, each shaped the same way.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    listen: String,
+    listen: Option<String>,
     admin: Option<String>,
     #[serde(default)]
     admin_allow_non_loopback: bool,
@@ -157,12 +309,45 @@ struct File {
     #[serde(default)]
     filter_chain: FileFilterChain,
     #[serde(default)]
+    listeners: Vec<FileListenerEntry>,
+    #[serde(default)]
+    services: Vec<FileFilter>,
+    #[serde(default)]
     node: FileNode,
     cache_dir: Option<PathBuf>,
 }
 
 fn one() -> usize {
     1
+}
+
+/// A `listeners:` entry: the top level's listener fields, a name and a protocol.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListenerEntry {
+    name: Option<String>,
+    listen: String,
+    #[serde(default)]
+    protocol: Protocol,
+    #[serde(default)]
+    listener: FileListener,
+    route: Option<FileRoute>,
+    #[serde(default)]
+    routes: Vec<FileRoute>,
+    #[serde(default)]
+    filters: Vec<FileFilter>,
+    #[serde(default)]
+    filter_chain: FileFilterChain,
+    /// TCP: the cluster connections are proxied to.
+    cluster: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum Protocol {
+    #[default]
+    Http,
+    Tcp,
 }
 
 #[derive(Deserialize, Default)]
@@ -178,6 +363,32 @@ struct FileListener {
     max_connections: Option<usize>,
     #[serde(default)]
     trusted_clients: Vec<String>,
+    use_remote_address: Option<bool>,
+    xff_trusted_hops: Option<u32>,
+    #[serde(default)]
+    proxy_protocol: bool,
+    tls: Option<FileServerTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServerTls {
+    certificates: Vec<FileCertificate>,
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    require_client_certificate: bool,
+    alpn: Option<Vec<String>>,
+    min_version: Option<TlsVersion>,
+    max_version: Option<TlsVersion>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    server_names: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -200,6 +411,26 @@ struct FileCluster {
     connect_timeout: Option<String>,
     max_retries: Option<u32>,
     retry_budget: Option<FileRetryBudget>,
+    #[serde(default)]
+    http2: bool,
+    tls: Option<FileClientTls>,
+    dns_refresh: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClientTls {
+    /// A CA bundle, `public` (Mozilla's roots) or `any` (no verification).
+    trust: Option<String>,
+    sni: Option<String>,
+    #[serde(default)]
+    verify_san: Vec<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    alpn: Vec<String>,
+    min_version: Option<TlsVersion>,
+    max_version: Option<TlsVersion>,
 }
 
 #[derive(Deserialize)]
@@ -214,9 +445,19 @@ struct FileRetryBudget {
 struct FileRoute {
     cluster: Option<String>,
     cluster_header: Option<String>,
+    direct_response: Option<FileDirectResponse>,
     name: Option<String>,
     prefix: Option<String>,
+    path: Option<String>,
     timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDirectResponse {
+    status: u16,
+    #[serde(default)]
+    body: String,
 }
 
 #[derive(Deserialize)]
@@ -356,87 +597,51 @@ impl ProxyConfig {
     }
 
     fn from_file(file: File, base: &Path) -> anyhow::Result<ProxyConfig> {
-        let clusters = file
-            .clusters
-            .into_iter()
-            .map(|c| {
-                let what = format!("cluster {}", c.name);
-                let endpoints = c
-                    .endpoints
-                    .iter()
-                    .map(|e| parse_addr(e, &format!("{what} endpoint")))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let connect_timeout = c
-                    .connect_timeout
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()
-                    .with_context(|| format!("{what} connect_timeout"))?
-                    .unwrap_or(Duration::from_secs(5));
-                let retry_budget = c.retry_budget.map(|b| RetryBudget {
-                    percent: b.percent.unwrap_or(20.0),
-                    min_concurrency: b.min_concurrency.unwrap_or(3),
-                });
-                Ok(ClusterConfig {
-                    name: c.name,
-                    endpoints,
-                    connect_timeout,
-                    max_retries: c.max_retries.unwrap_or(3),
-                    retry_budget,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let listener = listener_config(file.listener)?;
-        let mut routes = Vec::new();
-        for r in file.route.into_iter().chain(file.routes) {
-            let name = r.name.unwrap_or_else(|| "default".into());
-            let target = match (r.cluster, r.cluster_header) {
-                (Some(c), None) => RouteTarget::Cluster(c),
-                (None, Some(h)) => RouteTarget::ClusterHeader(h.to_ascii_lowercase()),
-                _ => bail!("route {name:?} needs exactly one of cluster or cluster_header"),
-            };
-            let timeout = match r.timeout.as_deref() {
-                None => Some(Duration::from_secs(15)),
-                Some(t) => parse_timeout(t).with_context(|| format!("route {name:?} timeout"))?,
-            };
-            routes.push(RouteConfig { name, prefix: r.prefix.unwrap_or_else(|| "/".into()), target, timeout });
-        }
-        let mut filters = Vec::new();
-        for f in file.filters {
-            let mut plugin = PluginConfig::new(&f.name);
-            plugin.root_id = f.root_id.unwrap_or_default();
-            plugin.vm_id = f.vm_id.unwrap_or_default();
-            plugin.configuration =
-                configuration_bytes(f.configuration.as_ref()).with_context(|| format!("filter {}", f.name))?;
-            plugin.vm_configuration =
-                configuration_bytes(f.vm_configuration.as_ref()).with_context(|| format!("filter {}", f.name))?;
-            plugin.fail_open = f.fail == FailPolicy::Open;
-            plugin.allow_on_headers_stop_iteration = f.allow_on_headers_stop_iteration;
-            plugin.env = f.env.into_iter().collect();
-            if let Some(level) = f.log_level {
-                plugin.log_level = parse_log_level(&level).with_context(|| format!("filter {}", f.name))?;
+        let clusters =
+            file.clusters.into_iter().map(|c| cluster_config(c, base)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut listeners = Vec::new();
+        match file.listen {
+            Some(listen) => listeners.push(listener_spec(
+                FileListenerEntry {
+                    name: Some("main".into()),
+                    listen,
+                    protocol: Protocol::Http,
+                    listener: file.listener,
+                    route: file.route,
+                    routes: file.routes,
+                    filters: file.filters,
+                    filter_chain: file.filter_chain,
+                    cluster: None,
+                },
+                "",
+                base,
+            )?),
+            None => {
+                if file.route.is_some() || !file.routes.is_empty() || !file.filters.is_empty() {
+                    bail!(
+                        "route, routes and filters at the top level need `listen:` (or move them into a `listeners:` entry)"
+                    );
+                }
             }
-            plugin.limits = vm_limits(f.limits).with_context(|| format!("filter {} limits", f.name))?;
-            filters.push(FilterConfig { module: base.join(&f.module), plugin });
         }
-        let filter_buffer_limit = file
-            .filter_chain
-            .buffer_limit
-            .as_deref()
-            .map(parse_size)
-            .transpose()
-            .context("filter_chain.buffer_limit")?;
+        for (i, entry) in file.listeners.into_iter().enumerate() {
+            listeners.push(listener_spec(entry, &format!("listeners[{i}]"), base)?);
+        }
+        let services = file
+            .services
+            .into_iter()
+            .map(|f| filter_config(f, base))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("services")?;
         let config = ProxyConfig {
-            listen: parse_addr(&file.listen, "listen")?,
+            listeners,
             admin: file.admin.as_deref().map(|a| parse_addr(a, "admin")).transpose()?,
             admin_allow_non_loopback: file.admin_allow_non_loopback,
             workers: file.workers,
-            listener,
             max_connections: file.limits.max_connections,
             clusters,
-            routes,
-            filters,
-            filter_buffer_limit,
+            services,
+            resolve: BTreeMap::new(),
             node: NodeInfo {
                 id: file.node.id.unwrap_or_else(|| "meshwork".into()),
                 cluster: file.node.cluster.unwrap_or_default(),
@@ -453,8 +658,8 @@ impl ProxyConfig {
         if self.workers == 0 || self.workers > 256 {
             bail!("workers must be between 1 and 256 (got {})", self.workers);
         }
-        if self.routes.is_empty() {
-            bail!("no route: add `route: {{cluster: NAME}}`");
+        if self.listeners.is_empty() && self.services.is_empty() {
+            bail!("no listener: add `listen:` (and a route) or a `listeners:` entry");
         }
         let mut names = std::collections::HashSet::new();
         for c in &self.clusters {
@@ -464,39 +669,67 @@ impl ProxyConfig {
             if c.endpoints.is_empty() {
                 bail!("cluster {:?} has no endpoints", c.name);
             }
-        }
-        for r in &self.routes {
-            match &r.target {
-                RouteTarget::Cluster(c) if !names.contains(c.as_str()) => {
-                    bail!("route {:?} points at cluster {:?}, which is not defined", r.name, c)
-                }
-                RouteTarget::ClusterHeader(h) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
-                    bail!("route {:?} cluster_header {:?} is not a valid header name", r.name, h)
-                }
-                _ => {}
-            }
-            if !r.prefix.starts_with('/') {
-                bail!("route {:?} prefix {:?} must start with /", r.name, r.prefix);
-            }
-        }
-        if self.listener.buffer_limit < 1024 {
-            bail!("listener.buffer_limit must be at least 1KiB (got {} bytes)", self.listener.buffer_limit);
-        }
-        if self.filter_buffer_limit.is_some_and(|b| b < 1024) {
-            bail!("filter_chain.buffer_limit must be at least 1KiB");
-        }
-        if self.max_connections == Some(0) || self.listener.max_connections == Some(0) {
-            bail!("max_connections must be at least 1 (leave it out for the default)");
-        }
-        if self.listener.max_requests_per_connection == Some(0) {
-            bail!("listener.max_requests_per_connection must be at least 1 (leave it out for no limit)");
-        }
-        for c in &self.clusters {
             if let Some(b) = c.retry_budget
                 && !(b.percent > 0.0 && b.percent <= 100.0)
             {
                 bail!("cluster {:?} retry_budget.percent must be in (0, 100] (got {})", c.name, b.percent);
             }
+        }
+        let mut listener_names = std::collections::HashSet::new();
+        let mut addresses = std::collections::HashSet::new();
+        for l in &self.listeners {
+            let what = format!("listener {:?}", l.name);
+            if !listener_names.insert(l.name.as_str()) {
+                bail!("{what} is defined twice; give each listener its own name");
+            }
+            if l.address.port() != 0 && !addresses.insert(l.address) {
+                bail!("{what}: {} is already the address of another listener", l.address);
+            }
+            let s = &l.settings;
+            if s.buffer_limit < 1024 {
+                bail!("{what}: buffer_limit must be at least 1KiB (got {} bytes)", s.buffer_limit);
+            }
+            if s.max_connections == Some(0) {
+                bail!("{what}: max_connections must be at least 1 (leave it out for no limit)");
+            }
+            if s.max_requests_per_connection == Some(0) {
+                bail!("{what}: max_requests_per_connection must be at least 1 (leave it out for no limit)");
+            }
+            match &l.kind {
+                ListenerKind::Http(h) => {
+                    if h.routes.is_empty() {
+                        bail!("{what} has no route: add `route: {{cluster: NAME}}`");
+                    }
+                    if h.filter_buffer_limit.is_some_and(|b| b < 1024) {
+                        bail!("{what}: filter_chain.buffer_limit must be at least 1KiB");
+                    }
+                    for r in &h.routes {
+                        match &r.target {
+                            RouteTarget::Cluster(c) if !names.contains(c.as_str()) => {
+                                bail!("route {:?} points at cluster {:?}, which is not defined", r.name, c)
+                            }
+                            RouteTarget::ClusterHeader(h) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
+                                bail!("route {:?} cluster_header {:?} is not a valid header name", r.name, h)
+                            }
+                            RouteTarget::Direct { status, .. } if !(200..600).contains(status) => {
+                                bail!("route {:?} direct_response status {status} is not an HTTP status", r.name)
+                            }
+                            _ => {}
+                        }
+                        if !r.path.text().starts_with('/') {
+                            bail!("route {:?} path {:?} must start with /", r.name, r.path.text());
+                        }
+                    }
+                }
+                ListenerKind::Tcp(t) => {
+                    if !names.contains(t.cluster.as_str()) {
+                        bail!("{what} proxies to cluster {:?}, which is not defined", t.cluster);
+                    }
+                }
+            }
+        }
+        if self.max_connections == Some(0) {
+            bail!("limits.max_connections must be at least 1 (leave it out for the default)");
         }
         if let Some(admin) = self.admin
             && !admin.ip().is_loopback()
@@ -508,13 +741,182 @@ impl ProxyConfig {
             );
         }
         let mut filter_names = std::collections::HashSet::new();
-        for f in &self.filters {
+        for f in self.all_filters() {
             if !filter_names.insert(f.plugin.name.as_str()) {
                 bail!("filter {:?} is defined twice; give each filter its own name", f.plugin.name);
             }
         }
         Ok(())
     }
+}
+
+fn cluster_config(c: FileCluster, base: &Path) -> anyhow::Result<ClusterConfig> {
+    let what = format!("cluster {}", c.name);
+    let endpoints = c
+        .endpoints
+        .iter()
+        .map(|e| EndpointConfig::parse(e, &format!("{what} endpoint")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let connect_timeout = c
+        .connect_timeout
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .with_context(|| format!("{what} connect_timeout"))?
+        .unwrap_or(Duration::from_secs(5));
+    let retry_budget = c
+        .retry_budget
+        .map(|b| RetryBudget { percent: b.percent.unwrap_or(20.0), min_concurrency: b.min_concurrency.unwrap_or(3) });
+    let tls = c.tls.map(|t| client_tls(t, base)).transpose().with_context(|| format!("{what} tls"))?;
+    let dns_refresh = c
+        .dns_refresh
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .with_context(|| format!("{what} dns_refresh"))?
+        .unwrap_or(Duration::from_secs(5));
+    Ok(ClusterConfig {
+        name: c.name,
+        endpoints,
+        connect_timeout,
+        max_retries: c.max_retries.unwrap_or(3),
+        retry_budget,
+        http2: c.http2,
+        tls,
+        dns_refresh,
+    })
+}
+
+fn client_tls(t: FileClientTls, base: &Path) -> anyhow::Result<ClientTlsSpec> {
+    use crate::tls::client::Trust;
+    let trust = match t.trust.as_deref() {
+        None | Some("public") => Trust::PublicRoots,
+        Some("any") => Trust::Any,
+        Some(path) => Trust::Ca(crate::tls::files::resolve(base, Path::new(path))),
+    };
+    if t.cert.is_some() != t.key.is_some() {
+        bail!("a client certificate needs both cert and key");
+    }
+    Ok(ClientTlsSpec {
+        trust,
+        sni: t.sni,
+        verify_san: t.verify_san,
+        cert: t.cert.map(|p| crate::tls::files::resolve(base, &p)),
+        key: t.key.map(|p| crate::tls::files::resolve(base, &p)),
+        alpn: t.alpn,
+        min_version: t.min_version,
+        max_version: t.max_version,
+    })
+}
+
+fn server_tls(t: FileServerTls, base: &Path, default_alpn: &[&str]) -> anyhow::Result<ServerTlsSpec> {
+    if t.certificates.is_empty() {
+        bail!("tls.certificates needs at least one {{cert, key}}");
+    }
+    if t.require_client_certificate && t.client_ca.is_none() {
+        bail!("tls.require_client_certificate needs tls.client_ca (the CA client certificates must chain to)");
+    }
+    let resolve = |p: &Path| crate::tls::files::resolve(base, p);
+    Ok(ServerTlsSpec {
+        certificates: t
+            .certificates
+            .into_iter()
+            .map(|c| CertificateSpec { cert: resolve(&c.cert), key: resolve(&c.key), server_names: c.server_names })
+            .collect(),
+        client_ca: t.client_ca.as_deref().map(resolve),
+        require_client_certificate: t.require_client_certificate,
+        alpn: t.alpn.unwrap_or_else(|| default_alpn.iter().map(|s| (*s).to_owned()).collect()),
+        min_version: t.min_version,
+        max_version: t.max_version,
+    })
+}
+
+fn route_config(r: FileRoute) -> anyhow::Result<RouteConfig> {
+    let name = r.name.unwrap_or_else(|| "default".into());
+    let target = match (r.cluster, r.cluster_header, r.direct_response) {
+        (Some(c), None, None) => RouteTarget::Cluster(c),
+        (None, Some(h), None) => RouteTarget::ClusterHeader(h.to_ascii_lowercase()),
+        (None, None, Some(d)) => RouteTarget::Direct { status: d.status, body: Bytes::from(d.body) },
+        _ => bail!("route {name:?} needs exactly one of cluster, cluster_header or direct_response"),
+    };
+    let path = match (r.prefix, r.path) {
+        (Some(p), None) => PathMatch::Prefix(p),
+        (None, Some(p)) => PathMatch::Exact(p),
+        (None, None) => PathMatch::Prefix("/".into()),
+        (Some(_), Some(_)) => bail!("route {name:?} has both prefix and path; give one"),
+    };
+    let timeout = match r.timeout.as_deref() {
+        None => Some(Duration::from_secs(15)),
+        Some(t) => parse_timeout(t).with_context(|| format!("route {name:?} timeout"))?,
+    };
+    Ok(RouteConfig { name, path, target, timeout })
+}
+
+fn filter_config(f: FileFilter, base: &Path) -> anyhow::Result<FilterConfig> {
+    let mut plugin = PluginConfig::new(&f.name);
+    plugin.root_id = f.root_id.unwrap_or_default();
+    plugin.vm_id = f.vm_id.unwrap_or_default();
+    plugin.configuration =
+        configuration_bytes(f.configuration.as_ref()).with_context(|| format!("filter {}", f.name))?;
+    plugin.vm_configuration =
+        configuration_bytes(f.vm_configuration.as_ref()).with_context(|| format!("filter {}", f.name))?;
+    plugin.fail_open = f.fail == FailPolicy::Open;
+    plugin.allow_on_headers_stop_iteration = f.allow_on_headers_stop_iteration;
+    plugin.env = f.env.into_iter().collect();
+    if let Some(level) = f.log_level {
+        plugin.log_level = parse_log_level(&level).with_context(|| format!("filter {}", f.name))?;
+    }
+    plugin.limits = vm_limits(f.limits).with_context(|| format!("filter {} limits", f.name))?;
+    Ok(FilterConfig { module: base.join(&f.module), plugin })
+}
+
+fn listener_spec(entry: FileListenerEntry, path: &str, base: &Path) -> anyhow::Result<ListenerSpec> {
+    let name = entry.name.unwrap_or_else(|| if path.is_empty() { "main".into() } else { path.to_owned() });
+    let what = format!("listener {name:?}");
+    let address = parse_addr(&entry.listen, &format!("{what} listen"))?;
+    let proxy_protocol = entry.listener.proxy_protocol;
+    let tls_file = entry.listener.tls;
+    let settings = listener_config(FileListener { tls: None, ..entry.listener }).with_context(|| what.clone())?;
+    let filters = entry
+        .filters
+        .into_iter()
+        .map(|f| filter_config(f, base))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(|| what.clone())?;
+    let (kind, alpn): (ListenerKind, &[&str]) = match entry.protocol {
+        Protocol::Http => {
+            if entry.cluster.is_some() {
+                bail!("{what}: `cluster` is for TCP listeners; an HTTP listener routes with `route`/`routes`");
+            }
+            let routes = entry
+                .route
+                .into_iter()
+                .chain(entry.routes)
+                .map(route_config)
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| what.clone())?;
+            let filter_buffer_limit = entry
+                .filter_chain
+                .buffer_limit
+                .as_deref()
+                .map(parse_size)
+                .transpose()
+                .with_context(|| format!("{what} filter_chain.buffer_limit"))?;
+            (
+                ListenerKind::Http(HttpListener { routes, first_match: false, filters, filter_buffer_limit }),
+                &["h2", "http/1.1"],
+            )
+        }
+        Protocol::Tcp => {
+            if entry.route.is_some() || !entry.routes.is_empty() {
+                bail!("{what}: a TCP listener has no routes; it proxies to `cluster`");
+            }
+            let cluster = entry.cluster.with_context(|| format!("{what}: a TCP listener needs `cluster`"))?;
+            (ListenerKind::Tcp(TcpListener { cluster, filters }), &[])
+        }
+    };
+    let tls = tls_file.map(|t| server_tls(t, base, alpn)).transpose().with_context(|| what.clone())?;
+    Ok(ListenerSpec { name, address, settings, tls, proxy_protocol, kind })
 }
 
 fn listener_config(f: FileListener) -> anyhow::Result<ListenerConfig> {
@@ -550,6 +952,8 @@ fn listener_config(f: FileListener) -> anyhow::Result<ListenerConfig> {
             .map(|c| parse_cidr(c))
             .collect::<anyhow::Result<_>>()
             .context("listener.trusted_clients")?,
+        use_remote_address: f.use_remote_address.unwrap_or(d.use_remote_address),
+        xff_trusted_hops: f.xff_trusted_hops.unwrap_or(0),
     })
 }
 
@@ -633,14 +1037,51 @@ filters:
         )
         .unwrap();
         assert_eq!(c.workers, 2);
-        assert_eq!(c.routes[0].timeout, Some(Duration::from_secs(2)));
-        assert_eq!(c.filters[0].module, PathBuf::from("/cfg/rl.wasm"));
-        assert_eq!(&c.filters[0].plugin.configuration[..], br#"{"rate":5}"#);
-        assert!(c.filters[0].plugin.fail_open);
-        assert_eq!(c.filters[0].plugin.limits.max_memory_bytes, 16 << 20);
-        assert_eq!(c.filters[1].module, PathBuf::from("/abs/raw.wasm"));
-        assert_eq!(&c.filters[1].plugin.configuration[..], b"plain text");
-        assert!(!c.filters[1].plugin.fail_open);
+        let main = c.listeners[0].http().unwrap();
+        assert_eq!(main.routes[0].timeout, Some(Duration::from_secs(2)));
+        assert_eq!(main.filters[0].module, PathBuf::from("/cfg/rl.wasm"));
+        assert_eq!(&main.filters[0].plugin.configuration[..], br#"{"rate":5}"#);
+        assert!(main.filters[0].plugin.fail_open);
+        assert_eq!(main.filters[0].plugin.limits.max_memory_bytes, 16 << 20);
+        assert_eq!(main.filters[1].module, PathBuf::from("/abs/raw.wasm"));
+        assert_eq!(&main.filters[1].plugin.configuration[..], b"plain text");
+        assert!(!main.filters[1].plugin.fail_open);
+    }
+
+    #[test]
+    fn listeners_of_both_kinds_with_tls() {
+        let c = parse(
+            r#"
+clusters:
+  - {name: app, endpoints: ["app.internal:8080"], http2: true, tls: {trust: ca.pem, sni: app.internal, cert: c.pem, key: k.pem}}
+  - {name: db, endpoints: ["127.0.0.1:5432"]}
+listeners:
+  - name: web
+    listen: 127.0.0.1:8443
+    listener: {tls: {certificates: [{cert: s.pem, key: s.key, server_names: [a.example]}], client_ca: ca.pem, require_client_certificate: true}, proxy_protocol: true}
+    routes: [{path: /exact, direct_response: {status: 204}}, {prefix: /, cluster: app}]
+  - name: db
+    listen: 127.0.0.1:15432
+    protocol: tcp
+    cluster: db
+    filters: [{name: net, module: net.wasm}]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        let web = &c.listeners[0];
+        let tls = web.tls.as_ref().unwrap();
+        assert_eq!(tls.certificates[0].cert, PathBuf::from("/cfg/s.pem"));
+        assert_eq!(tls.alpn, ["h2", "http/1.1"]);
+        assert!(tls.require_client_certificate && web.proxy_protocol);
+        let routes = &web.http().unwrap().routes;
+        assert_eq!(routes[0].path, PathMatch::Exact("/exact".into()));
+        assert!(matches!(routes[0].target, RouteTarget::Direct { status: 204, .. }));
+        assert!(matches!(&c.listeners[1].kind, ListenerKind::Tcp(t) if t.cluster == "db" && t.filters.len() == 1));
+        let app = &c.clusters[0];
+        assert_eq!(app.endpoints[0], EndpointConfig::Name { host: "app.internal".into(), port: 8080 });
+        assert!(app.http2);
+        assert_eq!(app.tls.as_ref().unwrap().sni.as_deref(), Some("app.internal"));
     }
 
     #[test]
@@ -661,6 +1102,22 @@ filters:
         assert!(
             err("listen: 127.0.0.1:1\nclusters: [{name: a, endpoints: [\"127.0.0.1:2\"]}]\nroute: {cluster: a}\nfilters: [{name: f, module: m, fail: sideways}]")
                 .contains("unknown variant `sideways`")
+        );
+        assert!(
+            err("clusters: []\nlisteners: [{listen: 127.0.0.1:1, protocol: tcp, cluster: nope}]")
+                .contains("proxies to cluster \"nope\", which is not defined")
+        );
+        assert!(
+            err("clusters: []\nlisteners: [{listen: 127.0.0.1:1, protocol: tcp}]")
+                .contains("a TCP listener needs `cluster`")
+        );
+        assert!(
+            err("listen: 127.0.0.1:1\nclusters: [{name: a, endpoints: [\"127.0.0.1:2\"]}]\nroute: {cluster: a}\nlistener: {tls: {certificates: [{cert: a, key: b}], require_client_certificate: true}}")
+                .contains("needs tls.client_ca")
+        );
+        assert!(
+            err("listen: 127.0.0.1:1\nclusters: [{name: a, endpoints: [\"nohost\"]}]\nroute: {cluster: a}")
+                .contains("needs a port")
         );
     }
 

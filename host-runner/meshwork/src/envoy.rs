@@ -1,14 +1,17 @@
 //! `meshwork run --envoy-config envoy.yaml`: runs an Envoy static bootstrap as users write it
 //! for Wasm filters.
 //!
-//! Understood: one listener with an http_connection_manager; its route_config (prefix or path
-//! routes to clusters, route timeouts); `envoy.filters.http.wasm` filters (local code,
-//! StringValue/BytesValue configuration, root_id, vm_id, fail_open / failure_policy,
-//! allow_on_headers_stop_iteration,
-//! environment variables) followed by the router; STATIC clusters with IP endpoints; admin;
-//! node. Every other field is reported by its path. Fields that only affect observability
-//! (access logs, stat prefixes) are warnings; anything that would change how traffic flows is
-//! an error unless `--allow-unsupported` turns it into a warning. Nothing is ignored silently.
+//! Understood: listeners (a list, or the single mapping Envoy's YAML loader also takes) with an
+//! `http_connection_manager` (routes by prefix or path to clusters, `cluster_header`,
+//! `direct_response`, route timeouts; `envoy.filters.http.wasm` filters, directly or wrapped in
+//! a `TypedStruct`, then the router) or network filters (`envoy.filters.network.wasm` in front
+//! of `envoy.filters.network.tcp_proxy`); TLS on listeners (`DownstreamTlsContext`, one filter
+//! chain per server name) and clusters (`UpstreamTlsContext`); the PROXY protocol listener
+//! filter; STATIC, STRICT_DNS and LOGICAL_DNS clusters, HTTP/2 to them; `envoy.bootstrap.wasm`
+//! services; admin; node. Every other field is reported by its path. Fields that only affect
+//! observability (access logs, stat prefixes) are warnings; anything that would change how
+//! traffic flows is an error unless `--allow-unsupported` turns it into a warning. Nothing is
+//! ignored silently.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,13 +24,24 @@ use meshwork_wasm_host::{NodeInfo, PluginConfig};
 use serde_json::{Map, Value};
 
 use crate::config::{
-    ClusterConfig, FilterConfig, ListenerConfig, ProxyConfig, RetryBudget, RouteConfig, RouteTarget, parse_addr,
-    parse_cidr, parse_duration,
+    ClusterConfig, EndpointConfig, FilterConfig, HttpListener, ListenerConfig, ListenerKind, ListenerSpec, PathMatch,
+    ProxyConfig, RetryBudget, RouteConfig, RouteTarget, TcpListener, parse_addr, parse_cidr, parse_duration,
 };
+use crate::tls::client::Trust;
+use crate::tls::{CertificateSpec, ClientTlsSpec, ServerTlsSpec, TlsVersion};
 
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const HCM_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const NETWORK_WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm";
+const TCP_PROXY_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const WASM_SERVICE_TYPE: &str = "type.googleapis.com/envoy.extensions.wasm.v3.WasmService";
+const DOWNSTREAM_TLS_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+const UPSTREAM_TLS_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// `TypedStruct` wrappers carry a message as a Struct with its type URL beside it.
+const TYPED_STRUCTS: [&str; 2] =
+    ["type.googleapis.com/udpa.type.v1.TypedStruct", "type.googleapis.com/xds.type.v3.TypedStruct"];
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 const BYTES_VALUE: &str = "type.googleapis.com/google.protobuf.BytesValue";
 
@@ -67,17 +81,14 @@ fn string<'a>(map: &'a Map<String, Value>, key: &str, path: &str) -> anyhow::Res
     map.get(key).and_then(Value::as_str).with_context(|| format!("{path}.{key} must be a string"))
 }
 
-fn array<'a>(map: &'a Map<String, Value>, key: &str, path: &str) -> anyhow::Result<&'a Vec<Value>> {
-    map.get(key).and_then(Value::as_array).with_context(|| format!("{path}.{key} must be a list"))
-}
-
-fn socket_address(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<std::net::SocketAddr> {
+/// `{socket_address: {address, port_value}}` as an endpoint: an IP address or a host name.
+fn endpoint_address(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<EndpointConfig> {
     let address = w.object(value, path, &["socket_address"])?;
     let sa_path = format!("{path}.socket_address");
     let sa = w.object(
         address.get("socket_address").with_context(|| format!("{sa_path} is missing"))?,
         &sa_path,
-        &["address", "port_value", "protocol"],
+        &["address", "port_value", "protocol", "resolver_name", "ipv4_compat"],
     )?;
     if let Some(p) = sa.get("protocol").and_then(Value::as_str)
         && p != "TCP"
@@ -87,11 +98,19 @@ fn socket_address(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<s
     let host = string(sa, "address", &sa_path)?;
     let port = sa
         .get("port_value")
-        .and_then(Value::as_u64)
+        .and_then(|p| p.as_u64().or_else(|| p.as_str().and_then(|s| s.parse().ok())))
         .with_context(|| format!("{sa_path}.port_value must be a number"))?;
     let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
-    parse_addr(&format!("{host}:{port}"), &sa_path)
-        .with_context(|| format!("{sa_path}.address must be an IP address (meshwork does not resolve DNS names)"))
+    EndpointConfig::parse(&format!("{host}:{port}"), &sa_path)
+}
+
+/// A socket address that must be an IP address (listeners, admin).
+fn socket_address(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<std::net::SocketAddr> {
+    match endpoint_address(w, value, path)? {
+        EndpointConfig::Ip(addr) => Ok(addr),
+        EndpointConfig::Name { host, port } => parse_addr(&format!("{host}:{port}"), path)
+            .with_context(|| format!("{path}: a listening address must be an IP address")),
+    }
 }
 
 fn duration(value: Option<&Value>, path: &str) -> anyhow::Result<Option<Duration>> {
@@ -133,11 +152,11 @@ pub fn load(path: &Path, allow_unsupported: bool) -> anyhow::Result<ProxyConfig>
 }
 
 fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyConfig> {
-    let top = w.object(root, "", &["static_resources", "admin", "node"])?;
+    let top = w.object(root, "", &["static_resources", "admin", "node", "bootstrap_extensions", "layered_runtime"])?;
     let node = match top.get("node") {
         None => NodeInfo { id: "meshwork".into(), ..NodeInfo::default() },
         Some(n) => {
-            let n = w.object(n, "node", &["id", "cluster", "metadata"])?;
+            let n = w.object(n, "node", &["id", "cluster", "metadata", "locality"])?;
             let metadata = n
                 .get("metadata")
                 .and_then(Value::as_object)
@@ -161,97 +180,386 @@ fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyC
             Some(socket_address(w, a.get("address").context("admin.address is missing")?, "admin.address")?)
         }
     };
-    let sr = w.object(
-        top.get("static_resources").context("static_resources is missing")?,
-        "static_resources",
-        &["listeners", "clusters"],
-    )?;
-    let listeners = array(sr, "listeners", "static_resources")?;
-    if listeners.len() != 1 {
-        bail!("static_resources.listeners: meshwork runs exactly one listener (found {})", listeners.len());
+    let services = match top.get("bootstrap_extensions") {
+        None => Vec::new(),
+        Some(list) => bootstrap_extensions(w, list, "bootstrap_extensions", base)?,
+    };
+    let empty = Value::Object(Map::new());
+    let sr = w.object(top.get("static_resources").unwrap_or(&empty), "static_resources", &["listeners", "clusters"])?;
+    let mut listeners = Vec::new();
+    for (i, l) in list_or_one(sr.get("listeners")).into_iter().enumerate() {
+        listeners.push(listener(w, l, &format!("static_resources.listeners[{i}]"), i, base)?);
     }
-    let lpath = "static_resources.listeners[0]";
-    let listener =
-        w.object(&listeners[0], lpath, &["name", "address", "filter_chains", "per_connection_buffer_limit_bytes"])?;
-    let mut settings = ListenerConfig::default();
-    if let Some(limit) = listener.get("per_connection_buffer_limit_bytes") {
-        settings.buffer_limit = uint(limit, &format!("{lpath}.per_connection_buffer_limit_bytes"))? as usize;
-    }
-    let listen = socket_address(
-        w,
-        listener.get("address").with_context(|| format!("{lpath}.address is missing"))?,
-        &format!("{lpath}.address"),
-    )?;
-    let chains = array(listener, "filter_chains", lpath)?;
-    if chains.len() != 1 {
-        bail!("{lpath}.filter_chains: meshwork supports exactly one filter chain (found {})", chains.len());
-    }
-    let cpath = format!("{lpath}.filter_chains[0]");
-    let chain = w.object(&chains[0], &cpath, &["filters", "name"])?;
-    let network_filters = array(chain, "filters", &cpath)?;
-    if network_filters.len() != 1 {
-        bail!(
-            "{cpath}.filters: expected exactly one http_connection_manager (found {} filters)",
-            network_filters.len()
-        );
-    }
-    let fpath = format!("{cpath}.filters[0]");
-    let hcm_entry = w.object(&network_filters[0], &fpath, &["name", "typed_config"])?;
-    let name = string(hcm_entry, "name", &fpath)?;
-    if name != "envoy.filters.network.http_connection_manager" {
-        bail!("{fpath}.name: {name} is not supported (only envoy.filters.network.http_connection_manager)");
-    }
-    let hpath = format!("{fpath}.typed_config");
-    let hcm = w.object(
-        hcm_entry.get("typed_config").with_context(|| format!("{hpath} is missing"))?,
-        &hpath,
-        &[
-            "@type",
-            "stat_prefix",
-            "codec_type",
-            "route_config",
-            "http_filters",
-            "request_headers_timeout",
-            "stream_idle_timeout",
-            "drain_timeout",
-            "common_http_protocol_options",
-            "use_remote_address",
-            "internal_address_config",
-        ],
-    )?;
-    connection_manager(w, hcm, &hpath, &mut settings)?;
-    if string(hcm, "@type", &hpath)? != HCM_TYPE {
-        bail!("{hpath}.@type must be {HCM_TYPE}");
-    }
-    if let Some(codec) = hcm.get("codec_type").and_then(Value::as_str)
-        && !["AUTO", "HTTP1", "HTTP2"].contains(&codec)
-    {
-        w.errors.push(format!("{hpath}.codec_type: {codec} is not supported (AUTO, HTTP1 or HTTP2 cleartext)"));
-    }
-    let routes = route_config(
-        w,
-        hcm.get("route_config").with_context(|| format!("{hpath}.route_config is missing"))?,
-        &format!("{hpath}.route_config"),
-    )?;
-    let filters = http_filters(w, array(hcm, "http_filters", &hpath)?, &format!("{hpath}.http_filters"), base)?;
-    let clusters = array(sr, "clusters", "static_resources")?
-        .iter()
+    let clusters = list_or_one(sr.get("clusters"))
+        .into_iter()
         .enumerate()
-        .map(|(i, c)| cluster(w, c, &format!("static_resources.clusters[{i}]")))
+        .map(|(i, c)| cluster(w, c, &format!("static_resources.clusters[{i}]"), base))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(ProxyConfig {
-        listen,
+        listeners,
         admin,
         admin_allow_non_loopback: false,
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        listener: settings,
         max_connections: None,
         clusters,
-        routes,
-        filters,
-        filter_buffer_limit: None,
+        services,
+        resolve: BTreeMap::new(),
         node,
         cache_dir: None,
+    })
+}
+
+/// A repeated field: a list, or the single mapping Envoy's YAML loader also accepts for one.
+fn list_or_one(value: Option<&Value>) -> Vec<&Value> {
+    match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(one) => vec![one],
+    }
+}
+
+/// A message as `typed_config` gives it: directly with `@type`, or inside a `TypedStruct`.
+/// Returns the type URL and the message.
+fn typed<'a>(w: &mut Walker, value: &'a Value, path: &str) -> anyhow::Result<(String, &'a Value)> {
+    let kind = value.get("@type").and_then(Value::as_str).with_context(|| format!("{path}.@type is missing"))?;
+    if TYPED_STRUCTS.contains(&kind) {
+        let t = w.object(value, path, &["@type", "type_url", "value"])?;
+        let inner = string(t, "type_url", path)?.to_owned();
+        let empty = &Value::Null;
+        return Ok((inner, t.get("value").unwrap_or(empty)));
+    }
+    Ok((kind.to_owned(), value))
+}
+
+/// The fields of a message besides its `@type`.
+fn message<'a>(w: &mut Walker, value: &'a Value, path: &str, known: &[&str]) -> anyhow::Result<Map<String, Value>> {
+    if value.is_null() {
+        return Ok(Map::new());
+    }
+    let mut with_type: Vec<&str> = known.to_vec();
+    with_type.push("@type");
+    let mut map = w.object(value, path, &with_type)?.clone();
+    map.remove("@type");
+    Ok(map)
+}
+
+/// `envoy.bootstrap.wasm` extensions: Wasm services (root context only).
+fn bootstrap_extensions(w: &mut Walker, list: &Value, path: &str, base: &Path) -> anyhow::Result<Vec<FilterConfig>> {
+    let mut services = Vec::new();
+    for (i, ext) in list_or_one(Some(list)).into_iter().enumerate() {
+        let epath = format!("{path}[{i}]");
+        let e = w.object(ext, &epath, &["name", "typed_config"])?;
+        let tpath = format!("{epath}.typed_config");
+        let (kind, msg) = typed(w, e.get("typed_config").with_context(|| format!("{tpath} is missing"))?, &tpath)?;
+        if kind != WASM_SERVICE_TYPE {
+            w.errors.push(format!("{epath}: {kind} is not supported (only {WASM_SERVICE_TYPE})"));
+            continue;
+        }
+        let service = message(w, msg, &tpath, &["config", "singleton", "stat_prefix"])?;
+        if service.get("singleton").and_then(Value::as_bool) == Some(false) {
+            w.warn(format!("{tpath}.singleton: false; meshwork runs a Wasm service once per process, as a singleton"));
+        }
+        let name = e.get("name").and_then(Value::as_str).unwrap_or("wasm_service");
+        let config = service.get("config").with_context(|| format!("{tpath}.config is missing"))?;
+        services.push(wasm_filter(w, config, &format!("{tpath}.config"), name, base)?);
+    }
+    Ok(services)
+}
+
+fn listener(w: &mut Walker, value: &Value, lpath: &str, index: usize, base: &Path) -> anyhow::Result<ListenerSpec> {
+    let l = w.object(
+        value,
+        lpath,
+        &[
+            "name",
+            "address",
+            "filter_chains",
+            "per_connection_buffer_limit_bytes",
+            "listener_filters",
+            "traffic_direction",
+        ],
+    )?;
+    let name = l.get("name").and_then(Value::as_str).map_or_else(|| format!("listener-{index}"), str::to_owned);
+    let mut settings = ListenerConfig::default();
+    if let Some(limit) = l.get("per_connection_buffer_limit_bytes") {
+        settings.buffer_limit = uint(limit, &format!("{lpath}.per_connection_buffer_limit_bytes"))? as usize;
+    }
+    let address = socket_address(
+        w,
+        l.get("address").with_context(|| format!("{lpath}.address is missing"))?,
+        &format!("{lpath}.address"),
+    )?;
+    let mut proxy_protocol = false;
+    for (i, f) in list_or_one(l.get("listener_filters")).into_iter().enumerate() {
+        let fpath = format!("{lpath}.listener_filters[{i}]");
+        let f = w.object(f, &fpath, &["name", "typed_config"])?;
+        match string(f, "name", &fpath)? {
+            "envoy.filters.listener.proxy_protocol" => proxy_protocol = true,
+            // SNI is read from the ClientHello in any case.
+            "envoy.filters.listener.tls_inspector" => {}
+            other => w.errors.push(format!("{fpath}: {other} is not supported (proxy_protocol, tls_inspector)")),
+        }
+    }
+    // Several filter chains are understood when they differ only in the server names they
+    // match and the certificate they serve: one listener with SNI certificate selection.
+    let chains = list_or_one(l.get("filter_chains"));
+    if chains.is_empty() {
+        bail!("{lpath}.filter_chains is missing");
+    }
+    let mut certificates = Vec::new();
+    let mut tls: Option<ServerTlsSpec> = None;
+    let mut first_filters: Option<&Value> = None;
+    for (i, chain) in chains.iter().enumerate() {
+        let cpath = format!("{lpath}.filter_chains[{i}]");
+        let c = w.object(chain, &cpath, &["filters", "name", "filter_chain_match", "transport_socket"])?;
+        let server_names: Vec<String> = match c.get("filter_chain_match") {
+            None => Vec::new(),
+            Some(m) => {
+                let m = w.object(m, &format!("{cpath}.filter_chain_match"), &["server_names", "transport_protocol"])?;
+                list_or_one(m.get("server_names")).into_iter().filter_map(Value::as_str).map(str::to_owned).collect()
+            }
+        };
+        let filters = c.get("filters").with_context(|| format!("{cpath}.filters is missing"))?;
+        match first_filters {
+            None => first_filters = Some(filters),
+            Some(first) if first == filters => {}
+            Some(_) => bail!(
+                "{cpath}: filter chains that differ in more than their server names and certificates are not supported"
+            ),
+        }
+        match c.get("transport_socket") {
+            None if chains.len() > 1 => {
+                bail!("{cpath}: several filter chains are supported only with TLS (one per server name)")
+            }
+            None => {}
+            Some(ts) => {
+                let spec = downstream_tls(w, ts, &format!("{cpath}.transport_socket"), base)?;
+                for mut cert in spec.certificates.clone() {
+                    cert.server_names.clone_from(&server_names);
+                    certificates.push(cert);
+                }
+                tls.get_or_insert(spec);
+            }
+        }
+    }
+    if let Some(t) = tls.as_mut() {
+        t.certificates = certificates;
+    }
+    let cpath = format!("{lpath}.filter_chains[0]");
+    let network_filters = list_or_one(first_filters);
+    let is_http = network_filters
+        .first()
+        .and_then(|f| f.get("name"))
+        .and_then(Value::as_str)
+        .is_some_and(|n| n == "envoy.filters.network.http_connection_manager");
+    let kind = if is_http {
+        if network_filters.len() != 1 {
+            bail!("{cpath}.filters: the http_connection_manager must be the only network filter");
+        }
+        let fpath = format!("{cpath}.filters[0]");
+        let hcm_entry = w.object(network_filters[0], &fpath, &["name", "typed_config"])?;
+        let hpath = format!("{fpath}.typed_config");
+        let (kind, hcm) =
+            typed(w, hcm_entry.get("typed_config").with_context(|| format!("{hpath} is missing"))?, &hpath)?;
+        if kind != HCM_TYPE {
+            bail!("{hpath}.@type must be {HCM_TYPE}");
+        }
+        ListenerKind::Http(connection_manager(w, hcm, &hpath, &mut settings, base)?)
+    } else {
+        ListenerKind::Tcp(tcp_filters(w, &network_filters, &format!("{cpath}.filters"), base)?)
+    };
+    if let (Some(t), ListenerKind::Tcp(_)) = (tls.as_mut(), &kind)
+        && t.alpn == ["h2", "http/1.1"]
+    {
+        t.alpn.clear();
+    }
+    Ok(ListenerSpec { name, address, settings, tls, proxy_protocol, kind })
+}
+
+/// `envoy.filters.network.wasm` filters, then `envoy.filters.network.tcp_proxy`.
+fn tcp_filters(w: &mut Walker, list: &[&Value], path: &str, base: &Path) -> anyhow::Result<TcpListener> {
+    let mut filters = Vec::new();
+    for (i, f) in list.iter().enumerate() {
+        let fpath = format!("{path}[{i}]");
+        let entry = w.object(f, &fpath, &["name", "typed_config"])?;
+        let name = string(entry, "name", &fpath)?;
+        let tpath = format!("{fpath}.typed_config");
+        let (kind, msg) = typed(w, entry.get("typed_config").with_context(|| format!("{tpath} is missing"))?, &tpath)?;
+        match kind.as_str() {
+            NETWORK_WASM_TYPE => {
+                let m = message(w, msg, &tpath, &["config"])?;
+                let config = m.get("config").with_context(|| format!("{tpath}.config is missing"))?;
+                filters.push(wasm_filter(w, config, &format!("{tpath}.config"), name, base)?);
+            }
+            TCP_PROXY_TYPE => {
+                if i + 1 != list.len() {
+                    bail!("{fpath}: the tcp_proxy must be the last network filter");
+                }
+                let m = message(w, msg, &tpath, &["stat_prefix", "cluster", "idle_timeout"])?;
+                let cluster = m
+                    .get("cluster")
+                    .and_then(Value::as_str)
+                    .with_context(|| format!("{tpath}.cluster must name a cluster"))?
+                    .to_owned();
+                if m.contains_key("idle_timeout") {
+                    w.warn(format!("{tpath}.idle_timeout: meshwork uses the listener's idle timeout (1 h)"));
+                }
+                return Ok(TcpListener { cluster, filters });
+            }
+            other => bail!("{fpath} ({name}): {other} is not supported (envoy.filters.network.wasm, then tcp_proxy)"),
+        }
+    }
+    bail!("{path}: a listener without an http_connection_manager must end with envoy.filters.network.tcp_proxy")
+}
+
+/// A file path from a `DataSource` (`{filename: …}`; inline data is not supported).
+fn data_source(w: &mut Walker, value: Option<&Value>, path: &str, base: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let value = value.with_context(|| format!("{path} is missing"))?;
+    let d = w.object(value, path, &["filename"])?;
+    Ok(crate::tls::files::resolve(base, Path::new(string(d, "filename", path)?)))
+}
+
+fn tls_version(value: Option<&Value>, path: &str) -> anyhow::Result<Option<TlsVersion>> {
+    Ok(match value.and_then(Value::as_str) {
+        None | Some("TLS_AUTO") => None,
+        Some("TLSv1_2") => Some(TlsVersion::V1_2),
+        Some("TLSv1_3") => Some(TlsVersion::V1_3),
+        Some(other) => bail!("{path}: {other} is not supported (TLSv1_2, TLSv1_3)"),
+    })
+}
+
+/// `CommonTlsContext`: certificates, the validation context, ALPN and versions.
+struct CommonTls {
+    certificates: Vec<CertificateSpec>,
+    ca: Option<std::path::PathBuf>,
+    sans: Vec<String>,
+    alpn: Option<Vec<String>>,
+    min: Option<TlsVersion>,
+    max: Option<TlsVersion>,
+}
+
+fn common_tls(w: &mut Walker, value: Option<&Value>, path: &str, base: &Path) -> anyhow::Result<CommonTls> {
+    let empty = Value::Object(Map::new());
+    let c = w.object(
+        value.unwrap_or(&empty),
+        path,
+        &["tls_certificates", "validation_context", "alpn_protocols", "tls_params"],
+    )?;
+    let mut certificates = Vec::new();
+    for (i, cert) in list_or_one(c.get("tls_certificates")).into_iter().enumerate() {
+        let cpath = format!("{path}.tls_certificates[{i}]");
+        let t = w.object(cert, &cpath, &["certificate_chain", "private_key"])?;
+        certificates.push(CertificateSpec {
+            cert: data_source(w, t.get("certificate_chain"), &format!("{cpath}.certificate_chain"), base)?,
+            key: data_source(w, t.get("private_key"), &format!("{cpath}.private_key"), base)?,
+            server_names: Vec::new(),
+        });
+    }
+    let (mut ca, mut sans) = (None, Vec::new());
+    if let Some(v) = c.get("validation_context") {
+        let vpath = format!("{path}.validation_context");
+        let v = w.object(v, &vpath, &["trusted_ca", "match_typed_subject_alt_names", "match_subject_alt_names"])?;
+        if v.contains_key("trusted_ca") {
+            ca = Some(data_source(w, v.get("trusted_ca"), &format!("{vpath}.trusted_ca"), base)?);
+        }
+        for (key, typed) in [("match_typed_subject_alt_names", true), ("match_subject_alt_names", false)] {
+            for (i, m) in list_or_one(v.get(key)).into_iter().enumerate() {
+                let mpath = format!("{vpath}.{key}[{i}]");
+                let matcher = if typed {
+                    let m = w.object(m, &mpath, &["san_type", "matcher"])?;
+                    m.get("matcher").with_context(|| format!("{mpath}.matcher is missing"))?
+                } else {
+                    m
+                };
+                let matcher = w.object(matcher, &mpath, &["exact"])?;
+                sans.push(string(matcher, "exact", &mpath)?.to_owned());
+            }
+        }
+    }
+    let alpn = c
+        .get("alpn_protocols")
+        .map(|a| list_or_one(Some(a)).into_iter().filter_map(Value::as_str).map(str::to_owned).collect());
+    let (mut min, mut max) = (None, None);
+    if let Some(p) = c.get("tls_params") {
+        let ppath = format!("{path}.tls_params");
+        let p = w.object(p, &ppath, &["tls_minimum_protocol_version", "tls_maximum_protocol_version"])?;
+        min = tls_version(p.get("tls_minimum_protocol_version"), &ppath)?;
+        max = tls_version(p.get("tls_maximum_protocol_version"), &ppath)?;
+    }
+    Ok(CommonTls { certificates, ca, sans, alpn, min, max })
+}
+
+fn tls_socket<'a>(w: &mut Walker, value: &'a Value, path: &str, want: &str) -> anyhow::Result<&'a Value> {
+    let ts = w.object(value, path, &["name", "typed_config"])?;
+    let tpath = format!("{path}.typed_config");
+    let (kind, msg) = typed(w, ts.get("typed_config").with_context(|| format!("{tpath} is missing"))?, &tpath)?;
+    if kind != want {
+        bail!("{tpath}: {kind} is not supported (only {want})");
+    }
+    Ok(msg)
+}
+
+/// A listener's `DownstreamTlsContext`.
+fn downstream_tls(w: &mut Walker, value: &Value, path: &str, base: &Path) -> anyhow::Result<ServerTlsSpec> {
+    let msg = tls_socket(w, value, path, DOWNSTREAM_TLS_TYPE)?;
+    let tpath = format!("{path}.typed_config");
+    let d = message(w, msg, &tpath, &["common_tls_context", "require_client_certificate"])?;
+    let require = match d.get("require_client_certificate") {
+        Some(Value::Object(o)) => o.get("value").and_then(Value::as_bool).unwrap_or(false),
+        Some(v) => v.as_bool().unwrap_or(false),
+        None => false,
+    };
+    let common = common_tls(w, d.get("common_tls_context"), &format!("{tpath}.common_tls_context"), base)?;
+    if common.certificates.is_empty() {
+        bail!("{tpath}.common_tls_context.tls_certificates: a listener needs a certificate");
+    }
+    if !common.sans.is_empty() {
+        w.errors.push(format!(
+            "{tpath}.common_tls_context.validation_context: matching client SANs is not supported (filters see them as connection.uri_san_peer_certificate)"
+        ));
+    }
+    if require && common.ca.is_none() {
+        bail!("{tpath}.require_client_certificate needs a validation_context.trusted_ca");
+    }
+    Ok(ServerTlsSpec {
+        certificates: common.certificates,
+        client_ca: common.ca,
+        require_client_certificate: require,
+        alpn: common.alpn.unwrap_or_else(|| vec!["h2".into(), "http/1.1".into()]),
+        min_version: common.min,
+        max_version: common.max,
+    })
+}
+
+/// A cluster's `UpstreamTlsContext`. Without a validation context Envoy accepts any server
+/// certificate; so does meshwork, with a warning.
+fn upstream_tls(w: &mut Walker, value: &Value, path: &str, base: &Path) -> anyhow::Result<ClientTlsSpec> {
+    let msg = tls_socket(w, value, path, UPSTREAM_TLS_TYPE)?;
+    let tpath = format!("{path}.typed_config");
+    let u = message(w, msg, &tpath, &["common_tls_context", "sni"])?;
+    let common = common_tls(w, u.get("common_tls_context"), &format!("{tpath}.common_tls_context"), base)?;
+    let trust = match &common.ca {
+        Some(ca) => Trust::Ca(ca.clone()),
+        None => {
+            w.warn(format!(
+                "{tpath}: no validation_context.trusted_ca, so (as in Envoy) any server certificate is accepted"
+            ));
+            Trust::Any
+        }
+    };
+    if common.certificates.len() > 1 {
+        bail!("{tpath}.common_tls_context.tls_certificates: a cluster presents one client certificate");
+    }
+    let client = common.certificates.into_iter().next();
+    Ok(ClientTlsSpec {
+        trust,
+        sni: u.get("sni").and_then(Value::as_str).map(str::to_owned),
+        verify_san: common.sans,
+        cert: client.as_ref().map(|c| c.cert.clone()),
+        key: client.map(|c| c.key),
+        alpn: common.alpn.unwrap_or_default(),
+        min_version: common.min,
+        max_version: common.max,
     })
 }
 
@@ -265,13 +573,39 @@ fn uint(value: &Value, path: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("{path} must be a non-negative integer"))
 }
 
-/// The connection manager's timeouts, limits and trust settings.
+/// An `http_connection_manager`: its timeouts, limits and trust settings (into `settings`),
+/// routes and HTTP filters.
 fn connection_manager(
     w: &mut Walker,
-    hcm: &Map<String, Value>,
+    value: &Value,
     path: &str,
     settings: &mut ListenerConfig,
-) -> anyhow::Result<()> {
+    base: &Path,
+) -> anyhow::Result<HttpListener> {
+    let hcm = message(
+        w,
+        value,
+        path,
+        &[
+            "stat_prefix",
+            "codec_type",
+            "route_config",
+            "http_filters",
+            "request_headers_timeout",
+            "stream_idle_timeout",
+            "drain_timeout",
+            "common_http_protocol_options",
+            "use_remote_address",
+            "xff_num_trusted_hops",
+            "internal_address_config",
+            "generate_request_id",
+        ],
+    )?;
+    if let Some(codec) = hcm.get("codec_type").and_then(Value::as_str)
+        && !["AUTO", "HTTP1", "HTTP2"].contains(&codec)
+    {
+        w.errors.push(format!("{path}.codec_type: {codec} is not supported (AUTO, HTTP1 or HTTP2)"));
+    }
     // Envoy: absent keeps the default, "0s" disables.
     let timeout = |key: &str, current: Option<Duration>| -> anyhow::Result<Option<Duration>> {
         Ok(match duration(hcm.get(key), &format!("{path}.{key}"))? {
@@ -313,10 +647,16 @@ fn connection_manager(
             w.errors.push(format!("{cpath}.headers_with_underscores_action: {action} is not supported (ALLOW)"));
         }
     }
-    if hcm.get("use_remote_address").and_then(Value::as_bool) == Some(false) {
-        w.warn(format!(
-            "{path}.use_remote_address: false; meshwork always judges trust by the peer address (it does not read x-forwarded-for)"
-        ));
+    // Envoy's default is false: the client address is the last x-forwarded-for entry and
+    // nothing is appended. meshwork judges trust by the peer either way.
+    settings.use_remote_address = match hcm.get("use_remote_address") {
+        Some(Value::Object(o)) => o.get("value").and_then(Value::as_bool).unwrap_or(false),
+        Some(v) => v.as_bool().unwrap_or(false),
+        None => false,
+    };
+    if let Some(n) = hcm.get("xff_num_trusted_hops") {
+        settings.xff_trusted_hops =
+            u32::try_from(uint(n, &format!("{path}.xff_num_trusted_hops"))?).unwrap_or(u32::MAX);
     }
     if let Some(internal) = hcm.get("internal_address_config") {
         let ipath = format!("{path}.internal_address_config");
@@ -338,42 +678,76 @@ fn connection_manager(
             settings.trusted_clients.push(parse_cidr(&format!("{prefix}/{len}")).with_context(|| rpath.clone())?);
         }
     }
-    Ok(())
+    let routes = route_config(
+        w,
+        hcm.get("route_config").with_context(|| format!("{path}.route_config is missing"))?,
+        &format!("{path}.route_config"),
+    )?;
+    let filters = http_filters(w, &list_or_one(hcm.get("http_filters")), &format!("{path}.http_filters"), base)?;
+    Ok(HttpListener { routes, first_match: true, filters, filter_buffer_limit: None })
 }
 
 fn route_config(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Vec<RouteConfig>> {
     let rc = w.object(value, path, &["name", "virtual_hosts"])?;
-    let hosts = array(rc, "virtual_hosts", path)?;
+    let hosts = list_or_one(rc.get("virtual_hosts"));
     if hosts.len() != 1 {
         bail!("{path}.virtual_hosts: meshwork supports exactly one virtual host (found {})", hosts.len());
     }
     let vpath = format!("{path}.virtual_hosts[0]");
-    let vh = w.object(&hosts[0], &vpath, &["name", "domains", "routes"])?;
-    if let Some(domains) = vh.get("domains").and_then(Value::as_array)
-        && domains.iter().any(|d| d.as_str() != Some("*"))
-    {
+    let vh = w.object(hosts[0], &vpath, &["name", "domains", "routes"])?;
+    if list_or_one(vh.get("domains")).iter().any(|d| d.as_str() != Some("*")) {
         w.errors.push(format!("{vpath}.domains: only \"*\" is supported (meshwork does not match on host)"));
     }
     let mut routes = Vec::new();
-    for (i, r) in array(vh, "routes", &vpath)?.iter().enumerate() {
+    for (i, r) in list_or_one(vh.get("routes")).into_iter().enumerate() {
         let rpath = format!("{vpath}.routes[{i}]");
-        let route = w.object(r, &rpath, &["name", "match", "route"])?;
+        let route = w.object(r, &rpath, &["name", "match", "route", "direct_response"])?;
         let m = w.object(
             route.get("match").with_context(|| format!("{rpath}.match is missing"))?,
             &format!("{rpath}.match"),
             &["prefix", "path"],
         )?;
-        let prefix = match (m.get("prefix").and_then(Value::as_str), m.get("path").and_then(Value::as_str)) {
-            (Some(p), None) => p.to_owned(),
-            (None, Some(p)) => {
-                w.warn(format!("{rpath}.match.path: matched as a prefix by meshwork"));
-                p.to_owned()
-            }
+        let path_match = match (m.get("prefix").and_then(Value::as_str), m.get("path").and_then(Value::as_str)) {
+            (Some(p), None) => PathMatch::Prefix(p.to_owned()),
+            (None, Some(p)) => PathMatch::Exact(p.to_owned()),
             _ => bail!("{rpath}.match needs exactly one of prefix or path"),
         };
+        let name = route.get("name").and_then(Value::as_str).map_or_else(|| format!("route-{i}"), str::to_owned);
+        if let Some(direct) = route.get("direct_response") {
+            let dpath = format!("{rpath}.direct_response");
+            let d = w.object(direct, &dpath, &["status", "body"])?;
+            let status =
+                u16::try_from(uint(d.get("status").with_context(|| format!("{dpath}.status is missing"))?, &dpath)?)
+                    .with_context(|| format!("{dpath}.status"))?;
+            let body = match d.get("body") {
+                None => Bytes::new(),
+                Some(b) => {
+                    let b = w.object(b, &format!("{dpath}.body"), &["inline_string", "inline_bytes"])?;
+                    match (
+                        b.get("inline_string").and_then(Value::as_str),
+                        b.get("inline_bytes").and_then(Value::as_str),
+                    ) {
+                        (Some(text), _) => Bytes::from(text.to_owned()),
+                        (None, Some(b64)) => Bytes::from(
+                            base64::engine::general_purpose::STANDARD
+                                .decode(b64)
+                                .with_context(|| format!("{dpath}.body.inline_bytes is not base64"))?,
+                        ),
+                        _ => Bytes::new(),
+                    }
+                }
+            };
+            routes.push(RouteConfig {
+                name,
+                path: path_match,
+                target: RouteTarget::Direct { status, body },
+                timeout: None,
+            });
+            continue;
+        }
         let apath = format!("{rpath}.route");
         let action = w.object(
-            route.get("route").with_context(|| format!("{apath} is missing (only route actions are supported)"))?,
+            route.get("route").with_context(|| format!("{apath} is missing (route or direct_response)"))?,
             &apath,
             &["cluster", "cluster_header", "timeout"],
         )?;
@@ -385,8 +759,8 @@ fn route_config(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Vec
             _ => bail!("{apath} needs exactly one of cluster or cluster_header"),
         };
         routes.push(RouteConfig {
-            name: route.get("name").and_then(Value::as_str).map_or_else(|| format!("route-{i}"), str::to_owned),
-            prefix,
+            name,
+            path: path_match,
             target,
             // Envoy's default route timeout is 15s; "0s" disables it.
             timeout: match duration(action.get("timeout"), &format!("{apath}.timeout"))? {
@@ -399,39 +773,36 @@ fn route_config(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Vec
     Ok(routes)
 }
 
-fn http_filters(w: &mut Walker, list: &[Value], path: &str, base: &Path) -> anyhow::Result<Vec<FilterConfig>> {
+fn http_filters(w: &mut Walker, list: &[&Value], path: &str, base: &Path) -> anyhow::Result<Vec<FilterConfig>> {
     let mut filters = Vec::new();
     for (i, f) in list.iter().enumerate() {
         let fpath = format!("{path}[{i}]");
         let entry = w.object(f, &fpath, &["name", "typed_config"])?;
         let name = string(entry, "name", &fpath)?;
-        let is_router = name == "envoy.filters.http.router"
-            || entry
-                .get("typed_config")
-                .and_then(|t| t.get("@type"))
-                .and_then(Value::as_str)
-                .is_some_and(|t| t.ends_with(".Router"));
+        let tpath = format!("{fpath}.typed_config");
+        let kind = match entry.get("typed_config") {
+            Some(t) => Some(typed(w, t, &tpath)?),
+            None => None,
+        };
+        let is_router =
+            name == "envoy.filters.http.router" || kind.as_ref().is_some_and(|(k, _)| k.ends_with(".Router"));
         if is_router {
             if i + 1 != list.len() {
                 bail!("{fpath}: the router must be the last http filter");
             }
             return Ok(filters);
         }
-        let tpath = format!("{fpath}.typed_config");
-        let typed = entry.get("typed_config").with_context(|| format!("{tpath} is missing"))?;
-        if typed.get("@type").and_then(Value::as_str) != Some(WASM_FILTER_TYPE) {
+        let Some((kind, msg)) = kind else {
+            bail!("{tpath} is missing");
+        };
+        if kind != WASM_FILTER_TYPE {
             bail!(
                 "{fpath} ({name}): only envoy.filters.http.wasm filters ({WASM_FILTER_TYPE}) and the router are supported"
             );
         }
-        let typed = w.object(typed, &tpath, &["@type", "config"])?;
-        filters.push(wasm_filter(
-            w,
-            typed.get("config").with_context(|| format!("{tpath}.config is missing"))?,
-            &format!("{tpath}.config"),
-            name,
-            base,
-        )?);
+        let m = message(w, msg, &tpath, &["config"])?;
+        let config = m.get("config").with_context(|| format!("{tpath}.config is missing"))?;
+        filters.push(wasm_filter(w, config, &format!("{tpath}.config"), name, base)?);
     }
     bail!("{path}: the last http filter must be envoy.filters.http.router")
 }
@@ -542,7 +913,7 @@ fn wasm_filter(
     Ok(FilterConfig { module, plugin })
 }
 
-fn cluster(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<ClusterConfig> {
+fn cluster(w: &mut Walker, value: &Value, path: &str, base: &Path) -> anyhow::Result<ClusterConfig> {
     let c = w.object(
         value,
         path,
@@ -554,6 +925,11 @@ fn cluster(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<ClusterC
             "load_assignment",
             "circuit_breakers",
             "per_connection_buffer_limit_bytes",
+            "http2_protocol_options",
+            "typed_extension_protocol_options",
+            "transport_socket",
+            "dns_refresh_rate",
+            "dns_lookup_family",
         ],
     )?;
     let (max_retries, retry_budget) =
@@ -564,13 +940,14 @@ fn cluster(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<ClusterC
         ));
     }
     let name = string(c, "name", path)?.to_owned();
-    match c.get("type").and_then(Value::as_str) {
-        None | Some("STATIC") => {}
-        Some(t @ ("STRICT_DNS" | "LOGICAL_DNS")) => {
-            w.warn(format!("{path}.type: {t} accepted only because every endpoint is an IP address"));
+    let dns = match c.get("type").and_then(Value::as_str) {
+        None | Some("STATIC") => false,
+        Some("STRICT_DNS" | "LOGICAL_DNS") => true,
+        Some(t) => {
+            w.errors.push(format!("{path}.type: {t} is not supported (STATIC, STRICT_DNS, LOGICAL_DNS)"));
+            false
         }
-        Some(t) => w.errors.push(format!("{path}.type: {t} is not supported (STATIC)")),
-    }
+    };
     if let Some(lb) = c.get("lb_policy").and_then(Value::as_str)
         && lb != "ROUND_ROBIN"
     {
@@ -583,10 +960,10 @@ fn cluster(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<ClusterC
         &["cluster_name", "endpoints"],
     )?;
     let mut endpoints = Vec::new();
-    for (i, group) in array(la, "endpoints", &apath)?.iter().enumerate() {
+    for (i, group) in list_or_one(la.get("endpoints")).into_iter().enumerate() {
         let gpath = format!("{apath}.endpoints[{i}]");
-        let group = w.object(group, &gpath, &["lb_endpoints"])?;
-        for (j, lb) in array(group, "lb_endpoints", &gpath)?.iter().enumerate() {
+        let group = w.object(group, &gpath, &["lb_endpoints", "locality"])?;
+        for (j, lb) in list_or_one(group.get("lb_endpoints")).into_iter().enumerate() {
             let epath = format!("{gpath}.lb_endpoints[{j}]");
             let lb = w.object(lb, &epath, &["endpoint"])?;
             let ep = w.object(
@@ -594,13 +971,51 @@ fn cluster(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<ClusterC
                 &format!("{epath}.endpoint"),
                 &["address"],
             )?;
-            endpoints.push(socket_address(
+            let endpoint = endpoint_address(
                 w,
                 ep.get("address").with_context(|| format!("{epath}.endpoint.address is missing"))?,
                 &format!("{epath}.endpoint.address"),
-            )?);
+            )?;
+            if !dns && matches!(endpoint, EndpointConfig::Name { .. }) {
+                bail!(
+                    "{epath}.endpoint.address: {endpoint} is a host name; a STATIC cluster needs IP addresses (use type: STRICT_DNS)"
+                );
+            }
+            endpoints.push(endpoint);
         }
     }
+    // HTTP/2: the deprecated cluster field, or HttpProtocolOptions' explicit config.
+    let mut http2 = c.contains_key("http2_protocol_options");
+    if let Some(options) = c.get("typed_extension_protocol_options") {
+        let opath = format!("{path}.typed_extension_protocol_options");
+        let o = w.object(options, &opath, &[HTTP_PROTOCOL_OPTIONS])?;
+        if let Some(h) = o.get(HTTP_PROTOCOL_OPTIONS) {
+            let hpath = format!("{opath}.{HTTP_PROTOCOL_OPTIONS}");
+            let (_, msg) = typed(w, h, &hpath)?;
+            let h = message(w, msg, &hpath, &["explicit_http_config", "auto_config", "common_http_protocol_options"])?;
+            if let Some(e) = h.get("explicit_http_config") {
+                let e = w.object(
+                    e,
+                    &format!("{hpath}.explicit_http_config"),
+                    &["http_protocol_options", "http2_protocol_options"],
+                )?;
+                http2 = e.contains_key("http2_protocol_options");
+            }
+            if h.contains_key("auto_config") {
+                w.warn(format!("{hpath}.auto_config: meshwork uses HTTP/2 when TLS ALPN negotiates it, else HTTP/1.1"));
+            }
+        }
+    }
+    let tls = match c.get("transport_socket") {
+        None => None,
+        Some(ts) => {
+            let mut spec = upstream_tls(w, ts, &format!("{path}.transport_socket"), base)?;
+            if spec.alpn.is_empty() && http2 {
+                spec.alpn = vec!["h2".into()];
+            }
+            Some(spec)
+        }
+    };
     Ok(ClusterConfig {
         name,
         endpoints,
@@ -608,6 +1023,10 @@ fn cluster(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<ClusterC
             .unwrap_or(Duration::from_secs(5)),
         max_retries,
         retry_budget,
+        http2,
+        tls,
+        dns_refresh: duration(c.get("dns_refresh_rate"), &format!("{path}.dns_refresh_rate"))?
+            .unwrap_or(Duration::from_secs(5)),
     })
 }
 
@@ -711,6 +1130,10 @@ static_resources:
         (translate(&mut w, &v, Path::new("/")), w)
     }
 
+    fn http(c: &ProxyConfig) -> &HttpListener {
+        c.listeners[0].http().expect("an HTTP listener")
+    }
+
     #[test]
     fn typical_bootstrap_translates() {
         let (c, w) = walk(TYPICAL);
@@ -718,10 +1141,10 @@ static_resources:
         assert!(w.errors.is_empty(), "{:?}", w.errors);
         assert!(w.warnings.iter().any(|x| x.contains("access_log")), "{:?}", w.warnings);
         assert!(w.warnings.iter().any(|x| x.contains("runtime")), "{:?}", w.warnings);
-        assert_eq!(c.listen.port(), 10000);
+        assert_eq!(c.listeners[0].address.port(), 10000);
         assert_eq!(c.admin.unwrap().port(), 9901);
-        assert_eq!(c.routes[0].timeout, Some(Duration::from_secs(2)));
-        let f = &c.filters[0];
+        assert_eq!(http(&c).routes[0].timeout, Some(Duration::from_secs(2)));
+        let f = &http(&c).filters[0];
         assert_eq!(f.plugin.name, "rl");
         assert_eq!(f.plugin.root_id, "rl_root");
         assert_eq!(f.plugin.vm_id, "rl_vm");
@@ -734,11 +1157,11 @@ static_resources:
     #[test]
     fn unsupported_fields_are_named() {
         let yaml = TYPICAL
-            .replace("    lb_policy: ROUND_ROBIN", "    lb_policy: RING_HASH\n    transport_socket: {name: tls}")
+            .replace("    lb_policy: ROUND_ROBIN", "    lb_policy: RING_HASH\n    outlier_detection: {}")
             .replace("route: {cluster: app, timeout: 2s}", "route: {cluster: app, retry_policy: {num_retries: 3}}");
         let (_, w) = walk(&yaml);
         let all = w.errors.join("\n");
-        assert!(all.contains("static_resources.clusters[0].transport_socket: not supported"), "{all}");
+        assert!(all.contains("static_resources.clusters[0].outlier_detection: not supported"), "{all}");
         assert!(all.contains("lb_policy: RING_HASH"), "{all}");
         assert!(all.contains("routes[0].route.retry_policy: not supported"), "{all}");
     }
@@ -748,7 +1171,7 @@ static_resources:
         let yaml = TYPICAL.replace("route: {cluster: app, timeout: 2s}", "route: {cluster_header: X-Version}");
         let (c, w) = walk(&yaml);
         assert!(w.errors.is_empty(), "{:?}", w.errors);
-        assert_eq!(c.unwrap().routes[0].target, RouteTarget::ClusterHeader("x-version".into()));
+        assert_eq!(http(&c.unwrap()).routes[0].target, RouteTarget::ClusterHeader("x-version".into()));
         let yaml = TYPICAL.replace("route: {cluster: app, timeout: 2s}", "route: {timeout: 2s}");
         let err = walk(&yaml).0.expect_err("a route without a target is refused");
         assert!(format!("{err:#}").contains("exactly one of cluster or cluster_header"), "{err:#}");
@@ -761,6 +1184,148 @@ static_resources:
             "\"@type\": type.googleapis.com/google.protobuf.BytesValue\n                  value: aGVsbG8=",
         );
         let (c, _) = walk(&yaml);
-        assert_eq!(&c.unwrap().filters[0].plugin.configuration[..], b"hello");
+        assert_eq!(&http(&c.unwrap()).filters[0].plugin.configuration[..], b"hello");
+    }
+
+    /// The SDK examples' shape: `listeners` as one mapping without a name, the Wasm filter in a
+    /// TypedStruct, direct responses matched in order, a STRICT_DNS cluster with HTTP/2.
+    const SDK_STYLE: &str = r#"
+static_resources:
+  listeners:
+    address:
+      socket_address:
+        address: 0.0.0.0
+        port_value: 10000
+    filter_chains:
+      - filters:
+          - name: envoy.filters.network.http_connection_manager
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+              stat_prefix: ingress_http
+              codec_type: AUTO
+              route_config:
+                name: local_routes
+                virtual_hosts:
+                  - name: local_service
+                    domains:
+                      - "*"
+                    routes:
+                      - match:
+                          prefix: "/secret"
+                        direct_response:
+                          status: 200
+                          body:
+                            inline_string: "secret\n"
+                      - match:
+                          prefix: "/"
+                        route:
+                          cluster: grpcbin
+              http_filters:
+                - name: envoy.filters.http.wasm
+                  typed_config:
+                    "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+                    type_url: type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                    value:
+                      config:
+                        name: "http_config"
+                        configuration:
+                          "@type": "type.googleapis.com/google.protobuf.StringValue"
+                          value: The secret to life
+                        vm_config:
+                          runtime: "envoy.wasm.runtime.v8"
+                          code:
+                            local:
+                              filename: "/plugins/x.wasm"
+                - name: envoy.filters.http.router
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: grpcbin
+      connect_timeout: 5s
+      type: STRICT_DNS
+      lb_policy: ROUND_ROBIN
+      http2_protocol_options: {}
+      load_assignment:
+        cluster_name: grpcbin
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address:
+                      address: grpcbin
+                      port_value: 9000
+"#;
+
+    #[test]
+    fn sdk_example_shapes_translate() {
+        let (c, w) = walk(SDK_STYLE);
+        let c = c.unwrap();
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        let h = http(&c);
+        assert!(h.first_match);
+        assert_eq!(h.routes[0].target, RouteTarget::Direct { status: 200, body: Bytes::from("secret\n") });
+        assert_eq!(h.filters[0].plugin.name, "http_config");
+        assert_eq!(&h.filters[0].plugin.configuration[..], b"The secret to life");
+        let g = &c.clusters[0];
+        assert!(g.http2);
+        assert_eq!(g.endpoints[0], EndpointConfig::Name { host: "grpcbin".into(), port: 9000 });
+        let stat = SDK_STYLE.replace("type: STRICT_DNS", "type: STATIC");
+        let err = walk(&stat).0.expect_err("a host name in a STATIC cluster is refused");
+        assert!(format!("{err:#}").contains("is a host name"), "{err:#}");
+    }
+
+    #[test]
+    fn tcp_listeners_with_network_filters_and_tls() {
+        let yaml = r#"
+static_resources:
+  listeners:
+  - name: tcp
+    address: {socket_address: {address: 127.0.0.1, port_value: 10001}}
+    listener_filters: [{name: envoy.filters.listener.proxy_protocol}]
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates: [{certificate_chain: {filename: s.pem}, private_key: {filename: s.key}}]
+            validation_context: {trusted_ca: {filename: ca.pem}}
+      filters:
+      - name: envoy.filters.network.wasm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm
+          config: {name: net, vm_config: {code: {local: {filename: net.wasm}}}}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: backend
+  clusters:
+  - name: backend
+    load_assignment: {cluster_name: backend, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9000}}}}]}]}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: backend.internal
+        common_tls_context:
+          validation_context:
+            trusted_ca: {filename: ca.pem}
+            match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: "spiffe://mesh/backend"}}]
+"#;
+        let (c, w) = walk(yaml);
+        let c = c.unwrap();
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        let l = &c.listeners[0];
+        assert!(l.proxy_protocol);
+        let tls = l.tls.as_ref().unwrap();
+        assert!(tls.require_client_certificate && tls.alpn.is_empty());
+        assert_eq!(tls.client_ca.as_deref(), Some(Path::new("/ca.pem")));
+        assert!(matches!(&l.kind, ListenerKind::Tcp(t) if t.cluster == "backend" && t.filters[0].plugin.name == "net"));
+        let up = c.clusters[0].tls.as_ref().unwrap();
+        assert_eq!(up.sni.as_deref(), Some("backend.internal"));
+        assert_eq!(up.verify_san, ["spiffe://mesh/backend"]);
+        assert_eq!(up.trust, Trust::Ca("/ca.pem".into()));
     }
 }

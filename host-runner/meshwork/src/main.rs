@@ -7,6 +7,7 @@ mod envoy;
 mod inspect;
 mod proxy;
 mod ratelimit;
+mod tls;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -51,6 +52,10 @@ enum Command {
         /// Check the configuration and start every filter once, then exit (listens on nothing).
         #[arg(long)]
         check: bool,
+        /// Resolve HOST to these addresses instead of asking DNS (repeatable), as curl's
+        /// --resolve: `--resolve httpbin=127.0.0.1`.
+        #[arg(long = "resolve", value_name = "HOST=IP[,IP...]", value_parser = parse_resolve)]
+        resolve: Vec<(String, Vec<std::net::IpAddr>)>,
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
@@ -112,30 +117,36 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, envoy_config, allow_unsupported, check, output } => {
-            let source = match (config, envoy_config) {
-                (Some(path), _) => proxy::reload::ConfigSource::Native(path),
-                (None, Some(path)) => proxy::reload::ConfigSource::Envoy { path, allow_unsupported },
+        Command::Run { config, envoy_config, allow_unsupported, check, resolve, output } => {
+            let kind = match (config, envoy_config) {
+                (Some(path), _) => proxy::reload::ConfigKind::Native(path),
+                (None, Some(path)) => proxy::reload::ConfigKind::Envoy { path, allow_unsupported },
                 (None, None) => anyhow::bail!("give --config or --envoy-config"),
             };
+            let source = proxy::reload::ConfigSource { kind, resolve: resolve.into_iter().collect() };
             let config = source.load()?;
             if check {
-                let filters = config.filters.len();
+                let filters = config.all_filters().count();
                 proxy::check(config)?;
                 println!("meshwork: configuration ok ({filters} filter(s) started and configured)");
                 return Ok(ExitCode::SUCCESS);
             }
             let workers = config.workers;
-            let filters: Vec<String> = config.filters.iter().map(|f| f.plugin.name.clone()).collect();
+            let filters: Vec<String> = config.all_filters().map(|f| f.plugin.name.clone()).collect();
             let proxy = proxy::start(config, source)?;
             let mut stdout = std::io::stdout();
+            let listeners: Vec<String> =
+                proxy.listeners.iter().map(|(name, scheme, addr)| format!("{scheme}://{addr} ({name})")).collect();
             match output {
                 OutputFormat::Json => writeln!(
                     stdout,
                     "{}",
                     serde_json::json!({
                         "event": "ready",
-                        "listen": proxy.listen.to_string(),
+                        "listen": proxy.listeners.first().map(|l| l.2.to_string()),
+                        "listeners": proxy.listeners.iter().map(|(name, scheme, addr)| serde_json::json!({
+                            "name": name, "scheme": scheme, "address": addr.to_string(),
+                        })).collect::<Vec<_>>(),
                         "admin": proxy.admin.map(|a| a.to_string()),
                         "workers": workers,
                         "filters": filters,
@@ -143,8 +154,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 )?,
                 OutputFormat::Text => writeln!(
                     stdout,
-                    "meshwork: listening on http://{} with {workers} worker(s), filters [{}]{}",
-                    proxy.listen,
+                    "meshwork: listening on {} with {workers} worker(s), filters [{}]{}",
+                    if listeners.is_empty() { "nothing (services only)".to_owned() } else { listeners.join(", ") },
                     filters.join(", "),
                     proxy.admin.map(|a| format!(", admin on http://{a}")).unwrap_or_default()
                 )?,
@@ -175,4 +186,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(if report.problems().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
     }
+}
+
+/// `HOST=IP[,IP...]` for `--resolve`.
+fn parse_resolve(text: &str) -> Result<(String, Vec<std::net::IpAddr>), String> {
+    let (host, ips) = text.split_once('=').ok_or_else(|| format!("{text:?} is not HOST=IP[,IP...]"))?;
+    let ips = ips
+        .split(',')
+        .map(|ip| ip.trim().parse().map_err(|_| format!("{ip:?} in {text:?} is not an IP address")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if host.is_empty() {
+        return Err(format!("{text:?} names no host"));
+    }
+    Ok((host.to_ascii_lowercase(), ips))
 }

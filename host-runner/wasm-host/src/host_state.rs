@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::abi::{AbiVersion, Status};
+use crate::grpc::{GrpcCallState, GrpcEffect, GrpcReceived};
 use crate::headers::HeaderMap;
 use crate::metrics::Metric;
 use crate::plugin::{PluginConfig, Services};
@@ -71,13 +72,14 @@ pub struct HttpCallResponse {
 #[derive(Debug, Default)]
 pub struct Effects {
     pub http_calls: Vec<HttpCallRequest>,
+    pub grpc: Vec<GrpcEffect>,
     /// A new tick period (zero stops the timer).
     pub tick_period: Option<Duration>,
 }
 
 impl Effects {
     pub fn is_empty(&self) -> bool {
-        self.http_calls.is_empty() && self.tick_period.is_none()
+        self.http_calls.is_empty() && self.grpc.is_empty() && self.tick_period.is_none()
     }
 }
 
@@ -106,6 +108,12 @@ pub struct HostState {
     pub effects: Effects,
     /// Lent during `proxy_on_http_call_response`.
     pub callout_response: Option<HttpCallResponse>,
+    /// gRPC calls and streams in flight, by token (owned by the root context, as in Envoy).
+    pub grpc_calls: IdMap<GrpcCallState>,
+    next_grpc_call_seq: u32,
+    next_grpc_stream_seq: u32,
+    /// Lent during the `proxy_on_grpc_*` callbacks.
+    pub grpc_received: Option<GrpcReceived>,
     /// The root context's status for `proxy_get_status` (code, message).
     pub root_status: (u32, Bytes),
     /// Metric ids carry their type in the low two bits, as in Envoy (4, 8… counters).
@@ -155,6 +163,10 @@ impl HostState {
             plugin_config_readable: false,
             effects: Effects::default(),
             callout_response: None,
+            grpc_calls: IdMap::default(),
+            next_grpc_call_seq: 1,
+            next_grpc_stream_seq: 1,
+            grpc_received: None,
             root_status: (0, Bytes::new()),
             metrics: IdMap::default(),
             metric_ids: HashMap::new(),
@@ -235,6 +247,31 @@ impl HostState {
         self.callouts_in_flight.insert(context, in_flight + 1);
         self.callout_owner.insert(token, context);
         Some(token)
+    }
+
+    /// Starts a gRPC call (`stream` false) or stream from the current context: its token
+    /// (Envoy's: calls 5, 9, 13…, streams 6, 10, 14…), or `None` over the context's budget of
+    /// callouts in flight (gRPC and HTTP share it).
+    pub fn start_grpc(&mut self, stream: bool) -> Option<u32> {
+        let context = self.context_id();
+        let in_flight = self.callouts_in_flight.get(&context).copied().unwrap_or(0);
+        if in_flight as usize >= self.plugin.limits.max_callouts_in_flight {
+            self.budgets.exceeded(Budget::CalloutsInFlight, self.plugin.limits.max_callouts_in_flight as u64);
+            return None;
+        }
+        let seq = if stream { &mut self.next_grpc_stream_seq } else { &mut self.next_grpc_call_seq };
+        let token = (*seq << 2) | if stream { 2 } else { 1 };
+        *seq = seq.wrapping_add(1).max(1);
+        self.callouts_in_flight.insert(context, in_flight + 1);
+        self.callout_owner.insert(token, context);
+        self.grpc_calls.insert(token, GrpcCallState { stream, context, local_closed: false });
+        Some(token)
+    }
+
+    /// A gRPC call or stream is over (answered, failed, cancelled): forget it.
+    pub fn end_grpc(&mut self, token: u32) {
+        self.grpc_calls.remove(&token);
+        self.end_callout(token);
     }
 
     /// A callout's answer arrived (or it was given up): its context has one fewer in flight.

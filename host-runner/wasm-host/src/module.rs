@@ -210,6 +210,13 @@ impl ModuleInfo {
         self.abi_versions.last().copied()
     }
 
+    /// Whether it can be a network (TCP) filter.
+    pub fn exports_network_callbacks(&self) -> bool {
+        ["proxy_on_new_connection", "proxy_on_downstream_data", "proxy_on_upstream_data"]
+            .iter()
+            .any(|n| self.exports(n))
+    }
+
     pub fn exports(&self, name: &str) -> bool {
         self.exported_functions.iter().any(|f| f == name)
     }

@@ -75,6 +75,25 @@ fn addr(a: Option<SocketAddr>, field: &[u8]) -> Option<Value> {
     }
 }
 
+/// A TLS attribute of `connection.*` or `upstream.*`, as Envoy's `extractSslInfo` gives it:
+/// subjects are empty strings when no certificate was presented, SANs and digests absent.
+fn tls_value(t: &crate::stream_data::TlsInfo, field: &[u8]) -> Option<Value> {
+    let first = |sans: &[String]| sans.first().map(Value::str);
+    let peer = t.peer.as_ref();
+    let local = t.local.as_deref();
+    match field {
+        b"tls_version" => Some(Value::str(t.version)),
+        b"subject_peer_certificate" => Some(Value::str(peer.map_or("", |c| c.subject.as_str()))),
+        b"subject_local_certificate" => Some(Value::str(local.map_or("", |c| c.subject.as_str()))),
+        b"uri_san_peer_certificate" => peer.and_then(|c| first(&c.uri_sans)),
+        b"uri_san_local_certificate" => local.and_then(|c| first(&c.uri_sans)),
+        b"dns_san_peer_certificate" => peer.and_then(|c| first(&c.dns_sans)),
+        b"dns_san_local_certificate" => local.and_then(|c| first(&c.dns_sans)),
+        b"sha256_peer_certificate_digest" => peer.map(|c| Value::str(&c.sha256)),
+        _ => None,
+    }
+}
+
 /// Resolves `path` for a context. `stream` is `None` in a root context, where only plugin and
 /// node attributes exist.
 pub fn get(
@@ -215,21 +234,35 @@ fn top_level(
             Some(f) => leaf(addr(info.destination, f)),
             None => Ok((Value::Unserialisable, false)),
         },
-        b"upstream" => match next {
-            Some(b"local_address") => leaf(info.upstream_local.map(|a| Value::str(a.to_string()))),
-            Some(f) => leaf(addr(info.upstream, f)),
-            None => Ok((Value::Unserialisable, false)),
-        },
+        b"upstream" => {
+            let Some(field) = next else {
+                return Ok((Value::Unserialisable, false));
+            };
+            // Envoy: nothing until an upstream is chosen.
+            let Some(upstream) = info.upstream else {
+                return Err(Status::NotFound);
+            };
+            leaf(match field {
+                b"address" | b"port" => addr(Some(upstream), field),
+                b"local_address" => info.upstream_local.map(|a| Value::str(a.to_string())),
+                b"transport_failure_reason" => Some(Value::str(info.upstream_failure.as_deref().unwrap_or(""))),
+                b"request_attempt_count" => Some(Value::UInt(u64::from(info.upstream_attempts.max(1)))),
+                // No `mtls` under upstream, as in Envoy.
+                b"mtls" => None,
+                tls_field => info.upstream_tls.as_deref().and_then(|t| tls_value(t, tls_field)),
+            })
+        }
         b"connection" => {
             let Some(field) = next else {
                 return Ok((Value::Unserialisable, false));
             };
-            // Listeners are plain text: TLS attributes are absent, as in Envoy without TLS.
+            let tls = info.tls.as_deref();
             leaf(match field {
                 b"id" => Some(Value::UInt(info.connection_id)),
-                b"mtls" => Some(Value::Bool(false)),
-                b"requested_server_name" => Some(Value::str("")),
-                _ => None,
+                // A peer certificate was presented (Envoy's definition).
+                b"mtls" => Some(Value::Bool(tls.is_some_and(|t| t.peer.is_some()))),
+                b"requested_server_name" => Some(Value::str(tls.map_or("", |t| t.server_name.as_str()))),
+                tls_field => tls.and_then(|t| tls_value(t, tls_field)),
             })
         }
         b"filter_state" => {
@@ -315,6 +348,43 @@ mod tests {
         assert_eq!(get_bytes(Some(&s), b"connection\0mtls").unwrap(), [0]);
         let headers = get_bytes(Some(&s), b"request\0headers").unwrap();
         assert_eq!(crate::headers::decode_pairs(&headers).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn tls_attributes_follow_envoy() {
+        use crate::stream_data::{CertInfo, TlsInfo};
+        let mut s = stream();
+        assert_eq!(get_bytes(Some(&s), b"connection\0tls_version"), Err(Status::NotFound));
+        assert_eq!(get_bytes(Some(&s), b"connection\0requested_server_name").unwrap(), b"");
+        assert_eq!(get_bytes(Some(&s), b"upstream\0address"), Err(Status::NotFound));
+        let peer = CertInfo {
+            subject: "CN=client".into(),
+            uri_sans: vec!["spiffe://a".into(), "spiffe://b".into()],
+            dns_sans: vec![],
+            sha256: "ab".repeat(32),
+        };
+        s.info.tls = Some(std::rc::Rc::new(TlsInfo {
+            version: "TLSv1.3",
+            server_name: "api.example".into(),
+            local: Some(std::sync::Arc::new(CertInfo { subject: "CN=server".into(), ..CertInfo::default() })),
+            peer: Some(peer),
+            alpn: None,
+        }));
+        assert_eq!(get_bytes(Some(&s), b"connection\0tls_version").unwrap(), b"TLSv1.3");
+        assert_eq!(get_bytes(Some(&s), b"connection\0mtls").unwrap(), [1]);
+        assert_eq!(get_bytes(Some(&s), b"connection\0requested_server_name").unwrap(), b"api.example");
+        assert_eq!(get_bytes(Some(&s), b"connection\0subject_peer_certificate").unwrap(), b"CN=client");
+        assert_eq!(get_bytes(Some(&s), b"connection\0subject_local_certificate").unwrap(), b"CN=server");
+        assert_eq!(get_bytes(Some(&s), b"connection\0uri_san_peer_certificate").unwrap(), b"spiffe://a");
+        assert_eq!(get_bytes(Some(&s), b"connection\0dns_san_peer_certificate"), Err(Status::NotFound));
+        assert_eq!(
+            get_bytes(Some(&s), b"connection\0sha256_peer_certificate_digest").unwrap(),
+            "ab".repeat(32).as_bytes()
+        );
+        s.info.upstream = Some("10.0.0.9:8443".parse().unwrap());
+        assert_eq!(get_bytes(Some(&s), b"upstream\0address").unwrap(), b"10.0.0.9:8443");
+        assert_eq!(get_bytes(Some(&s), b"upstream\0tls_version"), Err(Status::NotFound));
+        assert_eq!(get_bytes(Some(&s), b"upstream\0mtls"), Err(Status::NotFound));
     }
 
     #[test]

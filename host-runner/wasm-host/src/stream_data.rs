@@ -14,6 +14,31 @@ use bytes::{Bytes, BytesMut};
 
 use crate::headers::HeaderMap;
 
+/// One certificate as Envoy's properties describe it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The subject in RFC 2253 form (`CN=client,O=Acme`).
+    pub subject: String,
+    pub uri_sans: Vec<String>,
+    pub dns_sans: Vec<String>,
+    /// Lowercase hex SHA-256 of the DER.
+    pub sha256: String,
+}
+
+/// What a TLS handshake established, for the `connection.*` and `upstream.*` properties.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.2`, `TLSv1.3`.
+    pub version: &'static str,
+    /// The SNI the client asked for (downstream), or sent (upstream).
+    pub server_name: String,
+    /// The certificate this side presented.
+    pub local: Option<std::sync::Arc<CertInfo>>,
+    /// The certificate the other side presented (validated when the configuration asks).
+    pub peer: Option<CertInfo>,
+    pub alpn: Option<String>,
+}
+
 /// What the proxy knows about a stream, for properties.
 #[derive(Clone, Debug)]
 pub struct StreamInfo {
@@ -22,6 +47,14 @@ pub struct StreamInfo {
     pub source: Option<SocketAddr>,
     pub destination: Option<SocketAddr>,
     pub connection_id: u64,
+    /// The client connection's TLS, if it has any.
+    pub tls: Option<Rc<TlsInfo>>,
+    /// The upstream connection's TLS, once one is chosen and it has any.
+    pub upstream_tls: Option<Rc<TlsInfo>>,
+    /// Why the last upstream connection attempt failed (`upstream.transport_failure_reason`).
+    pub upstream_failure: Option<String>,
+    /// Upstream attempts so far (`upstream.request_attempt_count`).
+    pub upstream_attempts: u32,
     pub route_name: Rc<str>,
     pub cluster_name: Rc<str>,
     pub upstream: Option<SocketAddr>,
@@ -48,6 +81,10 @@ impl StreamInfo {
             source: None,
             destination: None,
             connection_id: 0,
+            tls: None,
+            upstream_tls: None,
+            upstream_failure: None,
+            upstream_attempts: 0,
             route_name,
             cluster_name,
             upstream: None,
@@ -224,6 +261,12 @@ pub struct StreamData {
     pub body_rewritten: PerDir<bool>,
     /// Some stage has actions waiting (spares the engine a scan of every stage).
     pub actions_pending: bool,
+    /// A TCP connection through network filters: stage bodies hold DOWNSTREAM_DATA
+    /// ([`Dir::Request`]) and UPSTREAM_DATA ([`Dir::Response`]).
+    pub network: bool,
+    /// A filter called `clear_route_cache`: the proxy chooses the route again before the
+    /// request goes upstream.
+    pub route_cache_cleared: bool,
     /// Whoever drives each side of the stream (the client-facing response, the upstream-facing
     /// request body): both are woken when a filter acts from outside a callback.
     wakers: PerDir<Option<Waker>>,

@@ -18,6 +18,8 @@ use wasmtime::{InstancePre, Linker, Store, Trap, TypedFunc, WasmParams, WasmResu
 
 use crate::abi::AbiVersion;
 use crate::error::{Failure, LoadError, StartError};
+use crate::grpc::{GrpcEffect, GrpcReceived};
+use crate::headers::HeaderMap;
 use crate::host_state::{Ctx, HostState, HttpCallRequest, HttpCallResponse};
 use crate::module::{EPOCH_TICK, LoadedModule, WasmEngine};
 use crate::plugin::{PluginConfig, Services};
@@ -29,6 +31,11 @@ use crate::stream_data::{Dir, PerDir, SharedStream};
 pub trait Dispatcher {
     fn http_call(&self, vm: &Rc<PluginVm>, request: HttpCallRequest);
     fn set_tick_period(&self, vm: &Rc<PluginVm>, period: Duration);
+    /// Starts, feeds, closes or cancels a gRPC call; outcomes come back through the VM's
+    /// `on_grpc_*` methods. A host without gRPC (`meshwork run --check`) leaves calls unanswered.
+    fn grpc(&self, vm: &Rc<PluginVm>, effect: GrpcEffect) {
+        let _ = (vm, effect);
+    }
 }
 
 /// A filter ready to be instantiated on any worker: compiled, linked, configured.
@@ -175,6 +182,19 @@ impl PluginTemplate {
                 typed!("proxy_on_response_trailers", (u32, u32), u32),
             ]),
             on_http_call_response: typed!("proxy_on_http_call_response", (u32, u32, u32, u32, u32), ()),
+            on_grpc_initial_metadata: typed!("proxy_on_grpc_receive_initial_metadata", (u32, u32, u32), ()),
+            on_grpc_receive: typed!("proxy_on_grpc_receive", (u32, u32, u32), ()),
+            on_grpc_trailing_metadata: typed!("proxy_on_grpc_receive_trailing_metadata", (u32, u32, u32), ()),
+            on_grpc_close: typed!("proxy_on_grpc_close", (u32, u32, u32), ()),
+            on_new_connection: typed!("proxy_on_new_connection", u32, u32),
+            on_data: PerDir([
+                typed!("proxy_on_downstream_data", (u32, u32, u32), u32),
+                typed!("proxy_on_upstream_data", (u32, u32, u32), u32),
+            ]),
+            on_connection_close: PerDir([
+                typed!("proxy_on_downstream_connection_close", (u32, u32), ()),
+                typed!("proxy_on_upstream_connection_close", (u32, u32), ()),
+            ]),
             on_done: typed!("proxy_on_done", u32, u32),
             on_log: typed!("proxy_on_log", u32, ()),
             on_delete: typed!("proxy_on_delete", u32, ()),
@@ -236,6 +256,18 @@ struct Callbacks {
     /// `proxy_on_{request,response}_trailers(context, count)`.
     on_trailers: PerDir<Option<TypedFunc<(u32, u32), u32>>>,
     on_http_call_response: Option<CalloutResponseFn>,
+    /// `proxy_on_grpc_*(context, token, count or size or status)`.
+    on_grpc_initial_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
+    on_grpc_receive: Option<TypedFunc<(u32, u32, u32), ()>>,
+    on_grpc_trailing_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
+    on_grpc_close: Option<TypedFunc<(u32, u32, u32), ()>>,
+    /// Network filters: `proxy_on_new_connection(context)`.
+    on_new_connection: Option<TypedFunc<u32, u32>>,
+    /// `proxy_on_{downstream,upstream}_data(context, size, end_of_stream)`, by the direction
+    /// the data travels ([`Dir::Request`]: from the client).
+    on_data: PerDir<Option<TypedFunc<(u32, u32, u32), u32>>>,
+    /// `proxy_on_{downstream,upstream}_connection_close(context, peer_type)`.
+    on_connection_close: PerDir<Option<TypedFunc<(u32, u32), ()>>>,
     on_done: Option<TypedFunc<u32, u32>>,
     on_log: Option<TypedFunc<u32, ()>>,
     on_delete: Option<TypedFunc<u32, ()>>,
@@ -406,6 +438,9 @@ impl PluginVm {
         for call in effects.http_calls {
             self.dispatcher.http_call(self, call);
         }
+        for effect in effects.grpc {
+            self.dispatcher.grpc(self, effect);
+        }
     }
 
     /// Creates a stream context for stage `stage` of `stream` and announces it to the module.
@@ -528,6 +563,142 @@ impl PluginVm {
                 // Envoy clears the message after the callback but keeps the code.
                 state.root_status.1 = Bytes::new();
             }
+        }
+        result
+    }
+
+    /// Runs a gRPC callback for `token` with `received` lent to the filter; nothing happens for
+    /// a token the filter cancelled (or never had).
+    fn grpc_callback(
+        self: &Rc<Self>,
+        name: &'static str,
+        f: Option<&TypedFunc<(u32, u32, u32), ()>>,
+        token: u32,
+        arg: u32,
+        received: GrpcReceived,
+    ) -> Result<(), Failure> {
+        let root = self.root_context_id();
+        {
+            let Ok(mut store) = self.store.try_borrow_mut() else {
+                return Err(Failure::Busy);
+            };
+            let state = store.data_mut();
+            if !state.grpc_calls.contains_key(&token) {
+                return Ok(());
+            }
+            state.grpc_received = Some(received);
+        }
+        let result = f.map_or(Ok(()), |f| self.call(name, root, f, (root, token, arg)));
+        if let Ok(mut store) = self.store.try_borrow_mut() {
+            store.data_mut().grpc_received = None;
+        }
+        result
+    }
+
+    fn grpc_call_is_unary(&self, token: u32) -> bool {
+        self.store.try_borrow().is_ok_and(|s| s.data().grpc_calls.get(&token).is_some_and(|c| !c.stream))
+    }
+
+    fn end_grpc(&self, token: u32) {
+        if let Ok(mut store) = self.store.try_borrow_mut() {
+            store.data_mut().end_grpc(token);
+        }
+    }
+
+    /// A stream's response headers (`proxy_on_grpc_receive_initial_metadata`).
+    pub fn on_grpc_initial_metadata(self: &Rc<Self>, token: u32, metadata: HeaderMap) -> Result<(), Failure> {
+        let count = metadata.len() as u32;
+        let received = GrpcReceived { initial_metadata: Some(metadata), ..GrpcReceived::default() };
+        let f = self.cb.on_grpc_initial_metadata.as_ref();
+        self.grpc_callback("proxy_on_grpc_receive_initial_metadata", f, token, count, received)
+    }
+
+    /// A response message (`proxy_on_grpc_receive`); a unary call is over after it.
+    pub fn on_grpc_message(self: &Rc<Self>, token: u32, message: Bytes) -> Result<(), Failure> {
+        let unary = self.grpc_call_is_unary(token);
+        let size = message.len() as u32;
+        let received = GrpcReceived { message, ..GrpcReceived::default() };
+        let result =
+            self.grpc_callback("proxy_on_grpc_receive", self.cb.on_grpc_receive.as_ref(), token, size, received);
+        if unary {
+            self.end_grpc(token);
+        }
+        result
+    }
+
+    /// A stream's trailers (`proxy_on_grpc_receive_trailing_metadata`).
+    pub fn on_grpc_trailing_metadata(self: &Rc<Self>, token: u32, metadata: HeaderMap) -> Result<(), Failure> {
+        let count = metadata.len() as u32;
+        let received = GrpcReceived { trailing_metadata: Some(metadata), ..GrpcReceived::default() };
+        let f = self.cb.on_grpc_trailing_metadata.as_ref();
+        self.grpc_callback("proxy_on_grpc_receive_trailing_metadata", f, token, count, received)
+    }
+
+    /// The end of a call or stream (`proxy_on_grpc_close`): `proxy_get_status` gives the code
+    /// and message during the callback; the message is cleared after it, as in Envoy.
+    pub fn on_grpc_close(self: &Rc<Self>, token: u32, code: u32, message: Bytes) -> Result<(), Failure> {
+        if let Ok(mut store) = self.store.try_borrow_mut() {
+            store.data_mut().root_status = (code, message);
+        }
+        let result = self.grpc_callback(
+            "proxy_on_grpc_close",
+            self.cb.on_grpc_close.as_ref(),
+            token,
+            code,
+            GrpcReceived::default(),
+        );
+        self.end_grpc(token);
+        if let Ok(mut store) = self.store.try_borrow_mut() {
+            store.data_mut().root_status.1 = Bytes::new();
+        }
+        result
+    }
+
+    /// Whether the module is a network (TCP) filter.
+    pub fn is_network_filter(&self) -> bool {
+        self.cb.on_new_connection.is_some() || self.cb.on_data.0.iter().any(Option::is_some)
+    }
+
+    /// Creates a context for stage `stage` of a TCP connection (which the host keeps as a stream
+    /// with byte buffers instead of bodies).
+    pub fn create_connection_context(self: &Rc<Self>, conn: &SharedStream, stage: usize) -> Result<u32, Failure> {
+        self.create_stream_context(conn, stage)
+    }
+
+    /// `proxy_on_new_connection`.
+    pub fn on_new_connection(self: &Rc<Self>, ctx: u32) -> Raw {
+        self.cb.on_new_connection.as_ref().map_or(Ok(0), |f| self.call("proxy_on_new_connection", ctx, f, ctx))
+    }
+
+    /// `proxy_on_downstream_data` (`Dir::Request`) / `proxy_on_upstream_data` (`Dir::Response`).
+    pub fn on_data(self: &Rc<Self>, d: Dir, ctx: u32, size: u32, eos: bool) -> Raw {
+        const NAMES: [&str; 2] = ["proxy_on_downstream_data", "proxy_on_upstream_data"];
+        self.cb.on_data[d].as_ref().map_or(Ok(0), |f| self.call(NAMES[d.index()], ctx, f, (ctx, size, eos as u32)))
+    }
+
+    /// `proxy_on_downstream_connection_close` / `proxy_on_upstream_connection_close`.
+    pub fn on_connection_close(self: &Rc<Self>, d: Dir, ctx: u32, peer: u32) -> Result<(), Failure> {
+        const NAMES: [&str; 2] = ["proxy_on_downstream_connection_close", "proxy_on_upstream_connection_close"];
+        self.cb.on_connection_close[d].as_ref().map_or(Ok(()), |f| self.call(NAMES[d.index()], ctx, f, (ctx, peer)))
+    }
+
+    /// Envoy's teardown of a connection context: `proxy_on_done`, `proxy_on_log`,
+    /// `proxy_on_delete` (in that order for network filters), then the context is forgotten.
+    pub fn finish_connection_context(self: &Rc<Self>, ctx: u32) -> Result<(), Failure> {
+        let result = (|| {
+            if let Some(f) = &self.cb.on_done {
+                self.call("proxy_on_done", ctx, f, ctx)?;
+            }
+            if let Some(f) = &self.cb.on_log {
+                self.call("proxy_on_log", ctx, f, ctx)?;
+            }
+            if let Some(f) = &self.cb.on_delete {
+                self.call("proxy_on_delete", ctx, f, ctx)?;
+            }
+            Ok(())
+        })();
+        if let Ok(mut store) = self.store.try_borrow_mut() {
+            store.data_mut().contexts.remove(&ctx);
         }
         result
     }

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshwork_wasm_host::metrics::Metric;
-use meshwork_wasm_host::{Dispatcher, HttpCallRequest, PluginTemplate, PluginVm, QueueOwner, StartError};
+use meshwork_wasm_host::{Dispatcher, GrpcEffect, HttpCallRequest, PluginTemplate, PluginVm, QueueOwner, StartError};
 
 use super::callout::callout;
+use super::grpc::GrpcCalls;
 use super::upstream::Upstreams;
 use super::worker::Worker;
 
@@ -88,15 +89,17 @@ impl FilterSlot {
     }
 }
 
-/// Carries out VM effects on this worker: callouts to its clusters, and tick timers.
+/// Carries out VM effects on this worker: HTTP and gRPC callouts to its clusters, and tick
+/// timers.
 pub struct WorkerDispatcher {
     upstreams: Rc<Upstreams>,
     ticks: RefCell<HashMap<usize, tokio::task::AbortHandle>>,
+    grpc: GrpcCalls,
 }
 
 impl WorkerDispatcher {
     pub fn new(upstreams: Rc<Upstreams>) -> Rc<WorkerDispatcher> {
-        Rc::new(WorkerDispatcher { upstreams, ticks: RefCell::default() })
+        Rc::new(WorkerDispatcher { upstreams, ticks: RefCell::default(), grpc: GrpcCalls::default() })
     }
 }
 
@@ -122,6 +125,10 @@ impl Dispatcher for WorkerDispatcher {
                 let _ = vm.on_http_call_response(token, outcome);
             }
         });
+    }
+
+    fn grpc(&self, vm: &Rc<PluginVm>, effect: GrpcEffect) {
+        self.grpc.handle(&self.upstreams, vm, effect);
     }
 
     fn set_tick_period(&self, vm: &Rc<PluginVm>, period: Duration) {

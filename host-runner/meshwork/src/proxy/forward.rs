@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::body::{ClientBody, Expired, ProxyBody, StreamShared, StreamTimer, TimedBody};
-use super::generation::Generation;
+use super::generation::{Generation, ListenerGeneration};
 use super::request::{Prepared, StreamFailure};
 use super::router::{self, Exchange, Replayable, RetryPolicy};
 use super::stream::MAX_REPLAY_BODY;
@@ -28,8 +28,9 @@ pub async fn forward(
     body: Incoming,
     worker: &Rc<Worker>,
     generation: &Generation,
+    listener: &ListenerGeneration,
 ) -> Response<ProxyBody> {
-    let response = match forward_inner(prepared, body, worker, generation).await {
+    let response = match forward_inner(prepared, body, worker, generation, listener).await {
         Ok(response) => response,
         Err(failure) => failure.response(),
     };
@@ -42,8 +43,13 @@ async fn forward_inner(
     body: Incoming,
     worker: &Rc<Worker>,
     generation: &Generation,
+    listener: &ListenerGeneration,
 ) -> Result<Response<ProxyBody>, StreamFailure> {
     let Prepared { mut parts, route, .. } = prepared;
+    if let router::Target::Direct { status, body: text } = &route.target {
+        drop(body);
+        return Ok(router::direct_response(*status, text));
+    }
     let cluster = router::cluster_for(&route, &parts.headers, generation).ok_or(StreamFailure::NoCluster)?;
     let policy = RetryPolicy::from_headers(&parts.headers);
     let report_attempts = policy.is_some();
@@ -53,7 +59,7 @@ async fn forward_inner(
     if body.is_end_stream() {
         shared.request_complete();
     }
-    let mut timer = StreamTimer::new(shared.clone(), generation.config.listener.stream_idle_timeout);
+    let mut timer = StreamTimer::new(shared.clone(), listener.settings.stream_idle_timeout);
     let start = Instant::now();
     let body = ClientBody::new(body, &shared);
     let exchange: Pin<Box<dyn Future<Output = Result<Exchange, StreamFailure>>>> = match policy {

@@ -1,9 +1,10 @@
 //! A configuration in force: what the whole process builds once from a [`ProxyConfig`]
-//! ([`Blueprint`]: compiled filters, cluster circuit state shared by all workers) and what each
-//! worker builds from it ([`Generation`]: its routes, upstream pools, filter VMs).
+//! ([`Blueprint`]: compiled filters, TLS configurations, cluster circuit state shared by all
+//! workers) and what each worker builds from it ([`Generation`]: per listener its routes and
+//! filter VMs, and the upstream pools every listener shares).
 //!
-//! A reload builds a new generation next to the old one; requests already running keep the
-//! `Rc`s they took from the old one (routes, clusters, VMs) and finish on it.
+//! A reload builds a new generation next to the old one; requests and connections already
+//! running keep the `Rc`s they took from the old one (routes, clusters, VMs) and finish on it.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::Bytes;
 use meshwork_wasm_host::{PluginTemplate, PluginVm, Services, WasmEngine};
 
 use super::dispatch::{FilterSlot, WorkerDispatcher};
@@ -18,42 +20,85 @@ use super::router::Target;
 use super::stats::ClusterMetrics;
 use super::upstream::{Circuit, Cluster, Upstreams};
 use super::worker::Worker;
-use crate::config::{ProxyConfig, RouteTarget};
+use crate::config::{ListenerConfig, ListenerKind, PathMatch, ProxyConfig, RouteTarget};
+use crate::tls::{ClientTls, ServerTls};
 
 /// What every worker's generation is built from.
 pub struct Blueprint {
     pub config: Arc<ProxyConfig>,
-    pub templates: Vec<PluginTemplate>,
+    /// Per listener, its filters compiled and linked.
+    pub listener_filters: Vec<Vec<PluginTemplate>>,
+    /// Per listener, its TLS (loaded, watched for changes).
+    pub listener_tls: Vec<Option<Arc<ServerTls>>>,
+    pub services: Vec<PluginTemplate>,
+    pub cluster_tls: HashMap<String, Arc<ClientTls>>,
     /// Retry admission per cluster, shared by every worker (Envoy's circuit breakers are
     /// per cluster, not per worker).
     pub circuits: HashMap<String, Arc<Circuit>>,
 }
 
 impl Blueprint {
-    /// Loads and links every filter of `config` (compiling it, or taking it from the caches).
+    /// Loads and links every filter of `config` (compiling it, or taking it from the caches)
+    /// and every TLS file it names.
     pub fn build(config: ProxyConfig, engine: &WasmEngine, services: &Arc<Services>) -> anyhow::Result<Blueprint> {
         let clusters: Arc<HashSet<String>> = Arc::new(config.clusters.iter().map(|c| c.name.clone()).collect());
-        let mut templates = Vec::new();
-        for f in &config.filters {
+        let template = |f: &crate::config::FilterConfig| -> anyhow::Result<PluginTemplate> {
             let module = engine
                 .load(&f.module, f.plugin.limits.max_module_bytes)
                 .with_context(|| format!("filter {}", f.plugin.name))?;
-            let template = PluginTemplate::new(engine, module, f.plugin.clone(), services.clone(), clusters.clone())
-                .with_context(|| format!("filter {}", f.plugin.name))?;
-            templates.push(template);
+            PluginTemplate::new(engine, module, f.plugin.clone(), services.clone(), clusters.clone())
+                .with_context(|| format!("filter {}", f.plugin.name))
+        };
+        let mut listener_filters = Vec::new();
+        let mut listener_tls = Vec::new();
+        for l in &config.listeners {
+            let templates = l.filters().iter().map(template).collect::<anyhow::Result<Vec<_>>>()?;
+            if let ListenerKind::Tcp(_) = l.kind
+                && let Some(t) = templates.iter().find(|t| !t.module.info.exports_network_callbacks())
+            {
+                anyhow::bail!(
+                    "listener {:?}: filter {} exports no network callbacks (proxy_on_new_connection, proxy_on_downstream_data…); it is an HTTP filter",
+                    l.name,
+                    t.plugin.name
+                );
+            }
+            listener_filters.push(templates);
+            let tls =
+                l.tls.clone().map(ServerTls::load).transpose().with_context(|| format!("listener {:?} tls", l.name))?;
+            listener_tls.push(tls);
+        }
+        let services_templates = config.services.iter().map(template).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut cluster_tls = HashMap::new();
+        for c in &config.clusters {
+            if let Some(spec) = &c.tls {
+                let tls = ClientTls::load(spec.clone()).with_context(|| format!("cluster {} tls", c.name))?;
+                cluster_tls.insert(c.name.clone(), tls);
+            }
         }
         let circuits = config
             .clusters
             .iter()
             .map(|c| (c.name.clone(), Arc::new(Circuit::new(c.max_retries, c.retry_budget))))
             .collect();
-        Ok(Blueprint { config: Arc::new(config), templates, circuits })
+        Ok(Blueprint {
+            config: Arc::new(config),
+            listener_filters,
+            listener_tls,
+            services: services_templates,
+            cluster_tls,
+            circuits,
+        })
+    }
+
+    /// Every filter template, for a check that starts each once.
+    pub fn templates(&self) -> impl Iterator<Item = &PluginTemplate> {
+        self.listener_filters.iter().flatten().chain(&self.services)
     }
 }
 
 pub struct Route {
     pub name: Rc<str>,
-    pub prefix: String,
+    pub path: PathMatch,
     pub target: Target,
     pub timeout: Option<Duration>,
 }
@@ -67,71 +112,33 @@ pub enum Chain {
     Unavailable(String),
 }
 
-/// One worker's view of a configuration.
-pub struct Generation {
-    pub config: Arc<ProxyConfig>,
+/// One listener on one worker: its routes and filters.
+pub struct ListenerGeneration {
+    pub index: usize,
+    pub settings: ListenerConfig,
     routes: Vec<Rc<Route>>,
-    upstreams: Rc<Upstreams>,
+    first_match: bool,
     pub filters: Vec<Rc<FilterSlot>>,
+    pub filter_buffer_limit: usize,
+    pub tls: Option<Arc<ServerTls>>,
+    /// A TCP listener's cluster.
+    pub tcp_cluster: Option<Rc<Cluster>>,
 }
 
-impl Generation {
-    /// Builds this worker's routes, pools and VMs; fails if any filter does not start.
-    pub fn build(blueprint: &Blueprint, worker: &Rc<Worker>) -> anyhow::Result<Generation> {
-        let config = &blueprint.config;
-        let upstreams = Rc::new(Upstreams::new(config.clusters.iter().map(|c| {
-            let circuit = blueprint.circuits.get(&c.name).cloned().unwrap_or_else(|| Arc::new(Circuit::unlimited()));
-            let metrics = ClusterMetrics::new(&worker.services, &c.name);
-            Cluster::new(c.name.clone(), &c.endpoints, c.connect_timeout, circuit, metrics)
-        })));
-        let routes = config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                let target = match &r.target {
-                    RouteTarget::Cluster(c) => Target::Cluster(upstreams.get(c)?),
-                    RouteTarget::ClusterHeader(h) => Target::Header(http::HeaderName::from_bytes(h.as_bytes()).ok()?),
-                };
-                Some(Rc::new(Route {
-                    name: Rc::from(r.name.as_str()),
-                    prefix: r.prefix.clone(),
-                    target,
-                    timeout: r.timeout,
-                }))
-            })
-            .collect();
-        let dispatcher = WorkerDispatcher::new(upstreams.clone());
-        let mut filters = Vec::new();
-        for template in &blueprint.templates {
-            let slot = FilterSlot::start(template.clone(), dispatcher.clone(), worker)
-                .with_context(|| format!("worker {}", worker.index))?;
-            filters.push(slot);
-        }
-        Ok(Generation { config: config.clone(), routes, upstreams, filters })
-    }
-
-    /// A generation that routes nothing (a worker's state before its first one is built).
-    pub fn empty(blueprint: &Blueprint) -> Generation {
-        Generation {
-            config: blueprint.config.clone(),
-            routes: Vec::new(),
-            upstreams: Rc::new(Upstreams::new(std::iter::empty())),
-            filters: Vec::new(),
-        }
-    }
-
-    /// The longest-prefix route for `path`.
+impl ListenerGeneration {
+    /// The route for `path`: the first that matches (Envoy's rule, for Envoy configurations),
+    /// else an exact path before the longest matching prefix.
     pub fn route(&self, path: &str) -> Option<Rc<Route>> {
-        self.routes.iter().filter(|r| path.starts_with(&r.prefix)).max_by_key(|r| r.prefix.len()).cloned()
-    }
-
-    pub fn cluster(&self, name: &str) -> Option<Rc<Cluster>> {
-        self.upstreams.get(name)
-    }
-
-    /// Body bytes a stream through the filters may hold per direction.
-    pub fn filter_buffer_limit(&self) -> usize {
-        self.config.filter_buffer_limit.unwrap_or(self.config.listener.buffer_limit)
+        let matching = self.routes.iter().filter(|r| r.path.matches(path));
+        if self.first_match {
+            return matching.cloned().next();
+        }
+        matching
+            .max_by_key(|r| match &r.path {
+                PathMatch::Exact(_) => usize::MAX,
+                PathMatch::Prefix(p) => p.len(),
+            })
+            .cloned()
     }
 
     pub fn chain(&self) -> Chain {
@@ -147,5 +154,99 @@ impl Generation {
             }
         }
         Chain::Ready(vms)
+    }
+}
+
+/// One worker's view of a configuration.
+pub struct Generation {
+    pub config: Arc<ProxyConfig>,
+    pub listeners: Vec<ListenerGeneration>,
+    upstreams: Rc<Upstreams>,
+    /// Wasm services run on worker 0 only (they are process-wide singletons); held here so
+    /// they live as long as the generation.
+    _services: Vec<Rc<FilterSlot>>,
+}
+
+impl Generation {
+    /// Builds this worker's routes, pools and VMs; fails if any filter does not start.
+    pub fn build(blueprint: &Blueprint, worker: &Rc<Worker>) -> anyhow::Result<Generation> {
+        let config = &blueprint.config;
+        let resolve = Rc::new(config.resolve.clone());
+        let upstreams = Rc::new(Upstreams::new(config.clusters.iter().map(|c| {
+            let circuit = blueprint.circuits.get(&c.name).cloned().unwrap_or_else(|| Arc::new(Circuit::unlimited()));
+            let metrics = ClusterMetrics::new(&worker.services, &c.name);
+            Cluster::new(c, blueprint.cluster_tls.get(&c.name).cloned(), resolve.clone(), circuit, metrics)
+        })));
+        let dispatcher = WorkerDispatcher::new(upstreams.clone());
+        let start = |templates: &[PluginTemplate]| -> anyhow::Result<Vec<Rc<FilterSlot>>> {
+            templates
+                .iter()
+                .map(|t| {
+                    FilterSlot::start(t.clone(), dispatcher.clone(), worker)
+                        .with_context(|| format!("worker {}", worker.index))
+                })
+                .collect()
+        };
+        let mut listeners = Vec::new();
+        for (index, l) in config.listeners.iter().enumerate() {
+            let filters = start(&blueprint.listener_filters[index])?;
+            let (routes, first_match, filter_buffer_limit, tcp_cluster) = match &l.kind {
+                ListenerKind::Http(h) => {
+                    let routes = h
+                        .routes
+                        .iter()
+                        .filter_map(|r| {
+                            let target = match &r.target {
+                                RouteTarget::Cluster(c) => Target::Cluster(upstreams.get(c)?),
+                                RouteTarget::ClusterHeader(h) => {
+                                    Target::Header(http::HeaderName::from_bytes(h.as_bytes()).ok()?)
+                                }
+                                RouteTarget::Direct { status, body } => {
+                                    Target::Direct { status: *status, body: Bytes::clone(body) }
+                                }
+                            };
+                            Some(Rc::new(Route {
+                                name: Rc::from(r.name.as_str()),
+                                path: r.path.clone(),
+                                target,
+                                timeout: r.timeout,
+                            }))
+                        })
+                        .collect();
+                    (routes, h.first_match, h.filter_buffer_limit.unwrap_or(l.settings.buffer_limit), None)
+                }
+                ListenerKind::Tcp(t) => (Vec::new(), false, l.settings.buffer_limit, upstreams.get(&t.cluster)),
+            };
+            listeners.push(ListenerGeneration {
+                index,
+                settings: l.settings.clone(),
+                routes,
+                first_match,
+                filters,
+                filter_buffer_limit,
+                tls: blueprint.listener_tls[index].clone(),
+                tcp_cluster,
+            });
+        }
+        let services = if worker.index == 0 { start(&blueprint.services)? } else { Vec::new() };
+        Ok(Generation { config: config.clone(), listeners, upstreams, _services: services })
+    }
+
+    /// A generation that serves nothing (a worker's state before its first one is built).
+    pub fn empty(blueprint: &Blueprint) -> Generation {
+        Generation {
+            config: blueprint.config.clone(),
+            listeners: Vec::new(),
+            upstreams: Rc::new(Upstreams::new(std::iter::empty())),
+            _services: Vec::new(),
+        }
+    }
+
+    pub fn listener(&self, index: usize) -> Option<&ListenerGeneration> {
+        self.listeners.get(index)
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<Rc<Cluster>> {
+        self.upstreams.get(name)
     }
 }

@@ -30,6 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use meshwork_wasm_host::TlsInfo;
+
 use super::body::{BoxError, ProxyBody};
 use super::worker::Worker;
 use crate::config::ListenerConfig;
@@ -94,8 +96,14 @@ impl ConnLimits {
 #[derive(Debug)]
 pub struct ConnState {
     pub id: u64,
+    /// The client, as the PROXY protocol header says when the listener reads one.
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Which listener of the configuration accepted it.
+    pub listener: usize,
+    /// `https` on a TLS listener (for `:scheme` and `x-forwarded-proto`), else `http`.
+    pub scheme: &'static str,
+    pub tls: Option<Rc<TlsInfo>>,
     started: Instant,
     active: Cell<u32>,
     requests: Cell<u64>,
@@ -108,12 +116,15 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    fn new(id: u64, peer: SocketAddr, local: SocketAddr) -> Rc<ConnState> {
+    fn new(id: u64, accepted: Accepted, tls: Option<Rc<TlsInfo>>) -> Rc<ConnState> {
         let now = Instant::now();
         Rc::new(ConnState {
             id,
-            peer,
-            local,
+            peer: accepted.peer,
+            local: accepted.local,
+            listener: accepted.listener,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            tls,
             started: now,
             active: Cell::new(0),
             requests: Cell::new(0),
@@ -204,12 +215,12 @@ impl Body for ClientResponseBody {
 }
 
 /// The client socket, noting when a request head begins on an idle connection.
-struct WatchedIo {
-    io: TcpStream,
+struct WatchedIo<IO> {
+    io: IO,
     state: Rc<ConnState>,
 }
 
-impl AsyncRead for WatchedIo {
+impl<IO: AsyncRead + Unpin> AsyncRead for WatchedIo<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
@@ -221,7 +232,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for WatchedIo<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
@@ -352,18 +363,103 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     }
 }
 
-/// Serves one client connection until it ends, is drained, or times out.
-pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, worker: Rc<Worker>, slot: ConnectionSlot) {
+/// A connection as accepted: who and where, once the PROXY protocol header (if the listener
+/// reads one) has been read.
+#[derive(Clone, Copy, Debug)]
+pub struct Accepted {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub listener: usize,
+}
+
+/// Serves one client connection until it ends, is drained, or times out: the PROXY protocol
+/// header and the TLS handshake first when the listener has them, then HTTP or the TCP proxy.
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    index: usize,
+    worker: Rc<Worker>,
+    slot: ConnectionSlot,
+) {
     let _slot = slot;
     let _ = stream.set_nodelay(true);
     let Ok(local) = stream.local_addr() else {
         return;
     };
     let generation = worker.current();
-    let settings = &generation.config.listener;
-    let limits = ConnLimits::of(settings);
-    let state = ConnState::new(worker.connection_id(), peer, local);
+    let Some(listener) = generation.listener(index) else {
+        return;
+    };
+    let spec = &generation.config.listeners[index];
+    // Nothing before the first request may take longer than a request's headers could.
+    let setup = listener.settings.request_headers_timeout.unwrap_or(Duration::from_secs(60));
+    let mut accepted = Accepted { peer, local, listener: index };
+    let mut stream = stream;
+    if spec.proxy_protocol {
+        match tokio::time::timeout(setup, super::proxy_protocol::read_header(&mut stream)).await {
+            Ok(Ok(Some((source, destination)))) => {
+                accepted.peer = source;
+                accepted.local = destination;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                worker.stats.proxy_protocol_errors.increment(1).ok();
+                tracing::debug!(%peer, "closing: bad PROXY protocol header: {e}");
+                return;
+            }
+            Err(_) => {
+                worker.stats.proxy_protocol_errors.increment(1).ok();
+                tracing::debug!(%peer, "closing: no PROXY protocol header in time");
+                return;
+            }
+        }
+    }
     worker.stats.connections.increment(1).ok();
+    let Some(tls) = listener.tls.clone() else {
+        drop(generation);
+        return serve_io(stream, accepted, None, worker).await;
+    };
+    drop(generation);
+    let loaded = tls.current();
+    let handshake = tokio_rustls::TlsAcceptor::from(loaded.config.clone()).accept(stream);
+    let stream = match tokio::time::timeout(setup, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            worker.stats.tls_handshake_errors.increment(1).ok();
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            worker.stats.tls_handshake_errors.increment(1).ok();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, conn) = stream.get_ref();
+    let sni = conn.server_name().map(str::to_owned);
+    let info = crate::tls::info::connection(conn, sni.as_deref(), loaded.local_certificate(sni.as_deref()));
+    serve_io(stream, accepted, Some(Rc::new(info)), worker).await
+}
+
+/// Serves an established (plain or TLS) connection: the TCP proxy on a TCP listener, HTTP
+/// otherwise.
+async fn serve_io<IO>(io: IO, accepted: Accepted, tls: Option<Rc<TlsInfo>>, worker: Rc<Worker>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let generation = worker.current();
+    let Some(listener) = generation.listener(accepted.listener) else {
+        return;
+    };
+    let settings = listener.settings.clone();
+    let is_tcp = listener.tcp_cluster.is_some();
+    drop(generation);
+    let state = ConnState::new(worker.connection_id(), accepted, tls);
+    if is_tcp {
+        return super::tcp::serve(io, state, worker).await;
+    }
+    let limits = ConnLimits::of(&settings);
+    let peer = accepted.peer;
     let service = {
         let (worker, state) = (worker.clone(), state.clone());
         hyper::service::service_fn(move |request| {
@@ -383,8 +479,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, worker: Rc<Wo
         .initial_connection_window_size(window)
         .max_send_buf_size(settings.buffer_limit.max(16 << 10))
         .max_header_list_size(MAX_HEADER_BUFFER as u32);
-    drop(generation);
-    let io = TokioIo::new(WatchedIo { io: stream, state: state.clone() });
+    let io = TokioIo::new(WatchedIo { io, state: state.clone() });
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     let mut watchdog = Watchdog::new(state.clone(), limits);
@@ -496,7 +591,7 @@ impl Throttled {
 /// accepting (clients wait in the kernel's backlog) and looks again shortly; when the process
 /// runs out of descriptors it backs off, doubling up to a second. Both are counted and logged
 /// at most every ten seconds.
-pub async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>, caps: ConnectionCaps) {
+pub async fn accept_loop(listener: tokio::net::TcpListener, index: usize, worker: Rc<Worker>, caps: ConnectionCaps) {
     let mut cap_log = Throttled::new(Duration::from_secs(10));
     let mut error_log = Throttled::new(Duration::from_secs(10));
     let mut backoff = Duration::from_millis(10);
@@ -515,7 +610,7 @@ pub async fn accept_loop(listener: tokio::net::TcpListener, worker: Rc<Worker>, 
         match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
-                tokio::task::spawn_local(serve_connection(stream, peer, worker.clone(), slot));
+                tokio::task::spawn_local(serve_connection(stream, peer, index, worker.clone(), slot));
             }
             Err(e) => {
                 drop(slot);

@@ -1,7 +1,9 @@
 //! `meshwork run`: the proxy. N workers, each a single-threaded runtime with its own listener
 //! socket (SO_REUSEPORT), its own VM per filter, and its own upstream pools, as Envoy's workers.
 //!
-//! - [`listener`]: accepting under connection caps, connection timers, draining;
+//! - [`listener`]: accepting under connection caps, the PROXY protocol ([`proxy_protocol`]),
+//!   TLS, connection timers, draining;
+//! - [`tcp`]: TCP listeners: network filters in front of a TCP proxy;
 //! - [`request`]: what every request shares (authority, routing, header sanitation, the trust
 //!   boundary, the mapping from failures to local replies);
 //! - [`forward`] (no filters) and [`stream`] (through the filter chain): the two paths, which
@@ -14,12 +16,15 @@ mod callout;
 mod dispatch;
 mod forward;
 pub mod generation;
+mod grpc;
 pub mod listener;
+mod proxy_protocol;
 pub mod reload;
 mod request;
 mod router;
 mod stats;
 mod stream;
+mod tcp;
 pub mod upstream;
 pub mod worker;
 
@@ -40,7 +45,8 @@ use worker::{Command, Worker};
 
 /// Where a started proxy listens, and how to reload it.
 pub struct Proxy {
-    pub listen: SocketAddr,
+    /// Every listener's name, scheme and bound address, in configuration order.
+    pub listeners: Vec<(String, &'static str, SocketAddr)>,
     pub admin: Option<SocketAddr>,
     pub reloader: Arc<Reloader>,
 }
@@ -63,7 +69,7 @@ pub fn check(config: ProxyConfig) -> anyhow::Result<()> {
     let engine = engine(&config)?;
     let services = Services::new(config.node.clone());
     let blueprint = Blueprint::build(config, &engine, &services)?;
-    for template in &blueprint.templates {
+    for template in blueprint.templates() {
         template.instantiate(Rc::new(Nothing), Arc::new(Nothing))?;
     }
     Ok(())
@@ -78,27 +84,40 @@ pub fn start(config: ProxyConfig, source: ConfigSource) -> anyhow::Result<Proxy>
     stats::publish_limits(&services, &config);
     let blueprint = Arc::new(Blueprint::build(config, &engine, &services)?);
     let config = blueprint.config.clone();
-    let listeners = bind(config.listen, config.workers)?;
-    let listen = listeners[0].local_addr()?;
+    // One socket per listener per worker (SO_REUSEPORT), bound before any worker starts.
+    let mut sockets: Vec<Vec<std::net::TcpListener>> = Vec::new();
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let listeners = bind(l.address, config.workers).with_context(|| format!("listener {:?}", l.name))?;
+        bound.push((l.name.clone(), l.scheme(), listeners[0].local_addr()?));
+        sockets.push(listeners);
+    }
     // After raising the descriptor limit: the default cap follows it.
     let max_connections = config.max_connections.unwrap_or_else(crate::config::default_max_connections);
     let global = Arc::new(AtomicUsize::new(0));
-    let this_listener = Arc::new(AtomicUsize::new(0));
+    let per_listener: Vec<Arc<AtomicUsize>> = config.listeners.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut commands = Vec::new();
-    for (index, listener) in listeners.into_iter().enumerate() {
+    for index in 0..config.workers {
         let (tx, rx) = mpsc::unbounded_channel();
         commands.push(tx);
-        let caps = ConnectionCaps::new(
-            global.clone(),
-            max_connections,
-            this_listener.clone(),
-            config.listener.max_connections.unwrap_or(usize::MAX),
-        );
+        let mine: Vec<(usize, std::net::TcpListener, ConnectionCaps)> = sockets
+            .iter_mut()
+            .enumerate()
+            .map(|(l, socks)| {
+                let caps = ConnectionCaps::new(
+                    global.clone(),
+                    max_connections,
+                    per_listener[l].clone(),
+                    config.listeners[l].settings.max_connections.unwrap_or(usize::MAX),
+                );
+                (l, socks.remove(0), caps)
+            })
+            .collect();
         let (blueprint, services, ready) = (blueprint.clone(), services.clone(), ready_tx.clone());
         std::thread::Builder::new()
             .name(format!("worker-{index}"))
-            .spawn(move || run_worker(index, &blueprint, services, listener, caps, rx, ready))
+            .spawn(move || run_worker(index, &blueprint, services, mine, rx, ready))
             .context("cannot start a worker thread")?;
     }
     drop(ready_tx);
@@ -122,7 +141,7 @@ pub fn start(config: ProxyConfig, source: ConfigSource) -> anyhow::Result<Proxy>
         }
         None => None,
     };
-    Ok(Proxy { listen, admin, reloader })
+    Ok(Proxy { listeners: bound, admin, reloader })
 }
 
 fn default_cache_dir() -> Option<std::path::PathBuf> {
@@ -181,8 +200,7 @@ fn run_worker(
     index: usize,
     blueprint: &Blueprint,
     services: Arc<Services>,
-    listener: std::net::TcpListener,
-    caps: ConnectionCaps,
+    listeners: Vec<(usize, std::net::TcpListener, ConnectionCaps)>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -202,23 +220,25 @@ fn run_worker(
                 return;
             }
         };
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(format!("worker {index}: {e}")));
-                return;
+        let mut accepting = Vec::new();
+        for (l, socket, caps) in listeners {
+            match tokio::net::TcpListener::from_std(socket) {
+                Ok(socket) => accepting.push((l, socket, caps)),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("worker {index}: {e}")));
+                    return;
+                }
             }
-        };
+        }
         let _ = ready.send(Ok(()));
         tokio::task::spawn_local(anchor_timer());
         tokio::task::spawn_local(worker.clone().deliver_queues(queues));
-        let controlled = worker.clone();
-        tokio::task::spawn_local(async move {
-            while let Some(command) = commands.recv().await {
-                controlled.handle(command);
-            }
-        });
-        listener::accept_loop(listener, worker, caps).await;
+        for (l, socket, caps) in accepting {
+            tokio::task::spawn_local(listener::accept_loop(socket, l, worker.clone(), caps));
+        }
+        while let Some(command) = commands.recv().await {
+            worker.handle(command);
+        }
     });
 }
 

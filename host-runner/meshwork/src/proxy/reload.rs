@@ -7,8 +7,8 @@
 //! 3. Every worker switches. Requests already running keep the old generation's routes,
 //!    clusters and VMs until they finish; listeners keep their sockets.
 //!
-//! The listen address, the admin address and the number of workers are fixed for the life of
-//! the process (they name sockets and threads); changing them needs a restart.
+//! The listeners' addresses, the admin address and the number of workers are fixed for the
+//! life of the process (they name sockets and threads); changing them needs a restart.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,19 +23,28 @@ use super::generation::Blueprint;
 use super::worker::Command;
 use crate::config::ProxyConfig;
 
-/// Where the configuration comes from, to read it again.
+/// Where the configuration comes from, to read it again, and what the command line adds.
 #[derive(Clone, Debug)]
-pub enum ConfigSource {
+pub struct ConfigSource {
+    pub kind: ConfigKind,
+    /// `--resolve` overrides.
+    pub resolve: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum ConfigKind {
     Native(PathBuf),
     Envoy { path: PathBuf, allow_unsupported: bool },
 }
 
 impl ConfigSource {
     pub fn load(&self) -> anyhow::Result<ProxyConfig> {
-        match self {
-            ConfigSource::Native(path) => ProxyConfig::load(path),
-            ConfigSource::Envoy { path, allow_unsupported } => crate::envoy::load(path, *allow_unsupported),
-        }
+        let mut config = match &self.kind {
+            ConfigKind::Native(path) => ProxyConfig::load(path)?,
+            ConfigKind::Envoy { path, allow_unsupported } => crate::envoy::load(path, *allow_unsupported)?,
+        };
+        config.resolve.clone_from(&self.resolve);
+        Ok(config)
     }
 }
 
@@ -156,28 +165,36 @@ impl Reloader {
         let c = &blueprint.config;
         let report = ReloadReport {
             generation: state.generation,
-            filters: c.filters.len(),
+            filters: c.all_filters().count(),
             clusters: c.clusters.len(),
-            routes: c.routes.len(),
+            routes: c.routes(),
         };
         state.blueprint = blueprint;
         Ok(report)
     }
 }
 
-/// Settings that name sockets and threads cannot change without a restart.
+/// Settings that name sockets and threads cannot change without a restart: the listeners
+/// (their number, order and addresses; a port 0 in the new file means "the one bound"), the
+/// admin address and the number of workers. Everything a listener does may change.
 fn unchangeable(old: &ProxyConfig, new: &ProxyConfig) -> anyhow::Result<()> {
-    let same_listen =
-        old.listen.ip() == new.listen.ip() && (new.listen.port() == 0 || old.listen.port() == new.listen.port());
+    let same_listeners = old.listeners.len() == new.listeners.len()
+        && old.listeners.iter().zip(&new.listeners).all(|(o, n)| {
+            o.address.ip() == n.address.ip()
+                && (n.address.port() == 0 || o.address.port() == n.address.port())
+                && std::mem::discriminant(&o.kind) == std::mem::discriminant(&n.kind)
+        });
     let checks = [
-        ("listen", same_listen),
+        ("listen", same_listeners),
         ("admin", old.admin.map(|a| a.ip()) == new.admin.map(|a| a.ip())),
         ("workers", old.workers == new.workers),
     ];
     for (field, same) in checks {
         if !same {
-            return Err(anyhow::anyhow!("{field} cannot change on reload (restart meshwork to change it)"))
-                .context("the new configuration was refused; the old one keeps serving");
+            return Err(anyhow::anyhow!(
+                "{field} cannot change on reload (restart meshwork to change it; listeners keep their number, kind and addresses)"
+            ))
+            .context("the new configuration was refused; the old one keeps serving");
         }
     }
     Ok(())

@@ -12,10 +12,11 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use super::body::{self, BoxError, ProxyBody};
-use super::generation::{Chain, Generation, Route};
+use super::generation::{Chain, Generation, ListenerGeneration, Route};
 use super::listener::{ActiveStream, ClientResponseBody, CloseReason, ConnLimits, ConnState};
 use super::upstream::{UpstreamError, strip_hop_by_hop};
 use super::worker::Worker;
+use crate::config::ListenerConfig;
 
 pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -30,6 +31,8 @@ pub enum StreamFailure {
     BadRequestBody,
     NoRoute,
     NoCluster,
+    /// The cluster has no endpoint to send to.
+    NoHealthyUpstream,
     UpstreamConnect,
     UpstreamReset,
     /// The route timeout expired before the response began.
@@ -56,6 +59,7 @@ impl StreamFailure {
             }
             StreamFailure::NoRoute => (404, "route_not_found", Cow::Borrowed("no route matches this path\n")),
             StreamFailure::NoCluster => (404, "cluster_not_found", Cow::Borrowed("no cluster for this request\n")),
+            StreamFailure::NoHealthyUpstream => (503, "no_healthy_upstream", Cow::Borrowed("no healthy upstream")),
             StreamFailure::UpstreamConnect => (
                 503,
                 "upstream_reset_before_response_started{connection_failure}",
@@ -84,8 +88,11 @@ impl StreamFailure {
 
     pub fn from_upstream(e: &UpstreamError) -> StreamFailure {
         match e {
-            UpstreamError::Connect(..) | UpstreamError::ConnectTimeout(_) => StreamFailure::UpstreamConnect,
+            UpstreamError::Connect(..) | UpstreamError::ConnectTimeout(_) | UpstreamError::Tls(..) => {
+                StreamFailure::UpstreamConnect
+            }
             UpstreamError::Reset(..) => StreamFailure::UpstreamReset,
+            UpstreamError::NoHealthyUpstream => StreamFailure::NoHealthyUpstream,
         }
     }
 
@@ -196,21 +203,51 @@ fn strip_untrusted(headers: &mut http::HeaderMap) -> usize {
     removed
 }
 
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
+/// The client address that counts for trust: the peer, or — when the peer is trusted and
+/// vouches for proxies before it (`xff_trusted_hops`) — the `x-forwarded-for` entry that many
+/// hops from the end (Envoy's `xff_num_trusted_hops`).
+fn effective_client(headers: &http::HeaderMap, peer: std::net::IpAddr, settings: &ListenerConfig) -> std::net::IpAddr {
+    let hops = settings.xff_trusted_hops as usize;
+    if hops == 0 || !settings.trusts(peer) {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    entries.len().checked_sub(hops).and_then(|i| entries[i].parse().ok()).unwrap_or(peer)
+}
+
 /// Applies the rules every request shares; an error is the local reply to send instead.
 pub fn prepare(
     mut parts: http::request::Parts,
-    generation: &Generation,
+    listener: &ListenerGeneration,
     conn: &ConnState,
     worker: &Worker,
 ) -> Result<Prepared, StreamFailure> {
     let authority = authority(&parts)?;
-    let route = generation.route(parts.uri.path()).ok_or(StreamFailure::NoRoute)?;
+    let route = listener.route(parts.uri.path()).ok_or(StreamFailure::NoRoute)?;
     strip_hop_by_hop(&mut parts.headers);
-    if !generation.config.listener.trusts(conn.peer.ip()) {
+    let settings = &listener.settings;
+    let trusted = settings.trusts(effective_client(&parts.headers, conn.peer.ip(), settings));
+    if !trusted {
         let stripped = strip_untrusted(&mut parts.headers);
         if stripped > 0 {
             worker.stats.untrusted_headers.increment(stripped as i64).ok();
         }
+    }
+    // x-forwarded-proto: a trusted client's own stays; everyone else's is the connection's.
+    if !trusted || !parts.headers.contains_key(X_FORWARDED_PROTO) {
+        parts.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
+    }
+    if settings.use_remote_address {
+        append_forwarded_for(&mut parts.headers, conn.peer.ip());
     }
     if !parts.headers.contains_key(X_REQUEST_ID) {
         parts.headers.insert(X_REQUEST_ID, worker.request_id());
@@ -231,6 +268,19 @@ pub fn prepare(
     let protocol = parts.version;
     parts.version = Version::HTTP_11;
     Ok(Prepared { parts, route, protocol })
+}
+
+/// Appends `ip` to `x-forwarded-for`, folding repeated headers into one list.
+fn append_forwarded_for(headers: &mut http::HeaderMap, ip: std::net::IpAddr) {
+    let mut list = String::new();
+    for v in headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
+        list.push_str(v);
+        list.push_str(", ");
+    }
+    list.push_str(&ip.to_string());
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
 }
 
 /// The service of every client connection.
@@ -263,8 +313,12 @@ async fn handle(
     generation: &Rc<Generation>,
     conn: &ConnState,
 ) -> Result<Response<ProxyBody>, BoxError> {
+    let Some(listener) = generation.listener(conn.listener) else {
+        // The listener is gone from a reloaded configuration: this connection is draining.
+        return Ok(StreamFailure::NoRoute.response());
+    };
     let (parts, body) = request.into_parts();
-    let prepared = match prepare(parts, generation, conn, worker) {
+    let prepared = match prepare(parts, listener, conn, worker) {
         Ok(p) => p,
         Err(failure) => {
             let response = failure.response();
@@ -272,13 +326,36 @@ async fn handle(
             return Ok(response);
         }
     };
-    match generation.chain() {
-        Chain::Empty => Ok(super::forward::forward(prepared, body, worker, generation).await),
-        Chain::Ready(vms) => super::stream::handle(prepared, body, worker, generation, vms, conn).await,
+    match listener.chain() {
+        Chain::Empty => Ok(super::forward::forward(prepared, body, worker, generation, listener).await),
+        Chain::Ready(vms) => super::stream::handle(prepared, body, worker, generation, listener, vms, conn).await,
         Chain::Unavailable(filter) => {
             worker.stats.unavailable.increment(1).ok();
             worker.stats.downstream_response(Some(503));
             Ok(StreamFailure::FilterUnavailable(filter).response())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_behind_trusted_proxies_comes_from_x_forwarded_for() {
+        let mut settings =
+            ListenerConfig { trusted_clients: vec!["10.0.0.0/8".parse().unwrap()], ..ListenerConfig::default() };
+        let mut h = http::HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9, 10.1.1.1"));
+        let lb: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(effective_client(&h, lb, &settings), lb, "no trusted hops: the peer");
+        settings.xff_trusted_hops = 1;
+        assert_eq!(effective_client(&h, lb, &settings), "10.1.1.1".parse::<std::net::IpAddr>().unwrap());
+        settings.xff_trusted_hops = 2;
+        assert_eq!(effective_client(&h, lb, &settings), "203.0.113.9".parse::<std::net::IpAddr>().unwrap());
+        let outsider: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(effective_client(&h, outsider, &settings), outsider, "an untrusted peer vouches for nothing");
+        append_forwarded_for(&mut h, lb);
+        assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "203.0.113.9, 10.1.1.1, 10.0.0.2");
     }
 }

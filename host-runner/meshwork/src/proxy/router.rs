@@ -8,7 +8,6 @@
 //! still be admitted by the cluster's circuit (`max_retries` or its retry budget), so no
 //! request can make an unbounded number of attempts.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 
 use super::body::{self, ProxyBody};
 use super::generation::{Generation, Route};
-use super::upstream::{Cluster, PooledBody, UpstreamError};
+use super::upstream::{Cluster, ConnInfo, PooledBody, UpstreamError};
 
 pub const RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on");
 pub const MAX_RETRIES: HeaderName = HeaderName::from_static("x-envoy-max-retries");
@@ -123,7 +122,7 @@ enum Failure {
 
 /// How an exchange with retries ended.
 pub struct Exchange {
-    pub result: Result<(Response<PooledBody>, SocketAddr), ExchangeError>,
+    pub result: Result<(Response<PooledBody>, Rc<ConnInfo>), ExchangeError>,
     pub attempts: u32,
 }
 
@@ -188,8 +187,8 @@ pub async fn exchange(
             && match &outcome {
                 Ok(Ok((response, _))) => policy.retries_status(response.status().as_u16()),
                 Ok(Err(e)) => policy.retries_failure(&match e {
-                    UpstreamError::Connect(..) | UpstreamError::ConnectTimeout(_) => Failure::Connect,
                     UpstreamError::Reset(..) => Failure::Reset,
+                    _ => Failure::Connect,
                 }),
                 Err(()) => policy.retries_failure(&Failure::PerTryTimeout),
             };
@@ -223,6 +222,7 @@ pub fn cluster_for(route: &Route, headers: &HeaderMap, generation: &Generation) 
     match &route.target {
         Target::Cluster(c) => Some(c.clone()),
         Target::Header(name) => headers.get(name).and_then(|c| c.to_str().ok()).and_then(|c| generation.cluster(c)),
+        Target::Direct { .. } => None,
     }
 }
 
@@ -239,6 +239,22 @@ pub enum Target {
     Cluster(Rc<Cluster>),
     /// The cluster named by this request header (Envoy's `cluster_header`).
     Header(HeaderName),
+    /// The proxy answers itself (Envoy's `direct_response`).
+    Direct {
+        status: u16,
+        body: Bytes,
+    },
+}
+
+/// A direct response as Envoy sends it: a `text/plain` body with its length.
+pub fn direct_response(status: u16, body: &Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(if body.is_empty() { body::empty() } else { body::full(body.clone()) });
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    if !body.is_empty() {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    response.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    response
 }
 
 #[cfg(test)]

@@ -28,6 +28,13 @@ pub struct WorkerStats {
     pub stream_idle_timeouts: Arc<Metric>,
     /// Requests whose body was malformed or cut short by the client.
     pub bad_request_bodies: Arc<Metric>,
+    /// Connections closed for a missing or malformed PROXY protocol header.
+    pub proxy_protocol_errors: Arc<Metric>,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_errors: Arc<Metric>,
+    /// TCP proxy connections, and those whose upstream could not be reached.
+    pub tcp_connections: Arc<Metric>,
+    pub tcp_upstream_failures: Arc<Metric>,
 }
 
 impl WorkerStats {
@@ -46,6 +53,10 @@ impl WorkerStats {
                 .map(|r| m.counter(&format!("meshwork_downstream_cx_closed_total;.;reason=.={}", r.label()))),
             stream_idle_timeouts: m.counter("meshwork_downstream_rq_idle_timeout_total"),
             bad_request_bodies: m.counter("meshwork_downstream_rq_bad_body_total"),
+            proxy_protocol_errors: m.counter("meshwork_downstream_cx_proxy_protocol_errors_total"),
+            tls_handshake_errors: m.counter("meshwork_downstream_cx_tls_handshake_errors_total"),
+            tcp_connections: m.counter("meshwork_tcp_cx_total"),
+            tcp_upstream_failures: m.counter("meshwork_tcp_upstream_cx_failures_total"),
         }
     }
 
@@ -102,25 +113,32 @@ impl ClusterMetrics {
 }
 
 /// Publishes the limits in force as gauges, so an operator can see them next to the counters
-/// of what hit them: `meshwork_limit{limit="…"}`.
+/// of what hit them: `meshwork_limit{limit="…", listener="…"}`.
 pub fn publish_limits(services: &Services, config: &ProxyConfig) {
-    let l = &config.listener;
     let secs = |d: Option<Duration>| d.map_or(0, |d| d.as_secs_f64().ceil() as i64);
-    let values: [(&str, i64); 10] = [
-        ("buffer_bytes", l.buffer_limit as i64),
-        ("filter_buffer_bytes", config.filter_buffer_limit.unwrap_or(l.buffer_limit) as i64),
-        ("request_headers_timeout_seconds", secs(l.request_headers_timeout)),
-        ("idle_timeout_seconds", secs(l.idle_timeout)),
-        ("stream_idle_timeout_seconds", secs(l.stream_idle_timeout)),
-        ("max_requests_per_connection", l.max_requests_per_connection.map_or(0, |n| n as i64)),
-        ("max_connection_duration_seconds", secs(l.max_connection_duration)),
-        ("drain_timeout_seconds", secs(Some(l.drain_timeout))),
-        ("max_connections_listener", l.max_connections.map_or(0, |n| n as i64)),
-        ("max_connections", config.max_connections.unwrap_or_else(crate::config::default_max_connections) as i64),
-    ];
-    for (name, value) in values {
-        services.metrics.gauge(&format!("meshwork_limit;.;limit=.={name}")).record(value.max(0) as u64);
+    for listener in &config.listeners {
+        let l = &listener.settings;
+        let filter_buffer = listener.http().and_then(|h| h.filter_buffer_limit).unwrap_or(l.buffer_limit);
+        let values: [(&str, i64); 9] = [
+            ("buffer_bytes", l.buffer_limit as i64),
+            ("filter_buffer_bytes", filter_buffer as i64),
+            ("request_headers_timeout_seconds", secs(l.request_headers_timeout)),
+            ("idle_timeout_seconds", secs(l.idle_timeout)),
+            ("stream_idle_timeout_seconds", secs(l.stream_idle_timeout)),
+            ("max_requests_per_connection", l.max_requests_per_connection.map_or(0, |n| n as i64)),
+            ("max_connection_duration_seconds", secs(l.max_connection_duration)),
+            ("drain_timeout_seconds", secs(Some(l.drain_timeout))),
+            ("max_connections_listener", l.max_connections.map_or(0, |n| n as i64)),
+        ];
+        for (name, value) in values {
+            services
+                .metrics
+                .gauge(&format!("meshwork_limit;.;limit=.={name};.;listener=.={}", listener.name))
+                .record(value.max(0) as u64);
+        }
     }
+    let max = config.max_connections.unwrap_or_else(crate::config::default_max_connections);
+    services.metrics.gauge("meshwork_limit;.;limit=.=max_connections").record(max as u64);
     for c in &config.clusters {
         let gauge =
             |what: &str| services.metrics.gauge(&format!("meshwork_limit;.;limit=.={what};.;cluster=.={}", c.name));

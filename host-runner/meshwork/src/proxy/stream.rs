@@ -28,7 +28,7 @@ use meshwork_wasm_host::headers::HeaderMap;
 use meshwork_wasm_host::{Dir, FilterStream, LocalReply, Output, PluginVm, StreamInfo};
 
 use super::body::{self, BodyError, BoxError, Expired, ProxyBody, StreamShared, StreamTimer};
-use super::generation::{Generation, Route};
+use super::generation::{Generation, ListenerGeneration, Route};
 use super::listener::ConnState;
 use super::request::{Prepared, StreamFailure};
 use super::router::{self, Exchange, Replayable, RetryPolicy};
@@ -58,6 +58,7 @@ struct Driver {
     engine: FilterStream,
     worker: Rc<Worker>,
     generation: Rc<Generation>,
+    listener: usize,
     route: Rc<Route>,
     /// The client's body, while some of it is still to read.
     downstream: Option<Incoming>,
@@ -75,7 +76,7 @@ struct Driver {
 
 /// Converts a prepared request into the map filters see: pseudo-headers first, `Host` folded
 /// into `:authority` as Envoy does.
-fn request_map(parts: &mut http::request::Parts) -> HeaderMap {
+fn request_map(parts: &mut http::request::Parts, scheme: &'static str) -> HeaderMap {
     let mut regular = std::mem::take(&mut parts.headers);
     let authority =
         regular.remove(http::header::HOST).map(|h| Bytes::copy_from_slice(h.as_bytes())).unwrap_or_default();
@@ -84,7 +85,7 @@ fn request_map(parts: &mut http::request::Parts) -> HeaderMap {
         (Bytes::from_static(b":authority"), authority),
         (Bytes::from_static(b":path"), Bytes::copy_from_slice(path.as_bytes())),
         (Bytes::from_static(b":method"), method_bytes(&parts.method)),
-        (Bytes::from_static(b":scheme"), Bytes::from_static(b"http")),
+        (Bytes::from_static(b":scheme"), Bytes::from_static(scheme.as_bytes())),
     ];
     HeaderMap::from_parts(pseudo, regular)
 }
@@ -152,34 +153,37 @@ pub async fn handle(
     body: Incoming,
     worker: &Rc<Worker>,
     generation: &Rc<Generation>,
+    listener: &ListenerGeneration,
     chain: Vec<Rc<PluginVm>>,
     conn: &ConnState,
 ) -> Result<Response<ProxyBody>, BoxError> {
     let Prepared { mut parts, route, protocol: version } = prepared;
-    let headers = request_map(&mut parts);
+    let headers = request_map(&mut parts, conn.scheme);
     let cluster_name = match &route.target {
         router::Target::Cluster(c) => c.name.clone(),
-        router::Target::Header(_) => Rc::from(""),
+        router::Target::Header(_) | router::Target::Direct { .. } => Rc::from(""),
     };
     let mut info = StreamInfo::new(route.name.clone(), cluster_name);
     info.protocol = protocol(version);
     info.source = Some(conn.peer);
     info.destination = Some(conn.local);
     info.connection_id = conn.id;
+    info.tls = conn.tls.clone();
     let end_stream = body.is_end_stream();
-    let engine = FilterStream::new(chain, headers, info).with_buffer_limit(generation.filter_buffer_limit());
+    let engine = FilterStream::new(chain, headers, info).with_buffer_limit(listener.filter_buffer_limit);
     let shared = StreamShared::new(Instant::now());
     let driver = Rc::new(RefCell::new(Driver {
         engine,
         worker: worker.clone(),
         generation: generation.clone(),
+        listener: listener.index,
         route,
         downstream_expected: body.size_hint().exact(),
         downstream: (!end_stream).then_some(body),
         downstream_received: 0,
         upstream: Upstream::NotStarted,
         cluster: None,
-        timer: StreamTimer::new(shared, generation.config.listener.stream_idle_timeout),
+        timer: StreamTimer::new(shared, listener.settings.stream_idle_timeout),
         upstream_started: None,
         report_attempts: false,
         response_finished: false,
@@ -315,6 +319,21 @@ impl Driver {
             }
             (method, uri, headers)
         };
+        // A filter that changed the request may ask for the route to be chosen again.
+        if std::mem::take(&mut self.engine.data().borrow_mut().route_cache_cleared) {
+            let route = self.generation.listener(self.listener).and_then(|l| l.route(uri.path()));
+            match route {
+                Some(route) => self.route = route,
+                None => {
+                    self.engine.local_reply(StreamFailure::NoRoute.local_reply());
+                    return;
+                }
+            }
+        }
+        if let router::Target::Direct { status, body } = &self.route.target {
+            self.direct_response(*status, body.clone(), end_stream);
+            return;
+        }
         let Some(cluster) = router::cluster_for(&self.route, &headers, &self.generation) else {
             self.engine.local_reply(StreamFailure::NoCluster.local_reply());
             return;
@@ -349,6 +368,26 @@ impl Driver {
         self.upstream = Upstream::Waiting(Box::pin(async move {
             Exchange { result: cluster.send(request).await.map_err(Into::into), attempts: 1 }
         }));
+    }
+
+    /// Envoy's `direct_response`: the route answers, and the answer passes the filters'
+    /// response callbacks as an upstream's would. The request body is read and dropped.
+    fn direct_response(&mut self, status: u16, body: Bytes, end_stream: bool) {
+        self.upstream = Upstream::Done;
+        if end_stream {
+            self.shared().request_complete();
+        }
+        let mut headers = HeaderMap::new();
+        let _ = headers.add(b":status", status.to_string().as_bytes());
+        if !body.is_empty() {
+            let _ = headers.add(b"content-type", b"text/plain");
+        }
+        let _ = headers.add(b"content-length", body.len().to_string().as_bytes());
+        let empty = body.is_empty();
+        self.engine.response_headers(headers, empty);
+        if !empty {
+            self.engine.response_data(body, true);
+        }
     }
 
     /// Adds request output to a request gathered for retries.
@@ -462,7 +501,7 @@ impl Driver {
                 let Some(cluster) = self.cluster.clone() else { return false };
                 cluster.metrics.retried(attempts - 1);
                 match result {
-                    Ok((response, addr)) => {
+                    Ok((response, conn)) => {
                         if let Some(start) = self.upstream_started {
                             cluster.metrics.time(start.elapsed());
                         }
@@ -471,12 +510,21 @@ impl Driver {
                         if self.report_attempts {
                             parts.headers.insert(router::ATTEMPT_COUNT, HeaderValue::from(attempts));
                         }
-                        self.engine.data().borrow_mut().info.upstream = Some(addr);
+                        {
+                            let mut data = self.engine.data().borrow_mut();
+                            data.info.upstream = Some(conn.addr);
+                            data.info.upstream_local = conn.local;
+                            data.info.upstream_tls = conn.tls.clone();
+                            data.info.upstream_attempts = attempts;
+                        }
                         self.upstream = if end { Upstream::Done } else { Upstream::Streaming(body) };
                         self.engine.response_headers(response_map(&mut parts), end);
                     }
                     Err(e) => {
                         tracing::debug!(cluster = %cluster.name, attempts, "upstream failed: {e}");
+                        if let router::ExchangeError::Upstream(u) = &e {
+                            self.engine.data().borrow_mut().info.upstream_failure = u.transport_failure();
+                        }
                         self.upstream = Upstream::Done;
                         if self.shared().bad_request_body() {
                             return true;

@@ -1,8 +1,11 @@
-//! Upstream clusters of one worker: HTTP/1.1 connection pools per endpoint, round robin, and
-//! the cluster's circuit (requests and retries in flight, shared by every worker).
+//! Upstream clusters of one worker: endpoints (IP addresses, or host names resolved and
+//! re-resolved as Envoy's STRICT_DNS), connections over TCP or TLS, HTTP/1.1 pools and
+//! shared HTTP/2 connections per endpoint, round robin, and the cluster's circuit (requests
+//! and retries in flight, shared by every worker).
 //!
-//! A connection goes back to its pool only after its response body has been read to the end,
-//! so a pooled connection is always idle. Everything but the circuit is single-threaded.
+//! An HTTP/1.1 connection goes back to its pool only after its response body has been read to
+//! the end, so a pooled connection is always idle. An HTTP/2 connection is shared by every
+//! request to its endpoint until it closes. Everything but the circuit is single-threaded.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -11,18 +14,22 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
+use meshwork_wasm_host::TlsInfo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{BoxError, ProxyBody};
+use super::listener::LocalExec;
 use super::stats::ClusterMetrics;
-use crate::config::RetryBudget;
+use crate::config::{ClusterConfig, EndpointConfig, RetryBudget};
+use crate::tls::ClientTls;
 
 /// Why an upstream request produced no response.
 #[derive(Debug, thiserror::Error)]
@@ -31,20 +38,64 @@ pub enum UpstreamError {
     Connect(SocketAddr, std::io::Error),
     #[error("connection to {0} timed out")]
     ConnectTimeout(SocketAddr),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(SocketAddr, std::io::Error),
     #[error("upstream {0} reset the request: {1}")]
     Reset(SocketAddr, hyper::Error),
+    #[error("cluster has no endpoint (its host names resolved to no address)")]
+    NoHealthyUpstream,
+}
+
+impl UpstreamError {
+    /// Envoy's `upstream.transport_failure_reason`.
+    pub fn transport_failure(&self) -> Option<String> {
+        match self {
+            UpstreamError::Tls(_, e) => Some(format!("TLS error: {e}")),
+            _ => None,
+        }
+    }
+}
+
+/// A connected stream to an endpoint, plain or TLS.
+pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> UpstreamIo for T {}
+
+/// What one upstream connection is, for the `upstream.*` properties.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub addr: SocketAddr,
+    pub local: Option<SocketAddr>,
+    pub tls: Option<Rc<TlsInfo>>,
+}
+
+enum Sender {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
 }
 
 pub struct Endpoint {
     pub addr: SocketAddr,
-    idle: RefCell<Vec<SendRequest<ProxyBody>>>,
+    idle: RefCell<Vec<(http1::SendRequest<ProxyBody>, Rc<ConnInfo>)>>,
+    shared: RefCell<Option<(http2::SendRequest<ProxyBody>, Rc<ConnInfo>)>>,
+    /// The HTTP/2 connection gRPC callouts use (its body type is tonic's).
+    grpc: RefCell<Option<http2::SendRequest<tonic::body::Body>>>,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr) -> Rc<Endpoint> {
+        Rc::new(Endpoint { addr, idle: RefCell::default(), shared: RefCell::default(), grpc: RefCell::default() })
+    }
 }
 
 pub struct Cluster {
     pub name: Rc<str>,
-    endpoints: Vec<Rc<Endpoint>>,
+    config: ClusterConfig,
+    endpoints: RefCell<Vec<Rc<Endpoint>>>,
     next: Cell<usize>,
-    connect_timeout: Duration,
+    /// When host names were last resolved (and the next resolution is due).
+    resolved_at: Cell<Option<Instant>>,
+    resolve: Rc<std::collections::BTreeMap<String, Vec<std::net::IpAddr>>>,
+    tls: Option<Arc<ClientTls>>,
     pub circuit: Arc<Circuit>,
     pub metrics: ClusterMetrics,
 }
@@ -145,55 +196,175 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
             headers.remove(name.trim());
         }
     }
+    // gRPC needs `te: trailers` end to end (RFC 9113 §8.2.2 allows exactly that value).
+    let te_trailers = headers.get(http::header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+    if te_trailers {
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Host names resolved through the system resolver (or `--resolve` overrides), every address.
+fn resolve_endpoints(
+    config: &ClusterConfig,
+    overrides: &std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for e in &config.endpoints {
+        match e {
+            EndpointConfig::Ip(addr) => out.push(*addr),
+            EndpointConfig::Name { host, port } => {
+                if let Some(ips) = overrides.get(host) {
+                    out.extend(ips.iter().map(|ip| SocketAddr::new(*ip, *port)));
+                    continue;
+                }
+                match std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port)) {
+                    Ok(addrs) => out.extend(addrs),
+                    Err(e) => tracing::warn!(cluster = %config.name, %host, "cannot resolve: {e}"),
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 impl Cluster {
     pub fn new(
-        name: String,
-        endpoints: &[SocketAddr],
-        connect_timeout: Duration,
+        config: &ClusterConfig,
+        tls: Option<Arc<ClientTls>>,
+        resolve: Rc<std::collections::BTreeMap<String, Vec<std::net::IpAddr>>>,
         circuit: Arc<Circuit>,
         metrics: ClusterMetrics,
     ) -> Cluster {
+        let addrs = resolve_endpoints(config, &resolve);
+        let uses_dns = config.endpoints.iter().any(|e| matches!(e, EndpointConfig::Name { .. }));
         Cluster {
-            name: Rc::from(name),
-            endpoints: endpoints
-                .iter()
-                .map(|addr| Rc::new(Endpoint { addr: *addr, idle: RefCell::default() }))
-                .collect(),
+            name: Rc::from(config.name.as_str()),
+            config: config.clone(),
+            endpoints: RefCell::new(addrs.into_iter().map(Endpoint::new).collect()),
             next: Cell::new(0),
-            connect_timeout,
+            resolved_at: Cell::new(uses_dns.then(Instant::now)),
+            resolve,
+            tls,
             circuit,
             metrics,
         }
     }
 
-    fn pick(&self) -> Rc<Endpoint> {
+    /// Resolves host names again when the refresh period has passed, keeping the endpoints
+    /// (and their pools) whose address stays. Name resolution blocks for as long as the
+    /// resolver takes; it runs at most once per `dns_refresh` per worker.
+    fn refresh(&self) {
+        let Some(at) = self.resolved_at.get() else { return };
+        if at.elapsed() < self.config.dns_refresh {
+            return;
+        }
+        self.resolved_at.set(Some(Instant::now()));
+        let addrs = resolve_endpoints(&self.config, &self.resolve);
+        if addrs.is_empty() {
+            // Keep what worked last rather than fail every request on a resolver hiccup.
+            return;
+        }
+        let mut endpoints = self.endpoints.borrow_mut();
+        let kept: Vec<Rc<Endpoint>> = addrs
+            .into_iter()
+            .map(|a| endpoints.iter().find(|e| e.addr == a).cloned().unwrap_or_else(|| Endpoint::new(a)))
+            .collect();
+        *endpoints = kept;
+    }
+
+    fn pick(&self) -> Option<Rc<Endpoint>> {
+        self.refresh();
+        let endpoints = self.endpoints.borrow();
+        if endpoints.is_empty() {
+            return None;
+        }
         let i = self.next.get();
         self.next.set(i.wrapping_add(1));
-        self.endpoints[i % self.endpoints.len()].clone()
+        Some(endpoints[i % endpoints.len()].clone())
     }
 
-    /// Sends `request` to the next endpoint, reusing an idle connection when there is one.
-    pub async fn send(&self, request: Request<ProxyBody>) -> Result<(Response<PooledBody>, SocketAddr), UpstreamError> {
-        let endpoint = self.pick();
+    /// Opens a connection to `addr`: TCP, then TLS when the cluster has it. Returns the stream,
+    /// what it is, and whether ALPN chose HTTP/2.
+    pub async fn connect_io(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(Box<dyn UpstreamIo>, Rc<ConnInfo>, bool), UpstreamError> {
+        let stream = tokio::time::timeout(self.config.connect_timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(addr))?
+            .map_err(|e| UpstreamError::Connect(addr, e))?;
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
+        let Some(tls) = &self.tls else {
+            return Ok((Box::new(stream), Rc::new(ConnInfo { addr, local, tls: None }), false));
+        };
+        let loaded = tls.current();
+        let name = tls.server_name(addr.ip());
+        let connector = tokio_rustls::TlsConnector::from(loaded.config.clone());
+        let handshake = connector.connect(name.clone(), stream);
+        let stream = tokio::time::timeout(self.config.connect_timeout, handshake)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(addr))?
+            .map_err(|e| UpstreamError::Tls(addr, e))?;
+        let (_, conn) = stream.get_ref();
+        let sni = match &name {
+            rustls_pki_types::ServerName::DnsName(d) => Some(d.as_ref().to_owned()),
+            _ => None,
+        };
+        let info = crate::tls::info::connection(conn, sni.as_deref(), loaded.local.clone());
+        let h2 = conn.alpn_protocol() == Some(b"h2");
+        Ok((Box::new(stream), Rc::new(ConnInfo { addr, local, tls: Some(Rc::new(info)) }), h2))
+    }
+
+    /// Opens a TCP (or TLS) stream to the next endpoint: the TCP proxy's upstream.
+    pub async fn connect_stream(&self) -> Result<(Box<dyn UpstreamIo>, Rc<ConnInfo>), UpstreamError> {
+        let endpoint = self.pick().ok_or(UpstreamError::NoHealthyUpstream)?;
+        let (io, info, _) = self.connect_io(endpoint.addr).await?;
+        Ok((io, info))
+    }
+
+    /// Sends `request` to the next endpoint, reusing a connection when there is one.
+    pub async fn send(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<(Response<PooledBody>, Rc<ConnInfo>), UpstreamError> {
+        let endpoint = self.pick().ok_or(UpstreamError::NoHealthyUpstream)?;
         let in_flight = self.circuit.request_started();
-        let mut sender = self.checkout(&endpoint).await?;
-        let response = sender.send_request(request).await.map_err(|e| UpstreamError::Reset(endpoint.addr, e))?;
-        let (parts, body) = response.into_parts();
-        let mut pooled = PooledBody { body, pool: Some((endpoint.clone(), sender)), _in_flight: in_flight };
-        if pooled.body.is_end_stream() {
-            pooled.release();
+        let (sender, info) = self.checkout(&endpoint).await?;
+        let addr = endpoint.addr;
+        match sender {
+            Sender::H1(mut sender) => {
+                let response = sender.send_request(request).await.map_err(|e| UpstreamError::Reset(addr, e))?;
+                let (parts, body) = response.into_parts();
+                let mut pooled =
+                    PooledBody { body, pool: Some((endpoint.clone(), sender, info.clone())), _in_flight: in_flight };
+                if pooled.body.is_end_stream() {
+                    pooled.release();
+                }
+                Ok((Response::from_parts(parts, pooled), info))
+            }
+            Sender::H2(mut sender) => {
+                let request = h2_request(request);
+                let response = sender.send_request(request).await.map_err(|e| UpstreamError::Reset(addr, e))?;
+                let (parts, body) = response.into_parts();
+                Ok((Response::from_parts(parts, PooledBody { body, pool: None, _in_flight: in_flight }), info))
+            }
         }
-        Ok((Response::from_parts(parts, pooled), endpoint.addr))
     }
 
-    async fn checkout(&self, endpoint: &Endpoint) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    async fn checkout(&self, endpoint: &Rc<Endpoint>) -> Result<(Sender, Rc<ConnInfo>), UpstreamError> {
+        if let Some((sender, info)) = endpoint.shared.borrow().as_ref()
+            && !sender.is_closed()
+        {
+            return Ok((Sender::H2(sender.clone()), info.clone()));
+        }
         loop {
-            let Some(mut sender) = endpoint.idle.borrow_mut().pop() else {
+            let Some((mut sender, info)) = endpoint.idle.borrow_mut().pop() else {
                 break;
             };
             if sender.is_closed() {
@@ -202,21 +373,29 @@ impl Cluster {
             // The previous response was read to the end; the connection task may need a turn
             // to notice, so wait for it rather than open another connection.
             if sender.ready().await.is_ok() {
-                return Ok(sender);
+                return Ok((Sender::H1(sender), info));
             }
         }
-        self.connect(endpoint.addr).await
-    }
-
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<ProxyBody>, UpstreamError> {
-        let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout(addr))?
-            .map_err(|e| UpstreamError::Connect(addr, e))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        let addr = endpoint.addr;
+        let (io, info, alpn_h2) = self.connect_io(addr).await?;
+        let io = TokioIo::new(io);
+        if self.config.http2 || alpn_h2 {
+            let (sender, connection) = http2::Builder::new(LocalExec)
+                .max_header_list_size(64 << 10)
+                .handshake(io)
+                .await
+                .map_err(|e| UpstreamError::Reset(addr, e))?;
+            tokio::task::spawn_local(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%addr, "upstream HTTP/2 connection closed: {e}");
+                }
+            });
+            *endpoint.shared.borrow_mut() = Some((sender.clone(), info.clone()));
+            return Ok((Sender::H2(sender), info));
+        }
+        let (sender, connection) = http1::Builder::new()
             .max_headers(super::listener::MAX_HEADERS)
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await
             .map_err(|e| UpstreamError::Reset(addr, e))?;
         tokio::task::spawn_local(async move {
@@ -224,23 +403,66 @@ impl Cluster {
                 tracing::debug!(%addr, "upstream connection closed: {e}");
             }
         });
-        Ok(sender)
+        Ok((Sender::H1(sender), info))
+    }
+
+    /// An HTTP/2 connection for gRPC callouts to the next endpoint (h2c, or h2 over TLS).
+    pub async fn grpc_sender(&self) -> Result<(http2::SendRequest<tonic::body::Body>, SocketAddr), UpstreamError> {
+        let endpoint = self.pick().ok_or(UpstreamError::NoHealthyUpstream)?;
+        let addr = endpoint.addr;
+        if let Some(sender) = endpoint.grpc.borrow().as_ref()
+            && !sender.is_closed()
+        {
+            return Ok((sender.clone(), addr));
+        }
+        let (io, _, _) = self.connect_io(addr).await?;
+        let (sender, connection) = http2::Builder::new(LocalExec)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::Reset(addr, e))?;
+        tokio::task::spawn_local(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, "gRPC connection closed: {e}");
+            }
+        });
+        *endpoint.grpc.borrow_mut() = Some(sender.clone());
+        Ok((sender, addr))
     }
 }
 
-/// An upstream response body that gives its connection back to the pool at its end.
+/// HTTP/2 requests carry the authority in `:authority`, and no `Host` (RFC 9113 §8.3.1).
+fn h2_request(mut request: Request<ProxyBody>) -> Request<ProxyBody> {
+    if request.uri().authority().is_none()
+        && let Some(host) = request.headers_mut().remove(http::header::HOST)
+        && let Ok(authority) = http::uri::Authority::try_from(host.as_bytes())
+    {
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(authority);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    *request.version_mut() = http::Version::HTTP_2;
+    request
+}
+
+/// An upstream response body that gives its HTTP/1.1 connection back to the pool at its end.
 pub struct PooledBody {
     body: Incoming,
-    pool: Option<(Rc<Endpoint>, SendRequest<ProxyBody>)>,
+    pool: Option<(Rc<Endpoint>, http1::SendRequest<ProxyBody>, Rc<ConnInfo>)>,
     _in_flight: InFlight,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((endpoint, sender)) = self.pool.take()
+        if let Some((endpoint, sender, info)) = self.pool.take()
             && !sender.is_closed()
         {
-            endpoint.idle.borrow_mut().push(sender);
+            endpoint.idle.borrow_mut().push((sender, info));
         }
     }
 }

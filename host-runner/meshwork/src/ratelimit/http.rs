@@ -1,5 +1,6 @@
 //! The HTTP face of the service: `POST /json` (Envoy's RLS API in proto3 JSON, as
-//! envoyproxy/ratelimit serves it) and `GET /healthcheck`.
+//! envoyproxy/ratelimit serves it) and `GET /healthcheck`; and [`decide`], which the gRPC face
+//! shares.
 //!
 //! Answers: 200 with the response when the overall code is OK, 429 with it when OVER_LIMIT
 //! (as envoyproxy/ratelimit does), 400 naming what is wrong with a request, 413 for a body
@@ -60,6 +61,33 @@ pub async fn handle(service: Arc<Service>, request: Request<Incoming>) -> Result
     })
 }
 
+/// Why a check produced no answer.
+pub enum Refusal {
+    /// The request is wrong (HTTP 400, gRPC INVALID_ARGUMENT).
+    BadRequest(String),
+    /// The store could not count (HTTP 500, gRPC UNAVAILABLE): never an answer made up.
+    Store(String),
+}
+
+/// `ShouldRateLimit`, whichever face asked.
+pub async fn decide(service: &Service, ask: &check::Request) -> Result<check::Response, Refusal> {
+    let now = now_ns();
+    let check =
+        Check::new(&service.limits, ask, now).map_err(|e| Refusal::BadRequest(format!("bad RateLimitRequest: {e}")))?;
+    let increments = check.increments();
+    let counts = if increments.is_empty() {
+        Vec::new()
+    } else {
+        service.store.add(&increments, now).await.map_err(|e| {
+            tracing::warn!("cannot count domain {:?}: {e}", ask.domain);
+            Refusal::Store(format!("the rate-limit store failed: {e}"))
+        })?
+    };
+    let response = check.finish(&counts);
+    tracing::debug!(domain = %ask.domain, descriptors = ?ask.descriptors, code = ?response.overall_code, "checked");
+    Ok(response)
+}
+
 async fn should_rate_limit(service: &Service, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -72,25 +100,11 @@ async fn should_rate_limit(service: &Service, request: Request<Incoming>) -> Res
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, &format!("not a RateLimitRequest in JSON: {e}")),
     };
-    let now = now_ns();
-    let check = match Check::new(&service.limits, &ask, now) {
-        Ok(c) => c,
-        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("bad RateLimitRequest: {e}")),
+    let response = match decide(service, &ask).await {
+        Ok(r) => r,
+        Err(Refusal::BadRequest(e)) => return text(StatusCode::BAD_REQUEST, &e),
+        Err(Refusal::Store(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
-    let increments = check.increments();
-    let counts = if increments.is_empty() {
-        Vec::new()
-    } else {
-        match service.store.add(&increments, now).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("cannot count domain {:?}: {e}", ask.domain);
-                return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("the rate-limit store failed: {e}"));
-            }
-        }
-    };
-    let response = check.finish(&counts);
-    tracing::debug!(domain = %ask.domain, descriptors = ?ask.descriptors, code = ?response.overall_code, "checked");
     let status = match response.overall_code {
         Code::Ok => StatusCode::OK,
         Code::OverLimit => StatusCode::TOO_MANY_REQUESTS,

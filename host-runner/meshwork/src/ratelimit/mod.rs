@@ -1,10 +1,12 @@
-//! `meshwork ratelimit-service`: a global rate-limit service speaking the JSON form of Envoy's
-//! rate-limit service API (`POST /json`, as envoyproxy/ratelimit serves it), with
-//! envoyproxy/ratelimit's limits files. Counters are fixed windows, kept in memory or, with
+//! `meshwork ratelimit-service`: a global rate-limit service speaking Envoy's rate-limit
+//! service API both ways, on one port: gRPC (`envoy.service.ratelimit.v3.RateLimitService/
+//! ShouldRateLimit`, over h2c) and its JSON form (`POST /json`, as envoyproxy/ratelimit serves
+//! it), with envoyproxy/ratelimit's limits files. Counters are fixed windows, kept in memory or, with
 //! `--redis`, in Redis so several instances (one per proxy, say) enforce one limit together.
 //! The decisions are in `meshwork_rate_limit_descriptors`; this module is the I/O around them.
 
 mod config;
+mod grpc;
 mod http;
 mod redis;
 mod store;
@@ -80,6 +82,9 @@ pub fn serve(args: Args) -> anyhow::Result<()> {
         }
         stdout.flush()?;
         let service = Arc::new(http::Service { limits, store });
+        let grpc = meshwork_grpc_api::ratelimit::rate_limit_service_server::RateLimitServiceServer::new(grpc::Grpc(
+            service.clone(),
+        ));
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -91,10 +96,27 @@ pub fn serve(args: Args) -> anyhow::Result<()> {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let service = service.clone();
+            let (service, grpc) = (service.clone(), grpc.clone());
             tokio::spawn(async move {
-                let handler = hyper::service::service_fn(move |r| http::handle(service.clone(), r));
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), handler).await;
+                // gRPC by its content type, the JSON form otherwise; HTTP/1.1 and h2c alike.
+                let handler = hyper::service::service_fn(move |r: ::http::Request<hyper::body::Incoming>| {
+                    let (service, mut grpc) = (service.clone(), grpc.clone());
+                    async move {
+                        let is_grpc = r
+                            .headers()
+                            .get(::http::header::CONTENT_TYPE)
+                            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                        if is_grpc {
+                            let response = tonic::codegen::Service::call(&mut grpc, r).await?;
+                            return Ok::<_, std::convert::Infallible>(response);
+                        }
+                        let response = http::handle(service, r).await?;
+                        Ok(response.map(tonic::body::Body::new))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), handler)
+                    .await;
             });
         }
     })

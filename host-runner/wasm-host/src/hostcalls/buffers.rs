@@ -12,16 +12,25 @@ use crate::stream_data::Dir;
 /// (NotFound); bodies outside their callbacks read as empty, as in Envoy.
 fn snapshot(state: &HostState, t: BufferType) -> Option<Bytes> {
     match t {
-        BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
+        BufferType::HttpRequestBody
+        | BufferType::HttpResponseBody
+        | BufferType::DownstreamData
+        | BufferType::UpstreamData => {
             let Some((stream, stage)) = state.stream() else {
                 return Some(Bytes::new());
             };
             let data = stream.borrow();
+            // A body on an HTTP stream, connection data on a TCP one; the other kind is empty.
+            if data.network != matches!(t, BufferType::DownstreamData | BufferType::UpstreamData) {
+                return Some(Bytes::new());
+            }
             let s = &data.stages[stage];
             let d = body_dir(t);
             Some(if s.access.body[d] { Bytes::copy_from_slice(s.body[d].as_slice()) } else { Bytes::new() })
         }
-        BufferType::DownstreamData | BufferType::UpstreamData | BufferType::GrpcReceiveBuffer => Some(Bytes::new()),
+        BufferType::GrpcReceiveBuffer => {
+            Some(state.grpc_received.as_ref().map_or_else(Bytes::new, |r| r.message.clone()))
+        }
         BufferType::HttpCallResponseBody => state.callout_response.as_ref().map(|r| r.body.clone()),
         BufferType::VmConfiguration => Some(state.plugin.vm_configuration.clone()),
         BufferType::PluginConfiguration => state.plugin_config_readable.then(|| state.plugin.configuration.clone()),
@@ -29,8 +38,9 @@ fn snapshot(state: &HostState, t: BufferType) -> Option<Bytes> {
     }
 }
 
+/// Request body and downstream data travel towards the upstream; the others towards the client.
 fn body_dir(t: BufferType) -> Dir {
-    if t == BufferType::HttpRequestBody { Dir::Request } else { Dir::Response }
+    if matches!(t, BufferType::HttpRequestBody | BufferType::DownstreamData) { Dir::Request } else { Dir::Response }
 }
 
 fn buffer_type(raw: u32) -> Hc<BufferType> {
@@ -94,7 +104,9 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let mut s = stream.borrow_mut();
                 let s = &mut *s;
                 let st = &mut s.stages[stage];
-                if !matches!(t, BufferType::HttpRequestBody | BufferType::HttpResponseBody) {
+                let connection_data = matches!(t, BufferType::DownstreamData | BufferType::UpstreamData);
+                let body = matches!(t, BufferType::HttpRequestBody | BufferType::HttpResponseBody);
+                if !(body && !s.network || connection_data && s.network) {
                     return Err(Status::BadArgument.into());
                 }
                 let d = body_dir(t);

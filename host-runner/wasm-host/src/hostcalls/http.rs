@@ -1,4 +1,4 @@
-//! HTTP callouts (`proxy_http_call`) and gRPC, which this host does not implement.
+//! HTTP callouts (`proxy_http_call`).
 
 use std::time::Duration;
 
@@ -68,36 +68,5 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    // gRPC callouts are not implemented: every gRPC hostcall says so.
-    let unimplemented = || Status::Unimplemented as i32;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_call",
-        move |_: Caller<'_, HostState>,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32,
-              _: u32| { unimplemented() },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_stream",
-        move |_: Caller<'_, HostState>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| {
-            unimplemented()
-        },
-    )?;
-    linker.func_wrap("env", "proxy_grpc_send", move |_: Caller<'_, HostState>, _: u32, _: u32, _: u32, _: u32| {
-        unimplemented()
-    })?;
-    linker.func_wrap("env", "proxy_grpc_cancel", move |_: Caller<'_, HostState>, _: u32| unimplemented())?;
-    linker.func_wrap("env", "proxy_grpc_close", move |_: Caller<'_, HostState>, _: u32| unimplemented())?;
     Ok(())
 }

@@ -80,6 +80,19 @@ fn with_map<R>(
         let map = if t == MapType::HttpCallResponseHeaders { &mut resp.headers } else { &mut resp.trailers };
         return Ok(f(map));
     }
+    if matches!(t, MapType::GrpcInitialMetadata | MapType::GrpcTrailingMetadata) {
+        // Read-only, and only during its callback. Envoy reaches these maps through a path
+        // that wants them mutable for the size, so size (like any change) is BadArgument.
+        let received = state.grpc_received.as_mut();
+        let map = received.and_then(|r| {
+            if t == MapType::GrpcInitialMetadata { r.initial_metadata.as_mut() } else { r.trailing_metadata.as_mut() }
+        });
+        return match map {
+            Some(map) if need != Availability::ReadWrite => Ok(f(map)),
+            Some(_) => Err((Availability::ReadOnly, false)),
+            None => Err((Availability::Missing, false)),
+        };
+    }
     let Some((stream, stage)) = state.stream() else {
         return Err((Availability::Missing, false));
     };

@@ -5,6 +5,8 @@
 //! docs/host-semantics.md); guest pointers are always bounds-checked.
 
 mod buffers;
+mod foreign;
+mod grpc;
 mod http;
 mod lifecycle;
 mod maps;
@@ -26,6 +28,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>, abi: AbiVersion) -> wasmtim
     maps::add(linker)?;
     stream::add(linker)?;
     http::add(linker)?;
+    grpc::add(linker)?;
+    foreign::add(linker)?;
     shared::add(linker)?;
     metrics::add(linker)?;
     properties::add(linker)?;

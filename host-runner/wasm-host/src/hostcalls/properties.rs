@@ -1,8 +1,7 @@
-//! Properties and foreign functions.
+//! Properties.
 
 use wasmtime::{Caller, Linker};
 
-use crate::abi::Status;
 use crate::host_state::HostState;
 use crate::memory::{copy_out, finish, read, with_bytes};
 use crate::properties;
@@ -31,18 +30,5 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(properties::set(data.as_deref_mut(), &path, &value)?)
         })())
     })?;
-    // No foreign functions are registered (Envoy's are compress, uncompress,
-    // set_envoy_filter_state, declare_property and CEL expressions).
-    linker.func_wrap(
-        "env",
-        "proxy_call_foreign_function",
-        |c: Caller<'_, HostState>, np: u32, ns: u32, ap: u32, as_: u32, _rpp: u32, _rsp: u32| {
-            finish((|| {
-                read(&c, np, ns)?;
-                read(&c, ap, as_)?;
-                Err(Status::NotFound.into())
-            })())
-        },
-    )?;
     Ok(())
 }

@@ -17,7 +17,22 @@ fn stream_type(raw: u32) -> Hc<StreamType> {
 pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_continue_stream", |c: Caller<'_, HostState>, t: u32| {
         finish((|| {
-            match stream_type(t)? {
+            let t = stream_type(t)?;
+            if let Some((stream, stage)) = c.data().stream()
+                && stream.borrow().network
+            {
+                // A TCP connection: resume what the filter held in either direction (Envoy
+                // cannot resume the upstream direction and says Unimplemented, which the Rust
+                // SDK turns into a panic; meshwork does it).
+                let d = match t {
+                    StreamType::Downstream => Dir::Request,
+                    StreamType::Upstream => Dir::Response,
+                    _ => return Ok(()),
+                };
+                stream.borrow_mut().act(stage, |a| a.resume[d] = true);
+                return Ok(());
+            }
+            match t {
                 StreamType::Upstream => return Err(Status::Unimplemented.into()),
                 StreamType::Downstream => return Ok(()),
                 t => {
@@ -39,10 +54,18 @@ pub fn add(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     })?;
     linker.func_wrap("env", "proxy_close_stream", |c: Caller<'_, HostState>, t: u32| {
         finish((|| {
-            if let StreamType::HttpRequest | StreamType::HttpResponse = stream_type(t)?
-                && let Some((stream, stage)) = c.data().stream()
-            {
-                stream.borrow_mut().act(stage, |a| a.close = true);
+            let t = stream_type(t)?;
+            if let Some((stream, stage)) = c.data().stream() {
+                let network = stream.borrow().network;
+                // HTTP streams close on the HTTP types; a TCP connection on either connection
+                // type (both close the client connection after a flush, as in Envoy).
+                let closes = match t {
+                    StreamType::HttpRequest | StreamType::HttpResponse => !network,
+                    StreamType::Downstream | StreamType::Upstream => network,
+                };
+                if closes {
+                    stream.borrow_mut().act(stage, |a| a.close = true);
+                }
             }
             Ok(())
         })())

@@ -337,6 +337,25 @@ impl Stream {
                 "x-status-whole-request-property",
                 raw::proxy_get_property(path.as_ptr(), path.len(), &mut p, &mut l),
             );
+            // A plain cluster name is taken as one (Envoy); an unknown one is ParseFailure.
+            let unknown = b"no-such-cluster";
+            self.note(
+                "x-status-grpc-unknown-cluster",
+                raw::proxy_grpc_call(
+                    unknown.as_ptr(),
+                    unknown.len(),
+                    b"s".as_ptr(),
+                    1,
+                    b"m".as_ptr(),
+                    1,
+                    std::ptr::null(),
+                    0,
+                    std::ptr::null(),
+                    0,
+                    100,
+                    &mut token,
+                ),
+            );
             self.note(
                 "x-status-grpc-call",
                 raw::proxy_grpc_call(
@@ -354,6 +373,7 @@ impl Stream {
                     &mut token,
                 ),
             );
+            self.note("x-grpc-call-token-kind", token & 3);
         }
     }
 }
