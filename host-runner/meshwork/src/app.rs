@@ -14,6 +14,7 @@
 //! slow or stalled response); `reset_after=BYTES` announces `size` bytes, sends that many, and
 //! drops the connection (an upstream that dies mid-response); `drain=1` reads the body without
 //! keeping it (large uploads).
+//! `/bytes/N` answers N random bytes, as httpbin does.
 //! Every request except `/stats` is counted — in total, by path, by status and by the `key`
 //! parameter — and so is how request bodies ended (`bodies.complete`, `bodies.failed`, with
 //! their bytes); `GET /stats` reports the counts (`POST /stats/reset` zeroes them).
@@ -307,6 +308,13 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Ap
             r
         }
         Some(n) => respond(ask.status, "application/octet-stream", vec![b'x'; n]),
+        // httpbin's /bytes/N: N random bytes (what the SDK's http_auth_random example asks).
+        None if path.starts_with("/bytes/") => {
+            let n: usize = path["/bytes/".len()..].parse().map_err(|_| format!("{path}: not /bytes/<count>"))?;
+            let mut bytes = vec![0u8; n.min(100 << 10)];
+            getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
+            respond(ask.status, "application/octet-stream", bytes)
+        }
         None => {
             let echo = json!({
                 "upstream": app.name,

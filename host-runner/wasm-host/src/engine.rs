@@ -881,10 +881,12 @@ impl FilterStream {
         for stage in &mut self.stages {
             stage.flows[Dir::Response] = Flow::default();
         }
+        let grpc_trailers_only;
         {
             let mut data = self.data.borrow_mut();
             let grpc =
                 data.headers[Dir::Request].get_str("content-type").is_some_and(|c| c.starts_with("application/grpc"));
+            grpc_trailers_only = grpc && reply.grpc_status.is_some();
             let mut headers = HeaderMap::new();
             let body_len = reply.body.len().to_string();
             let status = if grpc && reply.grpc_status.is_some() { 200 } else { reply.status };
@@ -895,13 +897,22 @@ impl FilterStream {
                 }
             };
             add(b":status", status_text.as_bytes());
-            if !reply.body.is_empty() {
-                add(b"content-type", b"text/plain");
-            }
-            add(b"content-length", body_len.as_bytes());
-            if grpc && let Some(code) = reply.grpc_status {
-                add(b"grpc-status", code.to_string().as_bytes());
-                add(b"grpc-message", reply.details.as_bytes());
+            match reply.grpc_status.filter(|_| grpc) {
+                // A gRPC client gets a trailers-only answer, as Envoy sends it: the body (or the
+                // details) becomes grpc-message, percent-encoded.
+                Some(code) => {
+                    add(b"content-type", b"application/grpc");
+                    add(b"grpc-status", code.to_string().as_bytes());
+                    let text = if reply.body.is_empty() { reply.details.as_bytes() } else { &reply.body[..] };
+                    let text = text.strip_suffix(b"\n").unwrap_or(text);
+                    add(b"grpc-message", percent_encode(text).as_bytes());
+                }
+                None => {
+                    if !reply.body.is_empty() {
+                        add(b"content-type", b"text/plain");
+                    }
+                    add(b"content-length", body_len.as_bytes());
+                }
             }
             for (k, v) in &reply.headers {
                 // Filter-supplied headers replace the defaults above (content-type, say).
@@ -921,7 +932,7 @@ impl FilterStream {
                 s.access.trailers[Dir::Response] = false;
             }
         }
-        let body = reply.body;
+        let body = if grpc_trailers_only { Bytes::new() } else { reply.body };
         if run_filters {
             let generation = self.response_generation;
             self.run_headers(Dir::Response, 0, body.is_empty());
@@ -972,6 +983,19 @@ impl Drop for FilterStream {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// gRPC's percent-encoding of `grpc-message`: bytes outside printable ASCII, and `%`.
+fn percent_encode(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -78,8 +78,9 @@ struct Driver {
 /// into `:authority` as Envoy does.
 fn request_map(parts: &mut http::request::Parts, scheme: &'static str) -> HeaderMap {
     let mut regular = std::mem::take(&mut parts.headers);
-    let authority =
-        regular.remove(http::header::HOST).map(|h| Bytes::copy_from_slice(h.as_bytes())).unwrap_or_default();
+    let authority = remove_in_order(&mut regular, &http::header::HOST)
+        .map(|h| Bytes::copy_from_slice(h.as_bytes()))
+        .unwrap_or_default();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let pseudo = vec![
         (Bytes::from_static(b":authority"), authority),
@@ -88,6 +89,23 @@ fn request_map(parts: &mut http::request::Parts, scheme: &'static str) -> Header
         (Bytes::from_static(b":scheme"), Bytes::from_static(scheme.as_bytes())),
     ];
     HeaderMap::from_parts(pseudo, regular)
+}
+
+/// Removes `name` keeping the other headers in their order (`HeaderMap::remove` moves the last
+/// header into the gap, and filters see, and log, headers in the order the client sent them).
+fn remove_in_order(map: &mut http::HeaderMap, name: &http::HeaderName) -> Option<HeaderValue> {
+    let value = map.get(name)?.clone();
+    let old = std::mem::replace(map, http::HeaderMap::with_capacity(map.len()));
+    let mut current: Option<http::HeaderName> = None;
+    for (key, v) in old {
+        if let Some(k) = key {
+            current = Some(k);
+        }
+        if let Some(k) = current.as_ref().filter(|k| *k != name) {
+            map.append(k.clone(), v);
+        }
+    }
+    Some(value)
 }
 
 fn response_map(parts: &mut http::response::Parts) -> HeaderMap {

@@ -403,12 +403,9 @@ impl HttpContext for Http {
             _ => return Action::Continue,
         }
         self.test = self.header("x-test");
+        let name = if self.config.props_header.is_empty() { "x-props" } else { self.config.props_header.as_str() };
+        self.wanted = self.header(name);
         match self.test.as_str() {
-            "props" => {
-                let name =
-                    if self.config.props_header.is_empty() { "x-props" } else { self.config.props_header.as_str() };
-                self.wanted = self.header(name);
-            }
             "grpc-unary" => return self.grpc_unary(),
             "grpc-stream" => return self.grpc_stream(),
             "grpc-cancel" => {
@@ -452,7 +449,7 @@ impl HttpContext for Http {
             }
             _ => {}
         }
-        if self.test == "props" {
+        if !self.wanted.is_empty() {
             self.props();
         }
         for (k, v) in std::mem::take(&mut self.reply) {
