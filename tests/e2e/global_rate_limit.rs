@@ -52,6 +52,47 @@ fn outcome(p: &Proxy, outcome: &str) -> i64 {
     p.stat_sum("meshwork_global_rate_limit_requests_total", &[("outcome", outcome)])
 }
 
+/// Envoy's rate-limit gRPC client, as the filter speaks it with `protocol: grpc`: the same
+/// exact limit and headers, over `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`
+/// to the service's gRPC face; a service that is gone is a failure the failure mode decides.
+#[test]
+fn the_grpc_form_of_the_api_limits_the_same() {
+    let up = upstream("app");
+    let service = ratelimit_service(
+        "domain: edge\ndescriptors:\n  - key: generic_key\n    value: all\n    rate_limit: {unit: hour, requests_per_unit: 5}\n",
+        None,
+    );
+    let dead = refusing_port();
+    let config = |cluster: &str, deny: bool| {
+        filter_config(
+            generic_rule("all"),
+            json!({"rate_limit_service": {"cluster": cluster, "protocol": "grpc"}, "failure_mode_deny": deny}),
+        )
+    };
+    let p = proxy(&format!(
+        "workers: 2\nclusters: [{}, {{name: rls, endpoints: [\"{}\"], http2: true}}]\nroute: {{cluster: app}}\nfilters:\n  - {{name: grl, module: {}, configuration: {}}}\n",
+        cluster("app", &up),
+        service.addr,
+        wasm("global-rate-limit").display(),
+        config("rls", false),
+    ));
+    fresh_window(HOUR, Duration::from_secs(60));
+    let codes = statuses(&storm(12, 4, &p.url("/limited"), &[]));
+    assert_eq!((count(&codes, 200), count(&codes, 429)), (5, 7), "{codes:?}");
+    let limited = get(&p.url("/limited"), &[]);
+    assert_eq!(limited.header("x-ratelimit-limit"), Some("5, 5;w=3600"));
+    // The same filter against a service that is not there: the failure mode applies.
+    let down = proxy(&format!(
+        "clusters: [{}, {{name: dead, endpoints: [\"{}\"], http2: true}}]\nroute: {{cluster: app}}\nfilters:\n  - {{name: open, module: {m}, configuration: {}}}\n",
+        cluster("app", &up),
+        dead.addr,
+        config("dead", false),
+        m = wasm("global-rate-limit").display(),
+    ));
+    assert_eq!(get(&down.url("/"), &[]).status, 200, "failure_mode_deny false lets it through");
+    assert_eq!(outcome(&down, "failed"), 1);
+}
+
 #[test]
 fn the_limit_is_exact_across_two_workers() {
     let up = upstream("app");

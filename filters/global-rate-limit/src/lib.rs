@@ -1,9 +1,10 @@
 //! `global-rate-limit`: Envoy's global rate limiting as a proxy-wasm filter.
 //!
 //! For each request the filter builds descriptors from request attributes with Envoy's route
-//! `rate_limits` actions, asks a rate-limit service (`POST /json`, Envoy's RLS API in JSON, as
-//! envoyproxy/ratelimit and `meshwork ratelimit-service` serve it) through an HTTP callout,
-//! and holds the request until the answer: OK resumes it, OVER_LIMIT answers 429 with
+//! `rate_limits` actions, asks a rate-limit service — Envoy's RLS API over gRPC
+//! (`envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`, as Envoy's own rate-limit
+//! filter calls it) or in JSON (`POST /json`, as envoyproxy/ratelimit and `meshwork
+//! ratelimit-service` also serve it) — and holds the request until the answer: OK resumes it, OVER_LIMIT answers 429 with
 //! `x-envoy-ratelimited: true` and the draft RateLimit headers. When the service cannot
 //! decide (down, too slow, a non-RLS answer) `failure_mode_deny` chooses: let the request
 //! through (the default, as Envoy's) or refuse it with `status_on_error`.
@@ -16,8 +17,8 @@ use std::time::Duration;
 use meshwork_filter_support::callout::CalloutResponse;
 use meshwork_filter_support::{ConfigDuration, cluster_name, configured, property_string, tagged};
 use meshwork_rate_limit_descriptors::actions::{RateLimitRule, RequestAttributes, descriptors};
-use meshwork_rate_limit_descriptors::check;
 use meshwork_rate_limit_descriptors::wire::{Verdict, WireResponse};
+use meshwork_rate_limit_descriptors::{check, proto};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
@@ -62,6 +63,17 @@ struct ServiceConfig {
     authority: Option<String>,
     #[serde(default = "json_path")]
     path: String,
+    /// `grpc`: the API's gRPC form (the cluster must speak HTTP/2); `json`: `POST path`.
+    #[serde(default)]
+    protocol: Protocol,
+}
+
+#[derive(Deserialize, Debug, Default, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum Protocol {
+    #[default]
+    Json,
+    Grpc,
 }
 
 /// Envoy's `enable_x_ratelimit_headers`.
@@ -262,7 +274,30 @@ fn read_answer(response: &CalloutResponse) -> Result<WireResponse, String> {
 impl Context for GlobalRateLimit {
     fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         let response = CalloutResponse::read(num_headers, body_size);
-        let answer = match read_answer(&response) {
+        self.answered(read_answer(&response));
+    }
+
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        let answer = if status_code == 0 {
+            let body = self.get_grpc_call_response_body(0, response_size).unwrap_or_default();
+            proto::decode_response(&body)
+                .map_err(|e| format!("the rate limit service's answer is not a RateLimitResponse: {e}"))
+                .and_then(|a| match a.verdict() {
+                    Some(_) => Ok(a),
+                    None => Err("the rate limit service answered with overall code UNKNOWN (none given)".into()),
+                })
+        } else {
+            let (_, message) = self.get_grpc_status();
+            Err(format!("the rate limit service answered gRPC status {status_code} ({})", message.unwrap_or_default()))
+        };
+        self.answered(answer);
+    }
+}
+
+impl GlobalRateLimit {
+    /// Acts on the service's answer, or on why there is none.
+    fn answered(&mut self, answer: Result<WireResponse, String>) {
+        let answer = match answer {
             Ok(a) => a,
             Err(why) => {
                 if self.undecided(&why) == Action::Continue {
@@ -293,11 +328,26 @@ impl HttpContext for GlobalRateLimit {
             return Action::Continue;
         }
         let request = check::Request { domain: config.domain.clone(), descriptors, hits_addend: 1 };
+        let service = &config.rate_limit_service;
+        if service.protocol == Protocol::Grpc {
+            let message = proto::encode_request(&request);
+            let sent = self.dispatch_grpc_call(
+                &service.cluster,
+                proto::SERVICE,
+                proto::METHOD,
+                vec![],
+                Some(&message),
+                config.timeout.0,
+            );
+            return match sent {
+                Ok(_) => Action::Pause,
+                Err(status) => self.undecided(&format!("cannot call cluster {:?} ({status:?})", service.cluster)),
+            };
+        }
         let body = match serde_json::to_vec(&request) {
             Ok(b) => b,
             Err(e) => return self.undecided(&format!("cannot write the request: {e}")),
         };
-        let service = &config.rate_limit_service;
         let headers = vec![
             (":method", "POST"),
             (":path", service.path.as_str()),

@@ -6,7 +6,8 @@
 //! - [`window`]: fixed windows, their reset times and the counter each window is kept under;
 //! - [`counters`]: the in-memory store of those counters;
 //! - [`check`]: one `ShouldRateLimit` call, from request to answer, around any store;
-//! - [`wire`]: the answer's proto3 JSON form and what a client makes of it.
+//! - [`wire`]: the answer's proto3 JSON form and what a client makes of it;
+//! - [`proto`] (feature `proto`): the request and the answer in protobuf, the API's gRPC form.
 //!
 //! The filter (`filters/global-rate-limit`) uses `actions` and `wire`; the service (`meshwork
 //! ratelimit-service`) uses the rest.
@@ -19,6 +20,8 @@ pub mod check;
 pub mod counters;
 pub mod descriptor;
 pub mod limits;
+#[cfg(feature = "proto")]
+pub mod proto;
 pub mod window;
 pub mod wire;
 
