@@ -4,7 +4,9 @@
 #     filter's happy path;
 #  2. one proxy hop: meshwork (no filter, with measure) vs nginx, CPU per request and req/s;
 #  3. the same filters' cost in instructions (callgrind), which does not move with the load;
-#  4. the load generator: requests per CPU-second of meshwork load vs wrk and h2load.
+#  4. the load generator: requests per CPU-second of meshwork load vs wrk and h2load;
+#  5. TLS termination and handshakes vs nginx, and a filter's gRPC callout;
+#  6. eBPF programs at XDP vs iptables and nftables.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -50,7 +52,12 @@ echo "== 4. the load generator's own cost: meshwork load vs wrk and h2load, requ
 python3 scripts/bench_load.py
 
 echo
-echo "== 5. eBPF at the node: packets/s through one veth pair with xdp-ratelimit (under its limit) vs an"
+echo "== 5. TLS and gRPC: a TLS 1.3 hop and new handshakes vs nginx, a gRPC callout's cost (targets: TLS hop"
+echo "   <= 1.0x nginx CPU/request, handshakes >= 1.0x nginx per CPU-second, gRPC callout adds <= 25 us)"
+python3 scripts/bench_tls.py
+
+echo
+echo "== 6. eBPF at the node: packets/s through one veth pair with xdp-ratelimit (under its limit) vs an"
 echo "   XDP_PASS program vs no program vs iptables hashlimit vs nftables limit (target: limiter >= 0.9x XDP_PASS)"
 if [ "$(id -u)" -eq 0 ]; then
   scripts/bench_ebpf.sh

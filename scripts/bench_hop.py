@@ -16,7 +16,6 @@ Usage: scripts/bench_hop.py [--rounds 3] [--seconds 5] [--connections 16] [--out
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -24,56 +23,12 @@ import subprocess
 import sys
 import tempfile
 
-from benchlib import MESHWORK, ROOT, free_port, wait_port
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ticks(pids):
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total
-
-
-def children(pid):
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
-    except OSError:
-        return []
-
+from benchlib import MESHWORK, ROOT, TICK, cpu_ticks, children, free_port, nginx_conf, run_wrk, wait_port
 
 class Scenario:
     def __init__(self, name, port, pids, script=None):
         self.name, self.port, self.pids, self.script = name, port, pids, script
         self.rps, self.cpu_us = [], []
-
-
-def nginx_conf(directory, name, body):
-    path = os.path.join(directory, f"{name}.conf")
-    with open(path, "w") as f:
-        f.write(
-            f"worker_processes 1; daemon off; pid {directory}/{name}.pid; error_log {directory}/{name}.err warn;\n"
-            "events { worker_connections 4096; }\n"
-            f"http {{ access_log off; {body} }}\n"
-        )
-    return path
-
-
-def run_wrk(port, seconds, connections, script=None):
-    cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
-    if script:
-        cmd += ["-s", script]
-    cmd.append(f"http://127.0.0.1:{port}/")
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        sys.exit(f"bench: {errors.group(1)} error responses on port {port}:\n{out}")
-    return requests
 
 
 def main():
@@ -147,14 +102,14 @@ def main():
 
         def measure(s, seconds):
             before = cpu_ticks(s.pids)
-            requests = run_wrk(s.port, seconds, args.connections, s.script)
+            requests = run_wrk(f"http://127.0.0.1:{s.port}/", seconds, args.connections, s.script)
             used = cpu_ticks(s.pids) - before
             s.rps.append(requests / seconds)
             s.cpu_us.append(used / TICK * 1e6 / requests)
 
         everything = scenarios + [s for pair in buffering for s in pair]
         for s in everything:  # warm pools and caches
-            run_wrk(s.port, 1, args.connections, s.script)
+            run_wrk(f"http://127.0.0.1:{s.port}/", 1, args.connections, s.script)
         for r in range(args.rounds):
             for s in everything:
                 measure(s, args.seconds)
