@@ -232,7 +232,7 @@ fn typed<'a>(w: &mut Walker, value: &'a Value, path: &str) -> anyhow::Result<(St
 }
 
 /// The fields of a message besides its `@type`.
-fn message<'a>(w: &mut Walker, value: &'a Value, path: &str, known: &[&str]) -> anyhow::Result<Map<String, Value>> {
+fn message(w: &mut Walker, value: &Value, path: &str, known: &[&str]) -> anyhow::Result<Map<String, Value>> {
     if value.is_null() {
         return Ok(Map::new());
     }

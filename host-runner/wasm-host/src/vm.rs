@@ -238,6 +238,12 @@ fn describe(e: &wasmtime::Error) -> String {
 
 /// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
 type CalloutResponseFn = TypedFunc<(u32, u32, u32, u32, u32), ()>;
+/// A callback taking (context, count or size, end_of_stream) and answering an action.
+type DataFn = TypedFunc<(u32, u32, u32), u32>;
+/// A callback taking (context, count) and answering an action.
+type CountFn = TypedFunc<(u32, u32), u32>;
+/// A callback taking (context, token, count or size or status).
+type GrpcFn = TypedFunc<(u32, u32, u32), ()>;
 
 struct Callbacks {
     initialize: Option<TypedFunc<(), ()>>,
@@ -250,22 +256,22 @@ struct Callbacks {
     on_tick: Option<TypedFunc<u32, ()>>,
     on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
     /// `proxy_on_{request,response}_headers(context, count, end_of_stream)`, by direction.
-    on_headers: PerDir<Option<TypedFunc<(u32, u32, u32), u32>>>,
+    on_headers: PerDir<Option<DataFn>>,
     /// `proxy_on_{request,response}_body(context, size, end_of_stream)`.
-    on_body: PerDir<Option<TypedFunc<(u32, u32, u32), u32>>>,
+    on_body: PerDir<Option<DataFn>>,
     /// `proxy_on_{request,response}_trailers(context, count)`.
-    on_trailers: PerDir<Option<TypedFunc<(u32, u32), u32>>>,
+    on_trailers: PerDir<Option<CountFn>>,
     on_http_call_response: Option<CalloutResponseFn>,
     /// `proxy_on_grpc_*(context, token, count or size or status)`.
-    on_grpc_initial_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
-    on_grpc_receive: Option<TypedFunc<(u32, u32, u32), ()>>,
-    on_grpc_trailing_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
-    on_grpc_close: Option<TypedFunc<(u32, u32, u32), ()>>,
+    on_grpc_initial_metadata: Option<GrpcFn>,
+    on_grpc_receive: Option<GrpcFn>,
+    on_grpc_trailing_metadata: Option<GrpcFn>,
+    on_grpc_close: Option<GrpcFn>,
     /// Network filters: `proxy_on_new_connection(context)`.
     on_new_connection: Option<TypedFunc<u32, u32>>,
     /// `proxy_on_{downstream,upstream}_data(context, size, end_of_stream)`, by the direction
     /// the data travels ([`Dir::Request`]: from the client).
-    on_data: PerDir<Option<TypedFunc<(u32, u32, u32), u32>>>,
+    on_data: PerDir<Option<DataFn>>,
     /// `proxy_on_{downstream,upstream}_connection_close(context, peer_type)`.
     on_connection_close: PerDir<Option<TypedFunc<(u32, u32), ()>>>,
     on_done: Option<TypedFunc<u32, u32>>,
@@ -572,7 +578,7 @@ impl PluginVm {
     fn grpc_callback(
         self: &Rc<Self>,
         name: &'static str,
-        f: Option<&TypedFunc<(u32, u32, u32), ()>>,
+        f: Option<&GrpcFn>,
         token: u32,
         arg: u32,
         received: GrpcReceived,

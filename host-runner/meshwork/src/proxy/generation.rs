@@ -129,9 +129,9 @@ impl ListenerGeneration {
     /// The route for `path`: the first that matches (Envoy's rule, for Envoy configurations),
     /// else an exact path before the longest matching prefix.
     pub fn route(&self, path: &str) -> Option<Rc<Route>> {
-        let matching = self.routes.iter().filter(|r| r.path.matches(path));
+        let mut matching = self.routes.iter().filter(|r| r.path.matches(path));
         if self.first_match {
-            return matching.cloned().next();
+            return matching.next().cloned();
         }
         matching
             .max_by_key(|r| match &r.path {

@@ -14,6 +14,9 @@ use super::dispatch::FilterSlot;
 use super::generation::{Blueprint, Generation};
 use super::stats::WorkerStats;
 
+/// Shared-queue deliveries: (filter slot id, queue id).
+pub type QueueDeliveries = mpsc::UnboundedReceiver<(u64, u32)>;
+
 /// What the reload controller asks of a worker.
 pub enum Command {
     /// Build a generation from this blueprint and report whether every filter started.
@@ -58,7 +61,7 @@ impl Worker {
         index: usize,
         services: Arc<Services>,
         blueprint: &Blueprint,
-    ) -> anyhow::Result<(Rc<Worker>, mpsc::UnboundedReceiver<(u64, u32)>)> {
+    ) -> anyhow::Result<(Rc<Worker>, QueueDeliveries)> {
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();

@@ -39,7 +39,7 @@ impl Store {
             }
             Store::Redis(redis) => {
                 let items: Vec<(&str, u64, u64)> =
-                    increments.iter().map(|i| (i.key.as_str(), u64::from(i.hits), u64::from(i.ttl_s))).collect();
+                    increments.iter().map(|i| (i.key.as_str(), i.hits, i.ttl_s)).collect();
                 redis.add(&items).await
             }
         }

@@ -265,7 +265,7 @@ impl Context for Http {
             return;
         }
         if self.config.mode == "grpc-auth" {
-            if status_code % 2 == 0 {
+            if status_code.is_multiple_of(2) {
                 log::info("Access granted.");
                 self.resume_http_request();
             } else {
