@@ -4,8 +4,8 @@
 //! compare. Everything is deterministic: arrivals are evenly spaced and failures come from a
 //! seeded generator, so the same inputs always give the same series.
 
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,11 +25,27 @@ pub struct Param {
     pub traffic: bool,
 }
 
-const fn p(id: &'static str, label: &'static str, min: f64, max: f64, step: f64, default: f64, unit: &'static str) -> Param {
+const fn p(
+    id: &'static str,
+    label: &'static str,
+    min: f64,
+    max: f64,
+    step: f64,
+    default: f64,
+    unit: &'static str,
+) -> Param {
     Param { id, label, min, max, step, default, unit, traffic: false }
 }
 
-const fn t(id: &'static str, label: &'static str, min: f64, max: f64, step: f64, default: f64, unit: &'static str) -> Param {
+const fn t(
+    id: &'static str,
+    label: &'static str,
+    min: f64,
+    max: f64,
+    step: f64,
+    default: f64,
+    unit: &'static str,
+) -> Param {
     Param { id, label, min, max, step, default, unit, traffic: true }
 }
 
@@ -45,7 +61,10 @@ pub struct Playground {
     pub columns: &'static [&'static str],
 }
 
-const TRAFFIC: [Param; 2] = [t("rate", "Requests per second", 1.0, 2000.0, 1.0, 100.0, "req/s"), t("seconds", "Duration", 1.0, 60.0, 1.0, 10.0, "s")];
+const TRAFFIC: [Param; 2] = [
+    t("rate", "Requests per second", 1.0, 2000.0, 1.0, 100.0, "req/s"),
+    t("seconds", "Duration", 1.0, 60.0, 1.0, 10.0, "s"),
+];
 
 pub const PLAYGROUNDS: [Playground; 4] = [
     Playground {
@@ -205,7 +224,11 @@ pub(crate) struct Table {
 impl Table {
     fn new(pg: &Playground, buckets: u64) -> Table {
         let gauges = pg.columns.iter().map(|c| matches!(*c, "tokens" | "phase" | "in_flight")).collect();
-        Table { rows: vec![vec![0; pg.columns.len()]; buckets.max(1) as usize], gauges, end_ns: buckets * BUCKET_MS * MS }
+        Table {
+            rows: vec![vec![0; pg.columns.len()]; buckets.max(1) as usize],
+            gauges,
+            end_ns: buckets * BUCKET_MS * MS,
+        }
     }
 
     fn bucket(&self, at_ns: u64) -> usize {

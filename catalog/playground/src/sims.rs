@@ -29,7 +29,8 @@ fn int(p: &Params, key: &str) -> u64 {
 
 pub(crate) fn token_bucket(p: &Params, table: &mut Table) {
     let third = table.end_ns / 3;
-    let limit = Limit::new(int(p, "limit"), ms(p, "period_ms"), int(p, "burst")).expect("the sliders' ranges are valid limits");
+    let limit =
+        Limit::new(int(p, "limit"), ms(p, "period_ms"), int(p, "burst")).expect("the sliders' ranges are valid limits");
     let mut state = State::full(&limit, 0);
     table.level(0, 2, limit.burst);
     for at in arrivals(p["rate"], table.end_ns, Some((third, 2 * third, p["spike"]))) {
@@ -137,7 +138,8 @@ pub(crate) fn retry_budget(p: &Params, table: &mut Table) {
 
 pub(crate) fn bulkhead(p: &Params, table: &mut Table) {
     const HOLDER: u32 = 1;
-    let config = BulkheadConfig { max_concurrent: int(p, "max_concurrent") as u32, max_queued: int(p, "max_queued") as u32 };
+    let config =
+        BulkheadConfig { max_concurrent: int(p, "max_concurrent") as u32, max_queued: int(p, "max_queued") as u32 };
     let (slow_from, slow_to) = (ns_of_seconds(p, "slow_from"), ns_of_seconds(p, "slow_to"));
     let latency = |at: u64| {
         let base = p["latency_ms"] * MS as f64;
@@ -148,7 +150,11 @@ pub(crate) fn bulkhead(p: &Params, table: &mut Table) {
     let mut completions: Events<()> = Events::new();
     // Queued requests' deadlines, first come first served.
     let mut queue = Queue::new();
-    let run_until = |until: u64, bulkhead: &mut Bulkhead, completions: &mut Events<()>, queue: &mut Queue, table: &mut Table| loop {
+    let run_until = |until: u64,
+                     bulkhead: &mut Bulkhead,
+                     completions: &mut Events<()>,
+                     queue: &mut Queue,
+                     table: &mut Table| loop {
         let done = completions.peek().map(|Reverse((t, ()))| *t);
         let expiry = queue.front().copied();
         let next = match (done, expiry) {

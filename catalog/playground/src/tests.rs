@@ -24,7 +24,8 @@ fn the_token_bucket_never_allows_more_than_burst_plus_refill() {
 
 #[test]
 fn the_breaker_opens_during_the_outage_only_and_closes_after() {
-    let s = run("circuit-breaker", &[("outage_from", 2.0), ("outage_to", 5.0), ("failure_ratio", 0.9), ("seconds", 10.0)]);
+    let s =
+        run("circuit-breaker", &[("outage_from", 2.0), ("outage_to", 5.0), ("failure_ratio", 0.9), ("seconds", 10.0)]);
     let rejected = column(&s, "rejected");
     assert_eq!(rejected[..20].iter().sum::<u64>(), 0, "healthy before the outage");
     assert!(rejected[20..50].iter().sum::<u64>() > 0, "opens during it");
@@ -38,7 +39,13 @@ fn retries_stay_within_the_budget() {
     let (rate, seconds, ratio, floor) = (200.0, 10.0, 0.2, 10.0);
     let s = run(
         "retry-budget",
-        &[("rate", rate), ("seconds", seconds), ("budget_ratio", ratio), ("min_per_second", floor), ("failure_ratio", 1.0)],
+        &[
+            ("rate", rate),
+            ("seconds", seconds),
+            ("budget_ratio", ratio),
+            ("min_per_second", floor),
+            ("failure_ratio", 1.0),
+        ],
     );
     let bound = (ratio * s.totals["requests"] as f64) as u64 + (floor * seconds) as u64;
     assert!(s.totals["retries"] <= bound, "{:?} > {bound}", s.totals);

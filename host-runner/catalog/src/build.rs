@@ -103,15 +103,20 @@ impl Built {
     }
 }
 
-pub fn describe(entry: &Entry) -> Describe {
+pub fn describe(entry: &Entry, repo: &Path) -> Describe {
     let item = &entry.item;
+    let source = item.source.as_deref().map(|s| {
+        let path = entry.path(s);
+        let rel = path.strip_prefix(crate::load::normalize(repo)).unwrap_or(&path).display().to_string();
+        format!("{}/tree/main/{rel}", crate::REPOSITORY)
+    });
     Describe {
         kind: item.kind.name().to_owned(),
         name: item.name.clone(),
         version: item.version.clone(),
         description: item.description.clone(),
         license: item.license.clone(),
-        source: item.source.as_deref().map(|s| entry.path(s).display().to_string()).unwrap_or_default(),
+        source: source.unwrap_or_default(),
     }
 }
 
@@ -121,12 +126,13 @@ pub type ModuleRewrite = BTreeMap<String, String>;
 
 /// Builds one item. `rewrite` changes module references in a pattern's files.
 pub fn build_item(
+    catalog: &Catalog,
     entry: &Entry,
     options: &BuildOptions,
     rewrite: &ModuleRewrite,
 ) -> anyhow::Result<Built> {
     let item = &entry.item;
-    let describe = describe(entry);
+    let describe = describe(entry, &catalog.repo);
     let (file_name, bytes, forms) = match item.kind {
         Kind::Filter => {
             let path = options.filters_dir.join(format!("{}.wasm", item.name));
@@ -134,10 +140,8 @@ pub fn build_item(
                 .with_context(|| format!("filter {}: {} is missing (run `make filters`)", item.name, path.display()))?;
             wasm::check_magic(&module).with_context(|| path.display().to_string())?;
             let spec = item.filter.as_ref().context("filter section")?;
-            let meta = WasmMeta {
-                abi_version: format!("v{}", spec.abi),
-                root_ids: spec.root_id.iter().cloned().collect(),
-            };
+            let meta =
+                WasmMeta { abi_version: format!("v{}", spec.abi), root_ids: spec.root_id.iter().cloned().collect() };
             let mut forms = Vec::new();
             for v in Variant::ALL {
                 forms.push(OciForm {
@@ -151,8 +155,9 @@ pub fn build_item(
         Kind::Ebpf => {
             let spec = item.ebpf.as_ref().context("ebpf section")?;
             let path = options.ebpf_dir.join(format!("{}.o", spec.program));
-            let object = std::fs::read(&path)
-                .with_context(|| format!("eBPF program {}: {} is missing (run `make ebpf`)", item.name, path.display()))?;
+            let object = std::fs::read(&path).with_context(|| {
+                format!("eBPF program {}: {} is missing (run `make ebpf`)", item.name, path.display())
+            })?;
             let (programs, maps) = ebpf_contents(&object).with_context(|| path.display().to_string())?;
             let obj = EbpfObject {
                 file_name: format!("{}.o", spec.program),
@@ -190,8 +195,10 @@ pub fn build_item(
     })
 }
 
-/// Every file of an item's directory (sorted, relative), with module references rewritten.
+/// Every file of an item's directory (sorted, relative); module references rewritten in the
+/// pattern's meshwork configuration (Envoy's `local.filename` cannot name a registry).
 fn bundle_files(entry: &Entry, rewrite: &ModuleRewrite) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let rewritten = entry.item.pattern.as_ref().map(|p| entry.path(&p.config));
     let mut files = Vec::new();
     let mut stack = vec![entry.dir.clone()];
     while let Some(dir) = stack.pop() {
@@ -199,20 +206,18 @@ fn bundle_files(entry: &Entry, rewrite: &ModuleRewrite) -> anyhow::Result<Vec<(S
             let path = e?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else {
-                let rel = path.strip_prefix(&entry.dir).expect("under the item").to_string_lossy().into_owned();
-                let mut data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                if !rewrite.is_empty() {
-                    if let Ok(text) = String::from_utf8(data.clone()) {
-                        let mut text = text;
-                        for (from, to) in rewrite {
-                            text = text.replace(from, to);
-                        }
-                        data = text.into_bytes();
-                    }
-                }
-                files.push((rel, data));
+                continue;
             }
+            let rel = path.strip_prefix(&entry.dir).expect("under the item").to_string_lossy().into_owned();
+            let mut data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            if rewritten.as_deref() == Some(crate::load::normalize(&path).as_path()) {
+                let mut text = String::from_utf8(data).with_context(|| format!("{} is not UTF-8", path.display()))?;
+                for (from, to) in rewrite {
+                    text = text.replace(from, to);
+                }
+                data = text.into_bytes();
+            }
+            files.push((rel, data));
         }
     }
     files.sort();
@@ -248,10 +253,36 @@ fn ebpf_contents(object: &[u8]) -> anyhow::Result<(BTreeMap<String, String>, BTr
 
 fn map_type_name(t: u32) -> &'static str {
     const NAMES: [&str; 31] = [
-        "unspec", "hash", "array", "prog_array", "perf_event_array", "per_cpu_hash", "per_cpu_array", "stack_trace",
-        "cgroup_array", "lru_hash", "lru_per_cpu_hash", "lpm_trie", "array_of_maps", "hash_of_maps", "devmap",
-        "sockmap", "cpumap", "xskmap", "sockhash", "cgroup_storage", "reuseport_sockarray", "per_cpu_cgroup_storage",
-        "queue", "stack", "sk_storage", "devmap_hash", "struct_ops", "ringbuf", "inode_storage", "task_storage",
+        "unspec",
+        "hash",
+        "array",
+        "prog_array",
+        "perf_event_array",
+        "per_cpu_hash",
+        "per_cpu_array",
+        "stack_trace",
+        "cgroup_array",
+        "lru_hash",
+        "lru_per_cpu_hash",
+        "lpm_trie",
+        "array_of_maps",
+        "hash_of_maps",
+        "devmap",
+        "sockmap",
+        "cpumap",
+        "xskmap",
+        "sockhash",
+        "cgroup_storage",
+        "reuseport_sockarray",
+        "per_cpu_cgroup_storage",
+        "queue",
+        "stack",
+        "sk_storage",
+        "devmap_hash",
+        "struct_ops",
+        "ringbuf",
+        "inode_storage",
+        "task_storage",
         "bloom_filter",
     ];
     NAMES.get(t as usize).copied().unwrap_or("other")
@@ -263,7 +294,7 @@ pub fn build_all(catalog: &Catalog, options: &BuildOptions, out: &Path) -> anyho
     let mut index = Index::default();
     let mut built = Vec::new();
     for entry in &catalog.entries {
-        let b = build_item(entry, options, &ModuleRewrite::new())?;
+        let b = build_item(catalog, entry, options, &ModuleRewrite::new())?;
         let dir = out.join(entry.item.kind.dir());
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(&b.file_name), &b.bytes)?;

@@ -177,7 +177,12 @@ fn artifacthub_pkg(entry: &Entry, index: Option<&Index>, registry: Option<&str>)
 }
 
 /// Writes one Artifact Hub repository per kind under `out/<kind dir>/`.
-pub fn artifacthub(catalog: &Catalog, index: Option<&Index>, registry: Option<&str>, out: &Path) -> anyhow::Result<usize> {
+pub fn artifacthub(
+    catalog: &Catalog,
+    index: Option<&Index>,
+    registry: Option<&str>,
+    out: &Path,
+) -> anyhow::Result<usize> {
     let mut written = 0;
     for kind in Kind::ALL {
         let repo_dir = out.join(kind.dir());

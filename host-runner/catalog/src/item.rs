@@ -113,10 +113,9 @@ impl Category {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Category> {
-        Category::ALL
-            .into_iter()
-            .find(|c| c.name().eq_ignore_ascii_case(text))
-            .ok_or_else(|| anyhow::anyhow!("unknown category {text:?} ({})", Category::ALL.map(Category::name).join(", ")))
+        Category::ALL.into_iter().find(|c| c.name().eq_ignore_ascii_case(text)).ok_or_else(|| {
+            anyhow::anyhow!("unknown category {text:?} ({})", Category::ALL.map(Category::name).join(", "))
+        })
     }
 }
 

@@ -100,7 +100,9 @@ pub fn is_semver(s: &str) -> bool {
     let core = s.split(['-', '+']).next().unwrap_or("");
     let parts: Vec<&str> = core.split('.').collect();
     parts.len() == 3
-        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p.len() == 1 || !p.starts_with('0')))
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p.len() == 1 || !p.starts_with('0')))
         && s[core.len()..].bytes().all(|b| b.is_ascii_alphanumeric() || b"-+.".contains(&b))
 }
 
@@ -192,9 +194,8 @@ impl Catalog {
 
 fn check_item(entry: &Entry, kind: Kind, repo: &Path, problems: &mut Vec<Problem>) {
     let item = &entry.item;
-    let mut bad = |field: &str, message: String| {
-        problems.push(Problem { file: entry.file(), field: field.to_owned(), message })
-    };
+    let mut bad =
+        |field: &str, message: String| problems.push(Problem { file: entry.file(), field: field.to_owned(), message });
     let dir_name = entry.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if !is_name(&item.name) {
         bad("name", format!("{:?} must be lower-case letters, digits and '-', at most 63", item.name));
@@ -218,10 +219,9 @@ fn check_item(entry: &Entry, kind: Kind, repo: &Path, problems: &mut Vec<Problem
     if item.description.trim().is_empty() || item.description.len() > 400 {
         bad("description", "must be one to 400 characters".into());
     }
-    for (field, values, allowed) in [
-        ("technology", &item.technology, &TECHNOLOGY[..]),
-        ("compatibility", &item.compatibility, &COMPATIBILITY[..]),
-    ] {
+    for (field, values, allowed) in
+        [("technology", &item.technology, &TECHNOLOGY[..]), ("compatibility", &item.compatibility, &COMPATIBILITY[..])]
+    {
         if values.is_empty() {
             bad(field, format!("must list at least one of {}", allowed.join(", ")));
         }
@@ -235,11 +235,7 @@ fn check_item(entry: &Entry, kind: Kind, repo: &Path, problems: &mut Vec<Problem
         let path = entry.path(rel);
         let ok = if dir { path.is_dir() } else { path.is_file() };
         if !ok {
-            problems.push(Problem {
-                file: entry.file(),
-                field,
-                message: format!("{} does not exist", path.display()),
-            });
+            problems.push(Problem { file: entry.file(), field, message: format!("{} does not exist", path.display()) });
         }
     };
     must_exist("readme".into(), &item.readme, false);
@@ -258,9 +254,8 @@ fn check_item(entry: &Entry, kind: Kind, repo: &Path, problems: &mut Vec<Problem
         (Kind::Pattern, item.pattern.is_some()),
         (Kind::Policy, item.policy.is_some()),
     ];
-    let mut bad = |field: &str, message: String| {
-        problems.push(Problem { file: entry.file(), field: field.to_owned(), message })
-    };
+    let mut bad =
+        |field: &str, message: String| problems.push(Problem { file: entry.file(), field: field.to_owned(), message });
     for (k, present) in sections {
         if k == item.kind && !present {
             bad(k.name(), format!("a {} item needs its `{}:` section", k.name(), k.name()));
@@ -360,7 +355,9 @@ fn check_references(entries: &[Entry], problems: &mut Vec<Problem>) {
     let has = |kind: Kind, name: &str| entries.iter().any(|e| e.item.kind == kind && e.item.name == name);
     for entry in entries {
         let Some(p) = &entry.item.pattern else { continue };
-        for (field, kind, names) in [("pattern.filters", Kind::Filter, &p.filters), ("pattern.ebpf", Kind::Ebpf, &p.ebpf)] {
+        for (field, kind, names) in
+            [("pattern.filters", Kind::Filter, &p.filters), ("pattern.ebpf", Kind::Ebpf, &p.ebpf)]
+        {
             for (i, name) in names.iter().enumerate() {
                 if !has(kind, name) {
                     problems.push(Problem {

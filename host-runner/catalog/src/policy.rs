@@ -43,8 +43,8 @@ pub fn document_type(doc: &Value) -> Option<&'static str> {
 /// Every document of a YAML (or JSON) file.
 pub fn read_documents(path: &Path) -> anyhow::Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.without_snippet()))?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.without_snippet()))?;
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
@@ -91,9 +91,7 @@ fn compile(entry: &Entry) -> anyhow::Result<Policy> {
     let path = entry.path(&spec.rego);
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut engine = regorus::Engine::new();
-    engine
-        .add_policy(path.display().to_string(), text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    engine.add_policy(path.display().to_string(), text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(Policy { name: entry.item.name.clone(), rule: spec.rule.clone(), applies_to: spec.applies_to.clone(), engine })
 }
 
@@ -103,7 +101,8 @@ fn evaluate(p: &mut Policy, doc: &Value, document: usize) -> anyhow::Result<Vec<
     if result == regorus::Value::Undefined {
         return Ok(Vec::new());
     }
-    let json: Value = serde_json::from_str(&result.to_json_str().map_err(|e| anyhow::anyhow!("policy {}: {e}", p.name))?)?;
+    let json: Value =
+        serde_json::from_str(&result.to_json_str().map_err(|e| anyhow::anyhow!("policy {}: {e}", p.name))?)?;
     let items = json.as_array().with_context(|| format!("policy {}: {} is not a set", p.name, p.rule))?;
     items
         .iter()
@@ -135,7 +134,9 @@ pub fn self_test(catalog: &Catalog) -> Vec<Problem> {
                 continue;
             }
         };
-        for (field, list, want_violations) in [("policy.passes", &spec.passes, false), ("policy.fails", &spec.fails, true)] {
+        for (field, list, want_violations) in
+            [("policy.passes", &spec.passes, false), ("policy.fails", &spec.fails, true)]
+        {
             for (i, rel) in list.iter().enumerate() {
                 let path = entry.path(rel);
                 let outcome = read_documents(&path).and_then(|docs| {
@@ -147,12 +148,17 @@ pub fn self_test(catalog: &Catalog) -> Vec<Problem> {
                 });
                 match outcome {
                     Err(e) => report(format!("{field}[{i}]"), format!("{e:#}")),
-                    Ok(v) if want_violations && v.is_empty() => {
-                        report(format!("{field}[{i}]"), format!("{} should violate the policy but does not", path.display()))
-                    }
+                    Ok(v) if want_violations && v.is_empty() => report(
+                        format!("{field}[{i}]"),
+                        format!("{} should violate the policy but does not", path.display()),
+                    ),
                     Ok(v) if !want_violations && !v.is_empty() => report(
                         format!("{field}[{i}]"),
-                        format!("{} should pass but: {}", path.display(), v.iter().map(|v| format!("{}: {}", v.path, v.msg)).collect::<Vec<_>>().join("; ")),
+                        format!(
+                            "{} should pass but: {}",
+                            path.display(),
+                            v.iter().map(|v| format!("{}: {}", v.path, v.msg)).collect::<Vec<_>>().join("; ")
+                        ),
                     ),
                     Ok(_) => {}
                 }

@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use meshwork_oci::registry::{Failure, FailureKind, PulledManifest, Reference, Registry, RegistryOptions, parse_reference};
+use meshwork_oci::registry::{
+    Failure, FailureKind, PulledManifest, Reference, Registry, RegistryOptions, parse_reference,
+};
 use meshwork_oci::sign::{self, SigningKey, VerifyingKey};
 use meshwork_oci::{artifact, media, wasm};
 use serde::{Deserialize, Serialize};
 
-use crate::build::{BuildOptions, Built, ModuleRewrite, build_item};
+use crate::build::{BuildOptions, ModuleRewrite, build_item};
 use crate::item::Kind;
 use crate::load::{Catalog, Entry};
 
@@ -61,6 +63,7 @@ pub fn repository(registry: &str, kind: Kind, name: &str) -> String {
 
 /// Publishes `entries` (all kinds in dependency order: filters before the patterns naming them).
 pub async fn publish(
+    catalog: &Catalog,
     entries: &[&Entry],
     build: &BuildOptions,
     options: &PublishOptions,
@@ -77,7 +80,7 @@ pub async fn publish(
     });
     let mut registry: Option<Registry> = None;
     for entry in ordered {
-        let built = build_item(entry, build, &rewrite)?;
+        let built = build_item(catalog, entry, build, &rewrite)?;
         let repo = repository(&options.registry, entry.item.kind, &entry.item.name);
         let mut item = PublishedItem::default();
         for form in &built.forms {
@@ -85,10 +88,16 @@ pub async fn publish(
                 continue;
             }
             let reference = parse_reference(&format!("{repo}:{}", form.tag))?;
-            let registry = registry.get_or_insert_with(|| Registry::for_reference(&options.registry_options, &reference));
-            let digest = registry.push(&reference, &form.artifact).await.with_context(|| format!("publishing {}", entry.item.id()))?;
+            let registry =
+                registry.get_or_insert_with(|| Registry::for_reference(&options.registry_options, &reference));
+            let digest = registry
+                .push(&reference, &form.artifact)
+                .await
+                .with_context(|| format!("publishing {}", entry.item.id()))?;
             if let Some(key) = &options.sign {
-                sign::sign(registry, &reference, &digest, key).await.with_context(|| format!("signing {}", reference.whole()))?;
+                sign::sign(registry, &reference, &digest, key)
+                    .await
+                    .with_context(|| format!("signing {}", reference.whole()))?;
             }
             progress(&format!("{:<28} {:<7} {} {digest}", entry.item.id(), form.variant, reference.whole()));
             item.references.insert(form.variant.clone(), PublishedRef { reference: reference.whole(), digest });
@@ -149,10 +158,8 @@ async fn classify(registry: &Registry, reference: &Reference, manifest: &PulledM
     if annotations.get(media::MESHWORK_KIND).map(String::as_str) == Some("ebpf") {
         let layer = manifest.manifest.layers.last().context("an eBPF image has a layer")?;
         let files = artifact::unbundle(&registry.blob(reference, layer).await?)?;
-        let (file_name, object) = files
-            .into_iter()
-            .find(|(name, _)| name.ends_with(".o"))
-            .context("the eBPF image holds no .o file")?;
+        let (file_name, object) =
+            files.into_iter().find(|(name, _)| name.ends_with(".o")).context("the eBPF image holds no .o file")?;
         return Ok(Pulled::Ebpf { file_name, object, annotations });
     }
     let (layout, layer) = wasm::find_module(manifest)?;
@@ -198,7 +205,11 @@ pub fn write_pulled(pulled: &Pulled, out: &Path) -> anyhow::Result<Vec<PathBuf>>
             for (name, data) in files {
                 let rel = Path::new(name);
                 if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                    return Err(Failure::new(FailureKind::Other, format!("the bundle holds a path outside itself: {name}")).into());
+                    return Err(Failure::new(
+                        FailureKind::Other,
+                        format!("the bundle holds a path outside itself: {name}"),
+                    )
+                    .into());
                 }
                 let path = out.join(rel);
                 write(&path, data)?;
@@ -207,14 +218,4 @@ pub fn write_pulled(pulled: &Pulled, out: &Path) -> anyhow::Result<Vec<PathBuf>>
             Ok(written)
         }
     }
-}
-
-/// Built artifacts by id, for the site and the exports.
-pub fn by_id(built: &[Built]) -> BTreeMap<&str, &Built> {
-    built.iter().map(|b| (b.id.as_str(), b)).collect()
-}
-
-/// The item behind a published reference, for messages.
-pub fn entry_for<'a>(catalog: &'a Catalog, id: &str) -> Option<&'a Entry> {
-    catalog.get(id).ok()
 }

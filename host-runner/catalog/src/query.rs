@@ -29,14 +29,9 @@ impl Query {
         match &self.text {
             None => true,
             Some(text) => {
-                let haystack = format!(
-                    "{} {} {} {}",
-                    item.name,
-                    item.display_name,
-                    item.description,
-                    item.keywords.join(" ")
-                )
-                .to_lowercase();
+                let haystack =
+                    format!("{} {} {} {}", item.name, item.display_name, item.description, item.keywords.join(" "))
+                        .to_lowercase();
                 text.to_lowercase().split_whitespace().all(|w| haystack.contains(w))
             }
         }

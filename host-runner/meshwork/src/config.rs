@@ -107,6 +107,16 @@ impl ProxyConfig {
         self.listeners.iter().flat_map(ListenerSpec::filters).chain(&self.services)
     }
 
+    pub fn all_filters_mut(&mut self) -> impl Iterator<Item = &mut FilterConfig> {
+        self.listeners
+            .iter_mut()
+            .flat_map(|l| match &mut l.kind {
+                ListenerKind::Http(h) => h.filters.iter_mut(),
+                ListenerKind::Tcp(t) => t.filters.iter_mut(),
+            })
+            .chain(&mut self.services)
+    }
+
     pub fn routes(&self) -> usize {
         self.listeners.iter().filter_map(ListenerSpec::http).map(|h| h.routes.len()).sum()
     }
@@ -279,8 +289,37 @@ pub enum RouteTarget {
 
 #[derive(Clone, Debug)]
 pub struct FilterConfig {
+    /// The module on local disk: the file itself, or where a pulled module was cached
+    /// (empty until [`crate::modules::fetch_all`] has run).
     pub module: PathBuf,
+    pub source: ModuleSource,
     pub plugin: PluginConfig,
+}
+
+/// Where a module comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModuleSource {
+    /// A local file (`module: path` or `file://path`); with `sha256`, it must have that digest.
+    File { sha256: Option<String> },
+    /// `oci://registry/repository:tag` or `…@sha256:…`; `sha256` pins the manifest digest, as
+    /// Istio's WasmPlugin does.
+    Oci { reference: String, sha256: Option<String> },
+    /// `http(s)://…` (Envoy's `remote` code); `sha256` pins the module's own digest.
+    Http { url: String, sha256: Option<String> },
+}
+
+impl ModuleSource {
+    /// Reads a `module:` value. Local paths are relative to `base`.
+    pub fn parse(text: &str, sha256: Option<String>, base: &Path) -> (PathBuf, ModuleSource) {
+        if text.starts_with("oci://") {
+            (PathBuf::new(), ModuleSource::Oci { reference: text.to_owned(), sha256 })
+        } else if text.starts_with("http://") || text.starts_with("https://") {
+            (PathBuf::new(), ModuleSource::Http { url: text.to_owned(), sha256 })
+        } else {
+            let path = text.strip_prefix("file://").unwrap_or(text);
+            (base.join(path), ModuleSource::File { sha256 })
+        }
+    }
 }
 
 // ----- the native file -----------------------------------------------------------------------
@@ -464,7 +503,10 @@ struct FileDirectResponse {
 #[serde(deny_unknown_fields)]
 struct FileFilter {
     name: String,
-    module: PathBuf,
+    /// A path, `file://`, `oci://` or `http(s)://`.
+    module: String,
+    /// The digest to check: the manifest's for oci://, the module's otherwise.
+    sha256: Option<String>,
     root_id: Option<String>,
     vm_id: Option<String>,
     configuration: Option<serde_json::Value>,
@@ -867,7 +909,8 @@ fn filter_config(f: FileFilter, base: &Path) -> anyhow::Result<FilterConfig> {
         plugin.log_level = parse_log_level(&level).with_context(|| format!("filter {}", f.name))?;
     }
     plugin.limits = vm_limits(f.limits).with_context(|| format!("filter {} limits", f.name))?;
-    Ok(FilterConfig { module: base.join(&f.module), plugin })
+    let (module, source) = ModuleSource::parse(&f.module, f.sha256, base);
+    Ok(FilterConfig { module, source, plugin })
 }
 
 fn listener_spec(entry: FileListenerEntry, path: &str, base: &Path) -> anyhow::Result<ListenerSpec> {

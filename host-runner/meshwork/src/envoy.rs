@@ -24,8 +24,9 @@ use meshwork_wasm_host::{NodeInfo, PluginConfig};
 use serde_json::{Map, Value};
 
 use crate::config::{
-    ClusterConfig, EndpointConfig, FilterConfig, HttpListener, ListenerConfig, ListenerKind, ListenerSpec, PathMatch,
-    ProxyConfig, RetryBudget, RouteConfig, RouteTarget, TcpListener, parse_addr, parse_cidr, parse_duration,
+    ClusterConfig, EndpointConfig, FilterConfig, HttpListener, ListenerConfig, ListenerKind, ListenerSpec,
+    ModuleSource, PathMatch, ProxyConfig, RetryBudget, RouteConfig, RouteTarget, TcpListener, parse_addr, parse_cidr,
+    parse_duration,
 };
 use crate::tls::client::Trust;
 use crate::tls::{CertificateSpec, ClientTlsSpec, ServerTlsSpec, TlsVersion};
@@ -902,15 +903,39 @@ fn wasm_filter(
         }
     }
     let cpath = format!("{vpath}.code");
-    let code = w.object(vm.get("code").with_context(|| format!("{cpath} is missing"))?, &cpath, &["local"])?;
-    let lpath = format!("{cpath}.local");
-    let local = w.object(
-        code.get("local").with_context(|| format!("{lpath} is missing (remote code is not supported)"))?,
-        &lpath,
-        &["filename"],
-    )?;
-    let module = base.join(string(local, "filename", &lpath)?);
-    Ok(FilterConfig { module, plugin })
+    let code =
+        w.object(vm.get("code").with_context(|| format!("{cpath} is missing"))?, &cpath, &["local", "remote"])?;
+    let (module, source) = match (code.get("local"), code.get("remote")) {
+        (Some(local), None) => {
+            let lpath = format!("{cpath}.local");
+            let local = w.object(local, &lpath, &["filename"])?;
+            ModuleSource::parse(string(local, "filename", &lpath)?, None, base)
+        }
+        (None, Some(remote)) => {
+            // Envoy fetches through `http_uri.cluster`; meshwork fetches the URI directly,
+            // once, at start and reload, and keeps the module cached by its sha256.
+            let rpath = format!("{cpath}.remote");
+            let remote = w.object(remote, &rpath, &["http_uri", "sha256", "retry_policy"])?;
+            let hpath = format!("{rpath}.http_uri");
+            let http_uri = w.object(
+                remote.get("http_uri").with_context(|| format!("{hpath} is missing"))?,
+                &hpath,
+                &["uri", "cluster", "timeout"],
+            )?;
+            let uri = string(http_uri, "uri", &hpath)?;
+            anyhow::ensure!(
+                uri.starts_with("http://") || uri.starts_with("https://"),
+                "{hpath}.uri {uri:?} is not an http(s) URL"
+            );
+            let sha256 = remote
+                .get("sha256")
+                .and_then(Value::as_str)
+                .with_context(|| format!("{rpath}.sha256 is missing (Envoy requires it for remote code)"))?;
+            ModuleSource::parse(uri, Some(sha256.to_owned()), base)
+        }
+        _ => anyhow::bail!("{cpath} needs exactly one of local or remote"),
+    };
+    Ok(FilterConfig { module, source, plugin })
 }
 
 fn cluster(w: &mut Walker, value: &Value, path: &str, base: &Path) -> anyhow::Result<ClusterConfig> {

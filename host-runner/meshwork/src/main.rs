@@ -2,9 +2,11 @@
 
 mod admin;
 mod app;
+mod catalog_cli;
 mod config;
 mod envoy;
 mod inspect;
+mod modules;
 mod proxy;
 mod ratelimit;
 mod tls;
@@ -14,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -28,6 +31,13 @@ struct Cli {
     log_level: String,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum PullPolicyArg {
+    Default,
+    IfNotPresent,
+    Always,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -58,6 +68,17 @@ enum Command {
         resolve: Vec<(String, Vec<std::net::IpAddr>)>,
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
+        /// Every oci:// module must carry a cosign-compatible signature that verifies with this
+        /// public key (PEM); http(s) modules must then be pinned by sha256.
+        #[arg(long, value_name = "KEY.pub")]
+        require_signature: Option<PathBuf>,
+        /// Istio's imagePullPolicy for oci:// modules: the default uses a cached module for a
+        /// tag it has pulled before, except `latest`, which is asked for every time.
+        #[arg(long, value_enum, default_value = "default")]
+        pull_policy: PullPolicyArg,
+        /// Speak plain HTTP to this registry (host:port; repeatable); loopback ones always are.
+        #[arg(long = "plain-http", value_name = "REGISTRY")]
+        plain_http: Vec<String>,
     },
     /// Run the instrumented sample upstream (the demo and test workload).
     Upstream {
@@ -79,6 +100,9 @@ enum Command {
     /// Load, observe and unload meshwork's eBPF programs (XDP rate limiting, TCP RTT histograms,
     /// connect-time circuit breaking); emit the DaemonSet that runs them on every node.
     Ebpf(meshwork_ebpf::cli::EbpfArgs),
+    /// The catalog of patterns, filters, eBPF programs and policies: browse, validate, build,
+    /// export, publish to and pull from OCI registries, sign and verify, render the web site.
+    Catalog(catalog_cli::CatalogArgs),
     /// Work with proxy-wasm filter modules.
     Filter {
         #[command(subcommand)]
@@ -117,13 +141,38 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, envoy_config, allow_unsupported, check, resolve, output } => {
+        Command::Run {
+            config,
+            envoy_config,
+            allow_unsupported,
+            check,
+            resolve,
+            output,
+            require_signature,
+            pull_policy,
+            plain_http,
+        } => {
             let kind = match (config, envoy_config) {
                 (Some(path), _) => proxy::reload::ConfigKind::Native(path),
                 (None, Some(path)) => proxy::reload::ConfigKind::Envoy { path, allow_unsupported },
                 (None, None) => anyhow::bail!("give --config or --envoy-config"),
             };
-            let source = proxy::reload::ConfigSource { kind, resolve: resolve.into_iter().collect() };
+            let require_signature = require_signature
+                .map(|path| {
+                    let pem = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    meshwork_oci::sign::VerifyingKey::from_pem(&pem).with_context(|| format!("key {}", path.display()))
+                })
+                .transpose()?;
+            let pull = modules::PullSettings {
+                registry: meshwork_oci::RegistryOptions { plain_http, ..Default::default() },
+                require_signature,
+                pull_policy: match pull_policy {
+                    PullPolicyArg::Default => meshwork_oci::fetch::PullPolicy::Default,
+                    PullPolicyArg::IfNotPresent => meshwork_oci::fetch::PullPolicy::IfNotPresent,
+                    PullPolicyArg::Always => meshwork_oci::fetch::PullPolicy::Always,
+                },
+            };
+            let source = proxy::reload::ConfigSource { kind, resolve: resolve.into_iter().collect(), pull };
             let config = source.load()?;
             if check {
                 let filters = config.all_filters().count();
@@ -175,6 +224,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Load(args) => meshwork_load::run_load(args),
         Command::Bench(args) => meshwork_load::run_bench(args),
         Command::Ebpf(args) => meshwork_ebpf::cli::run(args),
+        Command::Catalog(args) => catalog_cli::run(args),
         Command::Filter { command: FilterCommand::Inspect { file, output } } => {
             let report = inspect::inspect(&file)?;
             match output {

@@ -178,8 +178,9 @@ mod tests {
             attach: "interface".into(),
             capabilities: vec!["CAP_BPF".into(), "CAP_NET_ADMIN".into()],
         };
-        let a = ebpf_image(&object, &Describe { kind: "ebpf".into(), name: "xdp-ratelimit".into(), ..Default::default() })
-            .unwrap();
+        let a =
+            ebpf_image(&object, &Describe { kind: "ebpf".into(), name: "xdp-ratelimit".into(), ..Default::default() })
+                .unwrap();
         let config: Value = serde_json::from_slice(&a.config.data).unwrap();
         let programs: Value =
             serde_json::from_str(config["config"]["Labels"]["io.ebpf.programs"].as_str().unwrap()).unwrap();

@@ -24,14 +24,18 @@ pub struct Cache {
 fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let parent = path.parent().context("a cache path has a parent")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = parent.join(format!(".{}.tmp{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let tmp =
+        parent.join(format!(".{}.tmp{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
     std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
 }
 
 /// A path component that cannot climb out of the cache.
 fn safe(part: &str) -> String {
-    part.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect::<String>().replace("..", "__")
+    part.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .collect::<String>()
+        .replace("..", "__")
 }
 
 impl Cache {
@@ -123,7 +127,8 @@ mod tests {
         let p = cache.put_module(&d, b"\0asm").unwrap();
         assert_eq!(cache.module(&d).unwrap(), Some(p.clone()));
         assert!(p.starts_with(&dir));
-        let r: Reference = "127.0.0.1:5000/../../etc/x:1.0".parse().unwrap_or_else(|_| "127.0.0.1:5000/a/b:1.0".parse().unwrap());
+        let r: Reference =
+            "127.0.0.1:5000/../../etc/x:1.0".parse().unwrap_or_else(|_| "127.0.0.1:5000/a/b:1.0".parse().unwrap());
         cache.put_tag(&r, &d).unwrap();
         assert_eq!(cache.tag(&r), Some(d.clone()));
         assert!(cache.tag_path(&r).unwrap().starts_with(&dir));

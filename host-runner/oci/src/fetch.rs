@@ -96,10 +96,9 @@ pub async fn fetch_oci(text: &str, sha256: Option<&str>, options: &FetchOptions)
 fn pinned_digest(reference: &Reference, sha256: Option<&str>) -> anyhow::Result<Option<String>> {
     let configured = sha256.map(normalize_sha256).transpose()?;
     match (reference.digest(), configured) {
-        (Some(a), Some(b)) if a != b => anyhow::bail!(
-            "{} pins manifest {a} but its sha256 says {b}",
-            reference.whole()
-        ),
+        (Some(a), Some(b)) if a != b => {
+            anyhow::bail!("{} pins manifest {a} but its sha256 says {b}", reference.whole())
+        }
         (Some(a), _) => Ok(Some(a.to_owned())),
         (None, b) => Ok(b),
     }
@@ -123,7 +122,9 @@ async fn check_cached_signature(reference: &Reference, digest: &str, options: &F
 async fn pull(reference: &Reference, pinned: Option<&str>, options: &FetchOptions) -> anyhow::Result<Fetched> {
     let registry = Registry::for_reference(&options.registry, reference);
     let by = match pinned {
-        Some(d) => Reference::with_digest(reference.registry().to_owned(), reference.repository().to_owned(), d.to_owned()),
+        Some(d) => {
+            Reference::with_digest(reference.registry().to_owned(), reference.repository().to_owned(), d.to_owned())
+        }
         None => reference.clone(),
     };
     let manifest = registry.manifest(&by).await?;
@@ -131,7 +132,11 @@ async fn pull(reference: &Reference, pinned: Option<&str>, options: &FetchOption
         if manifest.digest != want {
             return Err(failure(
                 FailureKind::Digest,
-                format!("{}: the manifest's digest is {}, the configuration pins {want}", reference.whole(), manifest.digest),
+                format!(
+                    "{}: the manifest's digest is {}, the configuration pins {want}",
+                    reference.whole(),
+                    manifest.digest
+                ),
             ));
         }
     }
@@ -157,7 +162,9 @@ async fn pull(reference: &Reference, pinned: Option<&str>, options: &FetchOption
 pub async fn fetch_http(url: &str, sha256: Option<&str>, options: &FetchOptions) -> anyhow::Result<Fetched> {
     let want = sha256.map(normalize_sha256).transpose()?;
     if options.require_signature.is_some() && want.is_none() {
-        anyhow::bail!("{url}: signatures cover oci:// modules; with --require-signature an http(s) module must be pinned by sha256");
+        anyhow::bail!(
+            "{url}: signatures cover oci:// modules; with --require-signature an http(s) module must be pinned by sha256"
+        );
     }
     if let Some(want) = &want {
         let path = options.cache.http_module_path(crate::digest_hex(want)?);
@@ -173,7 +180,13 @@ pub async fn fetch_http(url: &str, sha256: Option<&str>, options: &FetchOptions)
         .context("building an HTTP client")?;
     let response = client.get(url).send().await.map_err(|e| {
         let kind = if e.is_connect() || e.is_timeout() { FailureKind::Network } else { FailureKind::Other };
-        failure(kind, format!("fetching {url}: {e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))
+        failure(
+            kind,
+            format!(
+                "fetching {url}: {e}: {}",
+                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+            ),
+        )
     })?;
     let status = response.status();
     if !status.is_success() {
@@ -188,7 +201,10 @@ pub async fn fetch_http(url: &str, sha256: Option<&str>, options: &FetchOptions)
     let digest = digest_of(&body);
     if let Some(want) = &want {
         if &digest != want {
-            return Err(failure(FailureKind::Digest, format!("{url}: the module's digest is {digest}, the configuration pins {want}")));
+            return Err(failure(
+                FailureKind::Digest,
+                format!("{url}: the module's digest is {digest}, the configuration pins {want}"),
+            ));
         }
     }
     wasm::check_magic(&body).with_context(|| url.to_owned())?;
@@ -205,7 +221,10 @@ mod tests {
     fn sha256_forms_normalize() {
         let hex = "AB".repeat(32);
         assert_eq!(normalize_sha256(&hex).unwrap(), format!("sha256:{}", hex.to_lowercase()));
-        assert_eq!(normalize_sha256(&format!("sha256:{}", "cd".repeat(32))).unwrap(), format!("sha256:{}", "cd".repeat(32)));
+        assert_eq!(
+            normalize_sha256(&format!("sha256:{}", "cd".repeat(32))).unwrap(),
+            format!("sha256:{}", "cd".repeat(32))
+        );
         assert!(normalize_sha256("abc").is_err());
     }
 

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use anyhow::Context;
+pub use oci_client::Reference;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
-pub use oci_client::Reference;
 
 use crate::artifact::Artifact;
 use crate::{digest_hex, digest_of, media};
@@ -23,7 +23,10 @@ pub enum Auth {
     #[default]
     Auto,
     Anonymous,
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// A registry bearer token used as is.
     Bearer(String),
 }
@@ -92,9 +95,7 @@ fn classify(err: OciDistributionError, what: &str) -> Failure {
     use OciDistributionError as E;
     let kind = match &err {
         E::RequestError(e) if e.is_connect() || e.is_timeout() || e.is_request() => FailureKind::Network,
-        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) | E::RegistryTokenDecodeError(_) => {
-            FailureKind::Auth
-        }
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) | E::RegistryTokenDecodeError(_) => FailureKind::Auth,
         E::ServerError { code: 401 | 403, .. } => FailureKind::Auth,
         E::ServerError { code: 404, .. } | E::ImageManifestNotFoundError(_) => FailureKind::NotFound,
         E::DigestError(_) => FailureKind::Digest,
@@ -153,7 +154,8 @@ pub fn is_loopback_registry(registry: &str) -> bool {
 /// Parses `registry/repository[:tag][@sha256:…]`, with or without `oci://`.
 pub fn parse_reference(text: &str) -> anyhow::Result<Reference> {
     let bare = text.strip_prefix("oci://").unwrap_or(text);
-    bare.parse::<Reference>().with_context(|| format!("{text:?} is not an OCI reference (registry/repository:tag or @sha256:…)"))
+    bare.parse::<Reference>()
+        .with_context(|| format!("{text:?} is not an OCI reference (registry/repository:tag or @sha256:…)"))
 }
 
 impl Registry {
@@ -248,8 +250,12 @@ impl Registry {
                 .into());
             }
         }
-        let manifest: OciImageManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Failure::new(FailureKind::Other, format!("the manifest of {} is not an image manifest: {e}", reference.whole())))?;
+        let manifest: OciImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
+            Failure::new(
+                FailureKind::Other,
+                format!("the manifest of {} is not an image manifest: {e}", reference.whole()),
+            )
+        })?;
         Ok(PulledManifest { bytes: bytes.to_vec(), digest, manifest })
     }
 

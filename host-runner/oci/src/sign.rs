@@ -202,7 +202,8 @@ pub async fn fetch_signatures(
         let Some(sig) = layer.annotations.as_ref().and_then(|a| a.get(media::COSIGN_SIGNATURE_ANNOTATION)) else {
             continue;
         };
-        let signature = B64.decode(sig.trim()).with_context(|| format!("a signature in {} is not base64", sig_ref.whole()))?;
+        let signature =
+            B64.decode(sig.trim()).with_context(|| format!("a signature in {} is not base64", sig_ref.whole()))?;
         let payload = registry.blob(&sig_ref, layer).await?;
         out.push(Signature { payload, signature });
     }
@@ -311,7 +312,9 @@ mod tests {
         check_signatures(&sigs, &d1, &key.public(), "x").unwrap();
         let msg = |r: anyhow::Result<()>| format!("{:#}", r.unwrap_err());
         assert!(msg(check_signatures(&[], &d1, &key.public(), "x")).contains("is not signed"));
-        assert!(msg(check_signatures(&sigs, &d1, &other.public(), "x")).contains("none of its 1 signature(s) verifies"));
+        assert!(
+            msg(check_signatures(&sigs, &d1, &other.public(), "x")).contains("none of its 1 signature(s) verifies")
+        );
         assert!(msg(check_signatures(&sigs, &d2, &key.public(), "x")).contains("was changed after signing"));
     }
 

@@ -57,7 +57,8 @@ mod tests {
 
     #[test]
     fn packing_is_reproducible_and_round_trips() {
-        let files = vec![("plugin.wasm".to_owned(), b"\0asm\x01\0\0\0".to_vec()), ("a/b.txt".to_owned(), b"hi".to_vec())];
+        let files =
+            vec![("plugin.wasm".to_owned(), b"\0asm\x01\0\0\0".to_vec()), ("a/b.txt".to_owned(), b"hi".to_vec())];
         let a = pack(&files).unwrap();
         let b = pack(&files).unwrap();
         assert_eq!(a.gz, b.gz);

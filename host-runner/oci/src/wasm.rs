@@ -67,7 +67,8 @@ pub struct WasmMeta {
 }
 
 fn runtime_config(meta: &WasmMeta) -> Vec<u8> {
-    let config = json!({"type": "envoy_proxy", "abiVersions": [meta.abi_version], "config": {"rootIds": meta.root_ids}});
+    let config =
+        json!({"type": "envoy_proxy", "abiVersions": [meta.abi_version], "config": {"rootIds": meta.root_ids}});
     serde_json::to_vec(&config).expect("json")
 }
 
@@ -190,7 +191,11 @@ mod tests {
 
     fn pulled(a: &Artifact) -> PulledManifest {
         let bytes = a.manifest();
-        PulledManifest { digest: digest_of(&bytes), manifest: serde_json::from_slice::<OciImageManifest>(&bytes).unwrap(), bytes }
+        PulledManifest {
+            digest: digest_of(&bytes),
+            manifest: serde_json::from_slice::<OciImageManifest>(&bytes).unwrap(),
+            bytes,
+        }
     }
 
     fn layer_of(a: &Artifact, d: &OciDescriptor) -> Vec<u8> {

@@ -202,8 +202,11 @@ pub fn render(catalog: &Catalog, options: &SiteOptions) -> anyhow::Result<SiteRe
     }
 
     let cards: Vec<Card> = catalog.entries.iter().map(card).collect();
-    let categories: Vec<&str> =
-        Category::ALL.iter().filter(|c| catalog.entries.iter().any(|e| e.item.category == **c)).map(|c| c.name()).collect();
+    let categories: Vec<&str> = Category::ALL
+        .iter()
+        .filter(|c| catalog.entries.iter().any(|e| e.item.category == **c))
+        .map(|c| c.name())
+        .collect();
     let kinds: Vec<(&str, &str)> = Kind::ALL.iter().map(|k| (k.name(), k.title())).collect();
     let mut pages = 0;
     let index = env.get_template("index.html")?.render(context! {
@@ -223,7 +226,8 @@ pub fn render(catalog: &Catalog, options: &SiteOptions) -> anyhow::Result<SiteRe
     for entry in &catalog.entries {
         let item = &entry.item;
         let readme_path = entry.path(&item.readme);
-        let readme = std::fs::read_to_string(&readme_path).with_context(|| format!("reading {}", readme_path.display()))?;
+        let readme =
+            std::fs::read_to_string(&readme_path).with_context(|| format!("reading {}", readme_path.display()))?;
         let readme_html = markdown(&readme, readme_path.parent().unwrap_or(Path::new(".")), &catalog.repo);
         let mut configs: Vec<(String, String)> = Vec::new();
         let mut config_files: Vec<&str> = item.examples.iter().map(String::as_str).collect();
@@ -250,12 +254,18 @@ pub fn render(catalog: &Catalog, options: &SiteOptions) -> anyhow::Result<SiteRe
             (None, Some(b)) => b
                 .oci
                 .iter()
-                .map(|(v, o)| Digest { variant: v.clone(), reference: format!("(not published) :{}", o.tag), digest: o.digest.clone() })
+                .map(|(v, o)| Digest {
+                    variant: v.clone(),
+                    reference: format!("(not published) :{}", o.tag),
+                    digest: o.digest.clone(),
+                })
                 .collect(),
             (None, None) => Vec::new(),
         };
         let signature = match published {
-            Some(PublishedItem { signed_by: Some(k), .. }) => format!("signed (cosign-compatible, ECDSA P-256 key {k})"),
+            Some(PublishedItem { signed_by: Some(k), .. }) => {
+                format!("signed (cosign-compatible, ECDSA P-256 key {k})")
+            }
             Some(_) => "published unsigned".to_owned(),
             None => "not published".to_owned(),
         };
@@ -264,7 +274,11 @@ pub fn render(catalog: &Catalog, options: &SiteOptions) -> anyhow::Result<SiteRe
             .iter()
             .map(|mesh| ConformanceRow {
                 mesh: mesh.clone(),
-                status: if item.conformance.is_empty() { "no results yet".into() } else { format!("{} result file(s)", item.conformance.len()) },
+                status: if item.conformance.is_empty() {
+                    "no results yet".into()
+                } else {
+                    format!("{} result file(s)", item.conformance.len())
+                },
             })
             .collect();
         let registry = options.published.as_ref().map(|p| p.registry.as_str());

@@ -144,7 +144,7 @@ pub fn start(config: ProxyConfig, source: ConfigSource) -> anyhow::Result<Proxy>
     Ok(Proxy { listeners: bound, admin, reloader })
 }
 
-fn default_cache_dir() -> Option<std::path::PathBuf> {
+pub(crate) fn default_cache_dir() -> Option<std::path::PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;

@@ -29,6 +29,8 @@ pub struct ConfigSource {
     pub kind: ConfigKind,
     /// `--resolve` overrides.
     pub resolve: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// How `oci://` and `http(s)://` modules are pulled.
+    pub pull: crate::modules::PullSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +46,7 @@ impl ConfigSource {
             ConfigKind::Envoy { path, allow_unsupported } => crate::envoy::load(path, *allow_unsupported)?,
         };
         config.resolve.clone_from(&self.resolve);
+        crate::modules::fetch_all(&mut config, &self.pull)?;
         Ok(config)
     }
 }
