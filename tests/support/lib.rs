@@ -5,6 +5,7 @@
 //! `make test` runs first). Set MESHWORK_BIN to test another binary.
 
 pub mod grpc;
+pub mod registry;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read};
@@ -441,6 +442,26 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
 /// Runs `meshwork args…` to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(meshwork_bin()).args(args).output().expect("run meshwork");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `meshwork args…` with `stdin` as its input and `env` added to its environment.
+pub fn run_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(meshwork_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run meshwork");
+    child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
+    let out = child.wait_with_output().expect("wait for meshwork");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -62,7 +62,8 @@ pub struct PolicySet {
 impl PolicySet {
     /// The catalog's policies, compiled.
     pub fn load(catalog: &Catalog) -> anyhow::Result<PolicySet> {
-        let policies = catalog.of_kind(Kind::Policy).map(compile).collect::<anyhow::Result<Vec<_>>>()?;
+        let lib = shared_modules(catalog)?;
+        let policies = catalog.of_kind(Kind::Policy).map(|e| compile(e, &lib)).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(PolicySet { policies })
     }
 
@@ -86,11 +87,30 @@ impl PolicySet {
     }
 }
 
-fn compile(entry: &Entry) -> anyhow::Result<Policy> {
+/// Rego modules every policy may import: `catalog/policies/*.rego` (helpers that find filters
+/// in each kind of document).
+fn shared_modules(catalog: &Catalog) -> anyhow::Result<Vec<(String, String)>> {
+    let dir = catalog.root.join(Kind::Policy.dir());
+    let mut out = Vec::new();
+    if let Ok(read) = std::fs::read_dir(&dir) {
+        let mut paths: Vec<_> = read.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths.into_iter().filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "rego")) {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            out.push((path.display().to_string(), text));
+        }
+    }
+    Ok(out)
+}
+
+fn compile(entry: &Entry, lib: &[(String, String)]) -> anyhow::Result<Policy> {
     let spec = entry.item.policy.as_ref().context("policy section")?;
     let path = entry.path(&spec.rego);
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut engine = regorus::Engine::new();
+    for (name, module) in lib {
+        engine.add_policy(name.clone(), module.clone()).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    }
     engine.add_policy(path.display().to_string(), text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(Policy { name: entry.item.name.clone(), rule: spec.rule.clone(), applies_to: spec.applies_to.clone(), engine })
 }
@@ -122,12 +142,23 @@ fn evaluate(p: &mut Policy, doc: &Value, document: usize) -> anyhow::Result<Vec<
 /// it fails (`catalog validate` runs this).
 pub fn self_test(catalog: &Catalog) -> Vec<Problem> {
     let mut problems = Vec::new();
+    let lib = match shared_modules(catalog) {
+        Ok(lib) => lib,
+        Err(e) => {
+            problems.push(Problem {
+                file: catalog.root.join(Kind::Policy.dir()),
+                field: String::new(),
+                message: format!("{e:#}"),
+            });
+            return problems;
+        }
+    };
     for entry in catalog.of_kind(Kind::Policy) {
         let spec = entry.item.policy.as_ref().expect("validated");
         let mut report = |field: String, message: String| {
             problems.push(Problem { file: entry.file(), field, message });
         };
-        let mut policy = match compile(entry) {
+        let mut policy = match compile(entry, &lib) {
             Ok(p) => p,
             Err(e) => {
                 report("policy.rego".into(), format!("{e:#}"));

@@ -121,13 +121,14 @@ async fn check_cached_signature(reference: &Reference, digest: &str, options: &F
 
 async fn pull(reference: &Reference, pinned: Option<&str>, options: &FetchOptions) -> anyhow::Result<Fetched> {
     let registry = Registry::for_reference(&options.registry, reference);
-    let by = match pinned {
-        Some(d) => {
-            Reference::with_digest(reference.registry().to_owned(), reference.repository().to_owned(), d.to_owned())
-        }
-        None => reference.clone(),
-    };
-    let manifest = registry.manifest(&by).await?;
+    // As Istio: read what the reference names (a tag, or a digest), then compare it with the
+    // pinned digest, so a moved tag is reported as a digest mismatch.
+    let manifest = registry.manifest(reference).await?;
+    let by = Reference::with_digest(
+        reference.registry().to_owned(),
+        reference.repository().to_owned(),
+        manifest.digest.clone(),
+    );
     if let Some(want) = pinned {
         if manifest.digest != want {
             return Err(failure(

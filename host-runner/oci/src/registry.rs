@@ -95,6 +95,8 @@ fn classify(err: OciDistributionError, what: &str) -> Failure {
     use OciDistributionError as E;
     let kind = match &err {
         E::RequestError(e) if e.is_connect() || e.is_timeout() || e.is_request() => FailureKind::Network,
+        E::RequestError(e) if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) => FailureKind::Auth,
+        E::RequestError(e) if e.status().map(|s| s.as_u16()) == Some(404) => FailureKind::NotFound,
         E::UnauthorizedError { .. } | E::AuthenticationFailure(_) | E::RegistryTokenDecodeError(_) => FailureKind::Auth,
         E::ServerError { code: 401 | 403, .. } => FailureKind::Auth,
         E::ServerError { code: 404, .. } | E::ImageManifestNotFoundError(_) => FailureKind::NotFound,
