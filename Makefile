@@ -11,7 +11,7 @@ EBPF_PROGRAMS := xdp-ratelimit sockops-rtt connect-breaker xdp-pass
 EBPF_CRATE := ebpf/meshwork-ebpf-programs
 EBPF_TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' $(EBPF_CRATE)/rust-toolchain.toml)
 
-.PHONY: all setup build ebpf filters test-filters test demo bench lint fuzz clean
+.PHONY: all setup build ebpf filters test-filters playground test demo bench lint fuzz clean
 
 all: build filters
 
@@ -48,7 +48,14 @@ test-filters: setup
 	cd tests/filters/as-headers && npm ci --no-audit --no-fund --loglevel=error && npx asc assembly/index.ts --target release
 	cp tests/filters/as-headers/build/as-headers.wasm target/test-filters/as-headers.wasm
 
-test: build filters test-filters
+# The catalog's playground: the patterns' decision code for the browser, compiled with
+# wasm-bindgen into target/playground (`meshwork catalog site --playground` copies it).
+playground: setup
+	$(CARGO) build --profile filter --target wasm32-unknown-unknown -p meshwork-playground
+	wasm-bindgen --target web --no-typescript --out-dir target/playground target/wasm32-unknown-unknown/filter/meshwork_playground.wasm
+	@ls -l target/playground
+
+test: build filters test-filters playground
 	$(CARGO) test --release --workspace
 
 # Long property-based fuzzing of the header-pairs decoder and the hostcall surface (random
@@ -57,7 +64,7 @@ FUZZ_CASES ?= 20000
 fuzz: setup
 	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p meshwork-wasm-host --test fuzz
 
-demo: build filters
+demo: build filters playground
 	scripts/demo.sh
 
 bench: build filters

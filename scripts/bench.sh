@@ -6,7 +6,8 @@
 #  3. the same filters' cost in instructions (callgrind), which does not move with the load;
 #  4. the load generator: requests per CPU-second of meshwork load vs wrk and h2load;
 #  5. TLS termination and handshakes vs nginx, and a filter's gRPC callout;
-#  6. eBPF programs at XDP vs iptables and nftables.
+#  6. eBPF programs at XDP vs iptables and nftables;
+#  7. the catalog: build + site, publish to a local registry, starting with cached oci:// filters.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -64,3 +65,7 @@ if [ "$(id -u)" -eq 0 ]; then
 else
   echo "   (needs root for XDP, namespaces and firewall rules: skipped)"
 fi
+
+echo
+echo "== 7. the catalog (targets: build + site < 10 s, publish < 30 s, start with three cached oci:// filters < 300 ms)"
+python3 scripts/bench_catalog.py

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # meshwork demo: the sample app behind `meshwork run` with the measure and local-rate-limit
 # filters on two workers, some traffic, and what the filters saw; then retries and a circuit
-# breaker at work (scripts/demo_patterns.sh). Stops everything it starts.
+# breaker at work (scripts/demo_patterns.sh), a short benchmark, and the catalog published to a
+# local registry and its web site (scripts/demo_catalog.sh). Stops everything it starts.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -97,5 +98,8 @@ echo "== patterns: retries and a circuit breaker in front of a flaky service and
 "$root/scripts/demo_patterns.sh" "$app"
 
 echo; "$root/scripts/demo_bench.sh" "$app"  # direct vs through meshwork with these filters: SMP results, table, SVG
+echo
+echo "== the catalog: published to a local OCI registry, signed, a filter run from it, the web site"
+"$root/scripts/demo_catalog.sh" "$app"
 echo
 echo "== metrics in Prometheus format: $admin/stats/prometheus (stopping everything now)"

@@ -5,10 +5,12 @@ set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*"; }
 
-if ! rustup target list --installed | grep -qx wasm32-wasip1; then
-  say "adding rust target wasm32-wasip1"
-  rustup target add wasm32-wasip1
-fi
+for target in wasm32-wasip1 wasm32-unknown-unknown; do
+  if ! rustup target list --installed | grep -qx "$target"; then
+    say "adding rust target $target"
+    rustup target add "$target"
+  fi
+done
 
 # Debian packages: node/npm (AssemblyScript test filter), wrk, h2load and nginx (benchmarks),
 # curl (demo), redis-server (the global rate limit's shared store in tests), valgrind (the
@@ -35,6 +37,13 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v nft >/dev/null || need+=(nftables)
 command -v ethtool >/dev/null || need+=(ethtool)
+# The catalog: an OCI registry (distribution 2.8) and skopeo for the publishing tests, htpasswd
+# for the registry's auth, chromium and its WebDriver for the site's browser tests.
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -46,6 +55,10 @@ if [ ${#need[@]} -gt 0 ]; then
   # Nor Redis: tests start private instances on free ports; stop the system one on 6379.
   if [[ " ${need[*]} " == *" redis-server "* ]]; then
     $sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
+  fi
+  # Nor the registry: tests and the demo start their own on free ports.
+  if [[ " ${need[*]} " == *" docker-registry "* ]]; then
+    $sudo systemctl disable --now docker-registry >/dev/null 2>&1 || $sudo service docker-registry stop >/dev/null 2>&1 || true
   fi
 fi
 
@@ -60,5 +73,13 @@ fi
 if ! bpf-linker --version 2>/dev/null | grep -q ' 0\.13\.0'; then
   say "building bpf-linker 0.13.0 against LLVM 22 (about 2 minutes)"
   LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22
+fi
+# The catalog's playground is compiled with wasm-bindgen; its CLI must be the version of the
+# wasm-bindgen crate in Cargo.lock. (Not --locked: the CLI's lock file pins a webpki-roots
+# release that crates.io mirrors may lack; any compatible release builds it.)
+wasm_bindgen=$(sed -n '/^name = "wasm-bindgen"$/{n;s/^version = "\(.*\)"/\1/p}' "$(dirname "$0")/../Cargo.lock")
+if ! wasm-bindgen --version 2>/dev/null | grep -q " $wasm_bindgen\$"; then
+  say "building wasm-bindgen-cli $wasm_bindgen (about 3 minutes)"
+  cargo install wasm-bindgen-cli --version "$wasm_bindgen"
 fi
 say "ok"

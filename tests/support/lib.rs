@@ -6,6 +6,7 @@
 
 pub mod grpc;
 pub mod registry;
+pub mod static_files;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read};
@@ -436,6 +437,24 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls an async `check` until it yields something, for up to `timeout`.
+pub async fn eventually_async<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

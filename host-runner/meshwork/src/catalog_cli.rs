@@ -336,7 +336,7 @@ pub fn run(args: CatalogArgs) -> anyhow::Result<ExitCode> {
             }
             let count = |k: Kind| catalog.of_kind(k).count();
             println!(
-                "catalog {}: {} items valid ({} patterns, {} filters, {} eBPF programs, {} policies)",
+                "{}: {} items valid ({} patterns, {} filters, {} eBPF programs, {} policies)",
                 dir.display(),
                 catalog.entries.len(),
                 count(Kind::Pattern),
