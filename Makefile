@@ -75,6 +75,7 @@ lint: setup
 	rustfmt --edition 2024 --check $(wildcard $(EBPF_CRATE)/src/*.rs $(EBPF_CRATE)/src/bin/*.rs)
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --profile filter --target $(WASM_TARGET) $(foreach f,$(FILTERS) support,-p meshwork-filter-$(f)) -- -D warnings
+	$(CARGO) clippy --profile filter --target wasm32-unknown-unknown -p meshwork-playground -- -D warnings
 
 clean:
 	$(CARGO) clean

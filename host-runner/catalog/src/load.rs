@@ -208,10 +208,10 @@ fn check_item(entry: &Entry, kind: Kind, repo: &Path, problems: &mut Vec<Problem
     if !is_semver(&item.version) {
         bad("version", format!("{:?} is not a semantic version (MAJOR.MINOR.PATCH)", item.version));
     }
-    if let Some(c) = &item.created_at {
-        if !is_rfc3339(c) {
-            bad("createdAt", format!("{c:?} is not an RFC 3339 time (2026-01-31T12:00:00Z)"));
-        }
+    if let Some(c) = &item.created_at
+        && !is_rfc3339(c)
+    {
+        bad("createdAt", format!("{c:?} is not an RFC 3339 time (2026-01-31T12:00:00Z)"));
     }
     if item.display_name.trim().is_empty() {
         bad("displayName", "must not be empty".into());
@@ -275,11 +275,11 @@ fn check_item(entry: &Entry, kind: Kind, repo: &Path, problems: &mut Vec<Problem
         if !declares {
             bad("filter.crate", format!("{:?} is not the package of the item's source", f.crate_name));
         }
-        if let Some(p) = &f.playground {
-            if !meshwork_playground::PLAYGROUNDS.iter().any(|pg| pg.name == p) {
-                let known: Vec<&str> = meshwork_playground::PLAYGROUNDS.iter().map(|pg| pg.name).collect();
-                bad("filter.playground", format!("{p:?} is not one of {}", known.join(", ")));
-            }
+        if let Some(p) = &f.playground
+            && !meshwork_playground::PLAYGROUNDS.iter().any(|pg| pg.name == p)
+        {
+            let known: Vec<&str> = meshwork_playground::PLAYGROUNDS.iter().map(|pg| pg.name).collect();
+            bad("filter.playground", format!("{p:?} is not one of {}", known.join(", ")));
         }
     }
     if let Some(e) = &item.ebpf {
@@ -301,10 +301,10 @@ fn check_item(entry: &Entry, kind: Kind, repo: &Path, problems: &mut Vec<Problem
     }
     if let Some(p) = &item.pattern {
         for (field, rel) in [("pattern.config", Some(&p.config)), ("pattern.envoy", p.envoy.as_ref())] {
-            if let Some(rel) = rel {
-                if !entry.path(rel).is_file() {
-                    bad(field, format!("{} does not exist", entry.path(rel).display()));
-                }
+            if let Some(rel) = rel
+                && !entry.path(rel).is_file()
+            {
+                bad(field, format!("{} does not exist", entry.path(rel).display()));
             }
         }
         check_test_name(&p.test, repo, &mut bad);

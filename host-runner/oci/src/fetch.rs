@@ -73,11 +73,11 @@ pub async fn fetch_oci(text: &str, sha256: Option<&str>, options: &FetchOptions)
         (None, PullPolicy::IfNotPresent) => options.cache.tag(&reference),
         (None, _) => None,
     };
-    if let Some(digest) = cached_digest {
-        if let Some(path) = options.cache.module(&digest)? {
-            let signature_verified = check_cached_signature(&reference, &digest, options).await?;
-            return Ok(Fetched { path, digest, from_cache: true, signature_verified });
-        }
+    if let Some(digest) = cached_digest
+        && let Some(path) = options.cache.module(&digest)?
+    {
+        let signature_verified = check_cached_signature(&reference, &digest, options).await?;
+        return Ok(Fetched { path, digest, from_cache: true, signature_verified });
     }
     match pull(&reference, pinned.as_deref(), options).await {
         Ok(f) => Ok(f),
@@ -129,17 +129,17 @@ async fn pull(reference: &Reference, pinned: Option<&str>, options: &FetchOption
         reference.repository().to_owned(),
         manifest.digest.clone(),
     );
-    if let Some(want) = pinned {
-        if manifest.digest != want {
-            return Err(failure(
-                FailureKind::Digest,
-                format!(
-                    "{}: the manifest's digest is {}, the configuration pins {want}",
-                    reference.whole(),
-                    manifest.digest
-                ),
-            ));
-        }
+    if let Some(want) = pinned
+        && manifest.digest != want
+    {
+        return Err(failure(
+            FailureKind::Digest,
+            format!(
+                "{}: the manifest's digest is {}, the configuration pins {want}",
+                reference.whole(),
+                manifest.digest
+            ),
+        ));
     }
     let signatures = match &options.require_signature {
         Some(key) => Some(sign::verify(&registry, reference, &manifest.digest, key).await?),
@@ -200,13 +200,13 @@ pub async fn fetch_http(url: &str, sha256: Option<&str>, options: &FetchOptions)
     }
     let body = response.bytes().await.map_err(|e| failure(FailureKind::Network, format!("reading {url}: {e}")))?;
     let digest = digest_of(&body);
-    if let Some(want) = &want {
-        if &digest != want {
-            return Err(failure(
-                FailureKind::Digest,
-                format!("{url}: the module's digest is {digest}, the configuration pins {want}"),
-            ));
-        }
+    if let Some(want) = &want
+        && &digest != want
+    {
+        return Err(failure(
+            FailureKind::Digest,
+            format!("{url}: the module's digest is {digest}, the configuration pins {want}"),
+        ));
     }
     wasm::check_magic(&body).with_context(|| url.to_owned())?;
     let hex_digest = hex(&<sha2::Sha256 as sha2::Digest>::digest(&body));

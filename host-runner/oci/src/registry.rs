@@ -293,14 +293,14 @@ impl Registry {
             .await
             .map_err(|e| classify(e, &format!("reading the manifest of {}", reference.whole())))?;
         let digest = digest_of(&bytes);
-        if let Some(want) = reference.digest() {
-            if want != digest {
-                return Err(Failure::new(
-                    FailureKind::Digest,
-                    format!("{} served a manifest whose digest is {digest}", reference.whole()),
-                )
-                .into());
-            }
+        if let Some(want) = reference.digest()
+            && want != digest
+        {
+            return Err(Failure::new(
+                FailureKind::Digest,
+                format!("{} served a manifest whose digest is {digest}", reference.whole()),
+            )
+            .into());
         }
         let manifest: OciImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
             Failure::new(

@@ -137,10 +137,10 @@ pub fn find_module(pulled: &PulledManifest) -> anyhow::Result<(Layout, OciDescri
     if last.media_type == media::DOCKER_LAYER_TAR_GZIP || last.media_type == media::OCI_LAYER_TAR_GZIP {
         return Ok((Layout::TarGz, last.clone()));
     }
-    if layers.len() == 2 {
-        if let Some(l) = layers.iter().find(|l| l.media_type == media::SOLO_WASM_LAYER) {
-            return Ok((Layout::Raw, l.clone()));
-        }
+    if layers.len() == 2
+        && let Some(l) = layers.iter().find(|l| l.media_type == media::SOLO_WASM_LAYER)
+    {
+        return Ok((Layout::Raw, l.clone()));
     }
     if layers.len() == 1 && last.media_type == media::TAG_RUNTIME_WASM_LAYER {
         return Ok((Layout::Raw, last.clone()));
