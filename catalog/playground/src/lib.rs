@@ -57,8 +57,10 @@ pub struct Playground {
     pub crate_name: &'static str,
     pub summary: &'static str,
     pub params: &'static [Param],
-    /// Columns of the series; the chart draws the first `plotted`.
+    /// Columns of the series, one line each in the chart.
     pub columns: &'static [&'static str],
+    /// What the columns count (gauges are levels at the end of each 100 ms).
+    pub legend: &'static str,
 }
 
 const TRAFFIC: [Param; 2] = [
@@ -81,6 +83,7 @@ pub const PLAYGROUNDS: [Playground; 4] = [
             p("burst", "Burst (bucket size)", 1.0, 2000.0, 1.0, 20.0, "tokens"),
         ],
         columns: &["allowed", "denied", "tokens"],
+        legend: "allowed and denied: requests per 100 ms; tokens: whole tokens left after the last request of each 100 ms.",
     },
     Playground {
         name: "circuit-breaker",
@@ -103,6 +106,7 @@ pub const PLAYGROUNDS: [Playground; 4] = [
             p("probes", "Half-open probes", 1.0, 20.0, 1.0, 2.0, ""),
         ],
         columns: &["allowed", "probes", "rejected", "failed", "phase"],
+        legend: "allowed, probes (half-open), rejected and failed: requests per 100 ms; phase: 0 closed, 1 open, 2 half-open.",
     },
     Playground {
         name: "retry-budget",
@@ -123,6 +127,7 @@ pub const PLAYGROUNDS: [Playground; 4] = [
             p("window_ms", "Budget window", 100.0, 60000.0, 100.0, 10000.0, "ms"),
         ],
         columns: &["requests", "retries", "denied", "failed"],
+        legend: "requests, retries taken, retries the budget denied, and requests that failed in the end, per 100 ms.",
     },
     Playground {
         name: "bulkhead",
@@ -141,6 +146,7 @@ pub const PLAYGROUNDS: [Playground; 4] = [
             p("queue_timeout_ms", "Queue timeout", 1.0, 10000.0, 1.0, 100.0, "ms"),
         ],
         columns: &["admitted", "promoted", "rejected", "timed_out", "in_flight"],
+        legend: "admitted at once, promoted from the queue, rejected, timed out in the queue: per 100 ms; in_flight: requests in flight at the end of each 100 ms.",
     },
 ];
 

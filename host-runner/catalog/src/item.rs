@@ -211,11 +211,15 @@ pub struct Item {
     pub name: String,
     pub display_name: String,
     pub kind: Kind,
+    /// Meshery's `publishedVersion` is accepted for it.
+    #[serde(alias = "publishedVersion")]
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     pub description: String,
     pub class: Class,
+    /// Meshery's catalog `type`, which is accepted for it.
+    #[serde(alias = "type")]
     pub category: Category,
     pub technology: Vec<String>,
     pub compatibility: Vec<String>,

@@ -383,6 +383,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn meshery_field_names_are_accepted() {
+        let item: crate::Item = meshwork_yaml::from_str(
+            "name: x\ndisplayName: X\nkind: pattern\npublishedVersion: 1.0.0\ndescription: d\nclass: reference-architecture\ntype: Traffic-management\ntechnology: [webassembly]\ncompatibility: [istio]\nlicense: MIT\nprovider: {name: p}\nreadme: README.md\n",
+        )
+        .unwrap();
+        assert_eq!((item.version.as_str(), item.category), ("1.0.0", crate::item::Category::TrafficManagement));
+    }
+
+    #[test]
     fn versions_and_names() {
         assert!(is_semver("0.1.0") && is_semver("1.2.3-rc.1+b5"));
         assert!(!is_semver("1.2") && !is_semver("01.2.3") && !is_semver("1.2.x"));
