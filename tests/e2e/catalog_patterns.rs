@@ -111,13 +111,21 @@ fn resilient_upstream() {
         // An outage: ten requests that always fail want twenty retries; the budget (20 % of
         // requests, 5 a second) refuses most, and the breaker opens after the tenth.
         let before = app.requests();
+        let started = Instant::now();
         for _ in 0..10 {
             assert_eq!(get(&p.url("/pay?status=503"), &[]).status, 503);
         }
+        let spent = started.elapsed();
         let attempts = app.requests() - before;
-        let exhausted = p.stat("meshwork_retry_budget_exhausted_total", &[]);
-        assert!(exhausted > 0, "{form:?}: the budget refused nothing");
-        assert!((10..=23).contains(&attempts), "{form:?}: {attempts} attempts for 10 requests");
+        // Whatever the timing: retries stay within the ratio plus the floor of each second
+        // the outage touched (requests so far: at most 13).
+        let seconds = spent.as_secs() + 2;
+        let retries = attempts - 10;
+        assert!(retries <= 5 * seconds + 3, "{form:?}: {retries} retries in {spent:?}");
+        if spent < Duration::from_millis(1500) {
+            // Within two seconds the budget allows at most 13 of the 20 retries asked for.
+            assert!(p.stat("meshwork_retry_budget_exhausted_total", &[]) > 0, "{form:?}: the budget refused nothing");
+        }
         let r = get(&p.url("/pay?status=503"), &[]);
         assert_eq!((r.status, r.header("x-meshwork-circuit")), (503, Some("open")), "{form:?}");
         assert_eq!(app.requests() - before, attempts, "{form:?}: an open circuit sends nothing");
@@ -140,14 +148,18 @@ fn edge_rate_limiting() {
 
         // A burst from one key: the bucket (burst 10, 20 a second) passes ten, plus one per
         // 50 ms of refill; each request has its own user, so the global quota is not involved.
+        let started = Instant::now();
         let codes: Vec<u16> =
             (0..15).map(|i| get(&p.url("/"), &[("x-api-key", "burst"), ("x-user", &format!("u{i}"))]).status).collect();
+        let refilled = started.elapsed().as_millis() as usize / 50;
         let passed = codes.iter().filter(|c| **c == 200).count();
-        assert!((10..=11).contains(&passed), "{form:?}: {codes:?}");
+        assert!((10..=(11 + refilled).min(15)).contains(&passed), "{form:?}: {codes:?} in {:?}", started.elapsed());
         assert!(codes.iter().all(|c| *c == 200 || *c == 429), "{form:?}: {codes:?}");
         assert_eq!(p.stat("meshwork_local_rate_limit_requests_total", &[("outcome", "limited")]), 15 - passed as i64);
 
-        // The global quota: five a minute per user, whichever key they use.
+        // The global quota: five a minute per user, whichever key they use (counted in fixed
+        // minutes, so not across a minute's end).
+        fresh_window(60, Duration::from_secs(5));
         let alice: Vec<u16> =
             (0..6).map(|i| get(&p.url("/"), &[("x-api-key", &format!("a{i}")), ("x-user", "alice")]).status).collect();
         assert_eq!(alice, [200, 200, 200, 200, 200, 429], "{form:?}");
@@ -156,8 +168,11 @@ fn edge_rate_limiting() {
         // The service gone: the global quota fails open; the local limit still holds.
         drop(rls);
         assert_eq!(get(&p.url("/"), &[("x-api-key", "a9"), ("x-user", "alice")]).status, 200, "{form:?}");
-        let codes: Vec<u16> = (0..12).map(|_| get(&p.url("/"), &[("x-api-key", "burst2")]).status).collect();
-        assert!(codes.contains(&429), "{form:?}: {codes:?}");
+        let started = Instant::now();
+        let codes: Vec<u16> = (0..25).map(|_| get(&p.url("/"), &[("x-api-key", "burst2")]).status).collect();
+        let refilled = started.elapsed().as_millis() as usize / 50;
+        let limited = codes.iter().filter(|c| **c == 429).count();
+        assert!(limited + 11 + refilled >= 25 && limited <= 15, "{form:?}: {codes:?}");
     }
 }
 
@@ -213,8 +228,11 @@ fn bulkheaded_service() {
         });
         assert_eq!(other.0, 200, "{form:?}");
         assert!(other.1 < Duration::from_millis(500), "{form:?}: tenant b waited {:?}", other.1);
+        // Two wait in the queue and time out, four find it full (more wait when the ten
+        // arrive spread over more than the queue timeout).
         let outcome = |o: &str| p.stat("meshwork_bulkhead_requests_total", &[("outcome", o)]);
-        assert_eq!((outcome("timed_out"), outcome("rejected")), (2, 4), "{form:?}");
+        let (timed_out, rejected) = (outcome("timed_out"), outcome("rejected"));
+        assert!(timed_out >= 2 && timed_out + rejected == 6, "{form:?}: {timed_out} timed out, {rejected} rejected");
 
         // The deadline frees a place held by a hanging request.
         let t = Instant::now();
