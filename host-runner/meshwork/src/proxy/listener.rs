@@ -112,6 +112,9 @@ pub struct ConnState {
     head_started: Cell<Option<Instant>>,
     h2: Cell<bool>,
     drain: Cell<Option<CloseReason>>,
+    /// The last stream ended: the watchdog must look again (its sleep may run to a deadline
+    /// computed while the connection was busy).
+    became_idle: Cell<bool>,
     watchdog: RefCell<Option<Waker>>,
 }
 
@@ -132,6 +135,7 @@ impl ConnState {
             head_started: Cell::new(None),
             h2: Cell::new(false),
             drain: Cell::new(None),
+            became_idle: Cell::new(false),
             watchdog: RefCell::new(None),
         })
     }
@@ -180,6 +184,10 @@ impl Drop for ActiveStream {
         c.active.set(c.active.get() - 1);
         if c.active.get() == 0 {
             c.idle_since.set(Instant::now());
+            c.became_idle.set(true);
+            if let Some(w) = c.watchdog.borrow().as_ref() {
+                w.wake_by_ref();
+            }
         }
     }
 }
@@ -331,7 +339,8 @@ impl Watchdog {
             }
         }
         let drain_requested = self.hard_deadline.is_none() && self.state.drain.get().is_some();
-        if self.sleep.as_mut().poll(cx).is_pending() && !drain_requested {
+        let became_idle = self.state.became_idle.replace(false);
+        if self.sleep.as_mut().poll(cx).is_pending() && !drain_requested && !became_idle {
             return Poll::Pending;
         }
         loop {
@@ -627,5 +636,40 @@ pub async fn accept_loop(listener: tokio::net::TcpListener, index: usize, worker
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle_connection(idle: Duration) -> (Rc<ConnState>, Watchdog) {
+        let accepted = Accepted { peer: ([127, 0, 0, 1], 1).into(), local: ([127, 0, 0, 1], 2).into(), listener: 0 };
+        let state = ConnState::new(1, accepted, None);
+        let limits = ConnLimits {
+            request_headers_timeout: None,
+            idle_timeout: Some(idle),
+            max_requests: None,
+            max_duration: None,
+            drain_timeout: Duration::from_secs(1),
+        };
+        (state.clone(), Watchdog::new(state, limits))
+    }
+
+    /// A request that arrived before the watchdog first looked made it sleep to a far deadline;
+    /// the end of that request must still start the idle timer.
+    #[tokio::test]
+    async fn the_idle_timer_starts_when_the_last_stream_ends() {
+        let (state, mut watchdog) = idle_connection(Duration::from_millis(50));
+        let stream = state.stream_started(http::Version::HTTP_11);
+        // Past the watchdog's first (immediate) deadline, so that its first poll looks.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let first = std::future::poll_fn(|cx| Poll::Ready(watchdog.poll_verdict(cx))).await;
+        assert!(first.is_pending(), "busy connections are not idle");
+        drop(stream);
+        let verdict = tokio::time::timeout(Duration::from_secs(5), std::future::poll_fn(|cx| watchdog.poll_verdict(cx)))
+            .await
+            .expect("the idle timeout fired");
+        assert_eq!(verdict, Verdict::Drain(CloseReason::IdleTimeout));
     }
 }
