@@ -667,9 +667,10 @@ mod tests {
         let first = std::future::poll_fn(|cx| Poll::Ready(watchdog.poll_verdict(cx))).await;
         assert!(first.is_pending(), "busy connections are not idle");
         drop(stream);
-        let verdict = tokio::time::timeout(Duration::from_secs(5), std::future::poll_fn(|cx| watchdog.poll_verdict(cx)))
-            .await
-            .expect("the idle timeout fired");
+        let verdict =
+            tokio::time::timeout(Duration::from_secs(5), std::future::poll_fn(|cx| watchdog.poll_verdict(cx)))
+                .await
+                .expect("the idle timeout fired");
         assert_eq!(verdict, Verdict::Drain(CloseReason::IdleTimeout));
     }
 }
