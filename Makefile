@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
 FILTERS := measure local-rate-limit circuit-breaker bulkhead retry timeout global-rate-limit health-check traffic-split fault-injection
-TEST_FILTERS := hostcalls misbehave surface
+TEST_FILTERS := hostcalls misbehave noop surface
 STAMP := target/.setup-done
 EBPF_PROGRAMS := xdp-ratelimit sockops-rtt connect-breaker xdp-pass
 EBPF_CRATE := ebpf/meshwork-ebpf-programs
@@ -67,7 +67,7 @@ fuzz: setup
 demo: build filters playground
 	scripts/demo.sh
 
-bench: build filters
+bench: build filters test-filters
 	scripts/bench.sh
 
 lint: setup

@@ -37,8 +37,9 @@ cargo bench -q -p meshwork-wasm-host --bench stream_lifecycle -- "${happy_path[@
 
 echo
 echo "== 2. one proxy hop vs nginx (targets: meshwork hop <= 1.0x nginx CPU/request; measure adds <= 1.5 us;"
-echo "   bounded buffering costs <= 3% of throughput)"
-python3 scripts/bench_hop.py --filters measure "$@"
+echo "   bounded buffering costs <= 3% of throughput); noop is a filter that does nothing, the price of the"
+echo "   filter path and a wasm context alone"
+python3 scripts/bench_hop.py --filters measure "$root/target/test-filters/noop.wasm" "$@"
 
 echo
 echo "== 3. instructions per stream each filter adds (callgrind; does not move with the machine's load)"
