@@ -326,7 +326,9 @@ fn the_rate_limit_service_answers_envoys_grpc_api() {
         let answer = client.should_rate_limit(ask()).await.unwrap().into_inner();
         let status = &answer.statuses[0];
         assert_eq!(status.current_limit.as_ref().map(|l| l.requests_per_unit), Some(2));
-        assert!(status.duration_until_reset.as_ref().is_some_and(|d| d.seconds > 0 && d.seconds <= 3600));
+        let until_reset = status.duration_until_reset.as_ref().expect("duration_until_reset");
+        let until_reset = Duration::new(until_reset.seconds as u64, until_reset.nanos as u32);
+        assert!(until_reset > Duration::ZERO && until_reset <= Duration::from_secs(3600), "{until_reset:?}");
         let bad = client
             .should_rate_limit(RateLimitRequest { domain: String::new(), ..ask() })
             .await
