@@ -305,6 +305,8 @@ fn the_rate_limit_service_answers_envoys_grpc_api() {
         "domain: edge\ndescriptors:\n  - key: tenant\n    rate_limit: {unit: hour, requests_per_unit: 2}\n",
         None,
     );
+    // The service's windows are aligned to the clock: the three asks must share one hour.
+    fresh_window(3600, Duration::from_secs(60));
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         let mut client = RateLimitServiceClient::connect(format!("http://{}", rls.addr)).await.unwrap();
         let ask = || RateLimitRequest {

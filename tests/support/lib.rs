@@ -541,17 +541,7 @@ pub struct RateLimitService {
 
 /// Starts `meshwork ratelimit-service` with `limits` (envoyproxy/ratelimit YAML) as its limits
 /// file, counting in memory or in the Redis at `redis_url`.
-///
-/// The service counts in fixed windows aligned to the clock, as envoyproxy/ratelimit does, and a
-/// test counts inside one window: with hourly limits, a service asked for in the last 30 s of an
-/// hour starts just after it.
 pub fn ratelimit_service(limits: &str, redis_url: Option<&str>) -> RateLimitService {
-    if limits.contains("unit: hour") {
-        let into_hour = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 3600;
-        if into_hour >= 3570 {
-            std::thread::sleep(Duration::from_secs(3601 - into_hour));
-        }
-    }
     let dir = scratch("ratelimit");
     let path = dir.join("limits.yaml");
     std::fs::write(&path, limits).expect("write limits");
