@@ -44,6 +44,8 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# Conformance: HAProxy is one of the targets (nginx, above, is another).
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -52,6 +54,7 @@ if [ ${#need[@]} -gt 0 ]; then
   # Installing nginx must not start a system service: the benchmark runs its own instance.
   RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   pkill -x nginx 2>/dev/null || true
+  pkill -x haproxy 2>/dev/null || true
   # Nor Redis: tests start private instances on free ports; stop the system one on 6379.
   if [[ " ${need[*]} " == *" redis-server "* ]]; then
     $sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true

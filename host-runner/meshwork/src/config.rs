@@ -13,6 +13,9 @@ use meshwork_wasm_host::abi::LogLevel;
 use meshwork_wasm_host::{NodeInfo, PluginConfig, VmLimits};
 use serde::Deserialize;
 
+pub use crate::route_spec::{
+    HeaderMatch, HeaderMods, PathMatch, PathRewrite, Redirect, RouteConfig, RouteMatch, RouteTarget, ValueMatch,
+};
 use crate::tls::{CertificateSpec, ClientTlsSpec, ServerTlsSpec, TlsVersion};
 
 /// Everything `meshwork run` needs, whichever file it came from.
@@ -241,53 +244,6 @@ pub struct RetryBudget {
 }
 
 #[derive(Clone, Debug)]
-pub struct RouteConfig {
-    pub name: String,
-    pub path: PathMatch,
-    pub target: RouteTarget,
-    /// The whole-request timeout (Envoy's route timeout); None disables it.
-    pub timeout: Option<Duration>,
-}
-
-/// Which paths a route takes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PathMatch {
-    /// Paths starting with this ("/" matches all).
-    Prefix(String),
-    /// This path exactly (the query is not part of it).
-    Exact(String),
-}
-
-impl PathMatch {
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-            PathMatch::Exact(p) => path.split('?').next() == Some(p.as_str()),
-        }
-    }
-
-    pub fn text(&self) -> &str {
-        match self {
-            PathMatch::Prefix(p) | PathMatch::Exact(p) => p,
-        }
-    }
-}
-
-/// Where a route sends its requests.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RouteTarget {
-    Cluster(String),
-    /// The cluster named by this request header, as set by a filter (Envoy's `cluster_header`,
-    /// how the traffic-split filter picks a version).
-    ClusterHeader(String),
-    /// The proxy answers itself (Envoy's `direct_response`).
-    Direct {
-        status: u16,
-        body: Bytes,
-    },
-}
-
-#[derive(Clone, Debug)]
 pub struct FilterConfig {
     /// The module on local disk: the file itself, or where a pulled module was cached
     /// (empty until [`crate::modules::fetch_all`] has run).
@@ -482,13 +438,89 @@ struct FileRetryBudget {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRoute {
-    cluster: Option<String>,
-    cluster_header: Option<String>,
-    direct_response: Option<FileDirectResponse>,
     name: Option<String>,
+    // Which requests: one path form, then methods, headers and query parameters.
     prefix: Option<String>,
     path: Option<String>,
+    path_separated_prefix: Option<String>,
+    regex: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    headers: Vec<FileHeaderMatch>,
+    #[serde(default)]
+    query: BTreeMap<String, String>,
+    // What to do: exactly one.
+    cluster: Option<String>,
+    cluster_header: Option<String>,
+    #[serde(default)]
+    backends: Vec<FileBackend>,
+    direct_response: Option<FileDirectResponse>,
+    redirect: Option<FileRedirect>,
+    // On the way.
+    rewrite: Option<FileRewrite>,
+    request_headers: Option<FileHeaderMods>,
+    response_headers: Option<FileHeaderMods>,
     timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHeaderMatch {
+    name: String,
+    exact: Option<String>,
+    regex: Option<String>,
+    #[serde(default)]
+    present: bool,
+    #[serde(default)]
+    invert: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackend {
+    cluster: String,
+    #[serde(default = "unit_weight")]
+    weight: u32,
+}
+
+fn unit_weight() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRedirect {
+    scheme: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    path: Option<String>,
+    prefix: Option<String>,
+    /// Envoy's default, 301.
+    #[serde(default = "moved_permanently")]
+    status: u16,
+}
+
+fn moved_permanently() -> u16 {
+    301
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRewrite {
+    path: Option<String>,
+    prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHeaderMods {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    add: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -746,10 +778,10 @@ impl ProxyConfig {
                         bail!("{what}: filter_chain.buffer_limit must be at least 1KiB");
                     }
                     for r in &h.routes {
+                        if let Some(c) = r.target.clusters().into_iter().find(|c| !names.contains(*c)) {
+                            bail!("route {:?} points at cluster {:?}, which is not defined", r.name, c)
+                        }
                         match &r.target {
-                            RouteTarget::Cluster(c) if !names.contains(c.as_str()) => {
-                                bail!("route {:?} points at cluster {:?}, which is not defined", r.name, c)
-                            }
                             RouteTarget::ClusterHeader(h) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
                                 bail!("route {:?} cluster_header {:?} is not a valid header name", r.name, h)
                             }
@@ -758,8 +790,8 @@ impl ProxyConfig {
                             }
                             _ => {}
                         }
-                        if !r.path.text().starts_with('/') {
-                            bail!("route {:?} path {:?} must start with /", r.name, r.path.text());
+                        if r.matcher.path.is_literal() && !r.matcher.path.text().starts_with('/') {
+                            bail!("route {:?} path {:?} must start with /", r.name, r.matcher.path.text());
                         }
                     }
                 }
@@ -875,23 +907,107 @@ fn server_tls(t: FileServerTls, base: &Path, default_alpn: &[&str]) -> anyhow::R
 
 fn route_config(r: FileRoute) -> anyhow::Result<RouteConfig> {
     let name = r.name.unwrap_or_else(|| "default".into());
-    let target = match (r.cluster, r.cluster_header, r.direct_response) {
-        (Some(c), None, None) => RouteTarget::Cluster(c),
-        (None, Some(h), None) => RouteTarget::ClusterHeader(h.to_ascii_lowercase()),
-        (None, None, Some(d)) => RouteTarget::Direct { status: d.status, body: Bytes::from(d.body) },
-        _ => bail!("route {name:?} needs exactly one of cluster, cluster_header or direct_response"),
+    let backends = (!r.backends.is_empty()).then_some(r.backends);
+    let target = match (r.cluster, r.cluster_header, backends, r.direct_response, r.redirect) {
+        (Some(c), None, None, None, None) => RouteTarget::Cluster(c),
+        (None, Some(h), None, None, None) => RouteTarget::ClusterHeader(h.to_ascii_lowercase()),
+        (None, None, Some(b), None, None) => {
+            if b.iter().all(|b| b.weight == 0) {
+                bail!("route {name:?}: backends need at least one weight above 0");
+            }
+            RouteTarget::Weighted(b.into_iter().map(|b| (b.cluster, b.weight)).collect())
+        }
+        (None, None, None, Some(d), None) => RouteTarget::Direct { status: d.status, body: Bytes::from(d.body) },
+        (None, None, None, None, Some(d)) => RouteTarget::Redirect(Redirect {
+            scheme: d.scheme,
+            host: d.host,
+            port: d.port,
+            path: rewrite(d.path, d.prefix).with_context(|| format!("route {name:?} redirect"))?,
+            status: match d.status {
+                301 | 302 | 303 | 307 | 308 => d.status,
+                s => bail!("route {name:?} redirect status {s}: use 301, 302, 303, 307 or 308"),
+            },
+        }),
+        _ => {
+            bail!("route {name:?} needs exactly one of cluster, cluster_header, backends, direct_response or redirect")
+        }
     };
-    let path = match (r.prefix, r.path) {
-        (Some(p), None) => PathMatch::Prefix(p),
-        (None, Some(p)) => PathMatch::Exact(p),
-        (None, None) => PathMatch::Prefix("/".into()),
-        (Some(_), Some(_)) => bail!("route {name:?} has both prefix and path; give one"),
+    let path = match (r.prefix, r.path, r.path_separated_prefix, r.regex) {
+        (Some(p), None, None, None) => PathMatch::Prefix(p),
+        (None, Some(p), None, None) => PathMatch::Exact(p),
+        (None, None, Some(p), None) => PathMatch::SeparatedPrefix(p),
+        (None, None, None, Some(p)) => PathMatch::regex(&p).with_context(|| format!("route {name:?} regex"))?,
+        (None, None, None, None) => PathMatch::Prefix("/".into()),
+        _ => bail!("route {name:?}: give one of prefix, path, path_separated_prefix or regex"),
     };
+    let methods = r
+        .methods
+        .iter()
+        .map(|m| http::Method::from_bytes(m.as_bytes()).with_context(|| format!("route {name:?} method {m:?}")))
+        .collect::<anyhow::Result<_>>()?;
+    let headers = r
+        .headers
+        .into_iter()
+        .map(|h| {
+            let header = header_name(&h.name).with_context(|| format!("route {name:?} header match"))?;
+            let value = match (h.exact, h.regex, h.present) {
+                (Some(e), None, false) => ValueMatch::Exact(e),
+                (None, Some(r), false) => ValueMatch::Regex(
+                    regex::Regex::new(&format!("^(?:{r})$"))
+                        .with_context(|| format!("route {name:?} header {}", h.name))?,
+                ),
+                (None, None, true) => ValueMatch::Present,
+                _ => bail!("route {name:?} header {}: give one of exact, regex or present: true", h.name),
+            };
+            Ok(HeaderMatch { name: header, value, invert: h.invert })
+        })
+        .collect::<anyhow::Result<_>>()?;
     let timeout = match r.timeout.as_deref() {
         None => Some(Duration::from_secs(15)),
         Some(t) => parse_timeout(t).with_context(|| format!("route {name:?} timeout"))?,
     };
-    Ok(RouteConfig { name, path, target, timeout })
+    let rewrite = match r.rewrite {
+        Some(w) => rewrite(w.path, w.prefix).with_context(|| format!("route {name:?} rewrite"))?,
+        None => None,
+    };
+    let mods = |m: Option<FileHeaderMods>, which: &str| -> anyhow::Result<HeaderMods> {
+        let Some(m) = m else { return Ok(HeaderMods::default()) };
+        let pairs = |map: BTreeMap<String, String>| -> anyhow::Result<Vec<_>> {
+            map.into_iter()
+                .map(|(k, v)| {
+                    let value = http::HeaderValue::from_str(&v).with_context(|| format!("header {k} value {v:?}"))?;
+                    Ok((header_name(&k)?, value))
+                })
+                .collect()
+        };
+        (|| -> anyhow::Result<HeaderMods> {
+            Ok(HeaderMods {
+                set: pairs(m.set)?,
+                add: pairs(m.add)?,
+                remove: m.remove.iter().map(|k| header_name(k)).collect::<anyhow::Result<_>>()?,
+            })
+        })()
+        .with_context(|| format!("route {name:?} {which}"))
+    };
+    let request_headers = mods(r.request_headers, "request_headers")?;
+    let response_headers = mods(r.response_headers, "response_headers")?;
+    let matcher = RouteMatch { path, methods, headers, query: r.query.into_iter().collect() };
+    Ok(RouteConfig { name, matcher, target, timeout, rewrite, request_headers, response_headers })
+}
+
+fn header_name(name: &str) -> anyhow::Result<http::HeaderName> {
+    http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| anyhow::anyhow!("{name:?} is not a valid header name"))
+}
+
+/// A rewrite given as a whole path or as a prefix replacement (one of them, or neither).
+fn rewrite(path: Option<String>, prefix: Option<String>) -> anyhow::Result<Option<PathRewrite>> {
+    match (path, prefix) {
+        (Some(p), None) => Ok(Some(PathRewrite::Full(p))),
+        (None, Some(p)) => Ok(Some(PathRewrite::Prefix(p))),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => bail!("give path or prefix, not both"),
+    }
 }
 
 fn filter_config(f: FileFilter, base: &Path) -> anyhow::Result<FilterConfig> {
@@ -1118,13 +1234,66 @@ listeners:
         assert_eq!(tls.alpn, ["h2", "http/1.1"]);
         assert!(tls.require_client_certificate && web.proxy_protocol);
         let routes = &web.http().unwrap().routes;
-        assert_eq!(routes[0].path, PathMatch::Exact("/exact".into()));
+        assert_eq!(routes[0].matcher.path, PathMatch::Exact("/exact".into()));
         assert!(matches!(routes[0].target, RouteTarget::Direct { status: 204, .. }));
         assert!(matches!(&c.listeners[1].kind, ListenerKind::Tcp(t) if t.cluster == "db" && t.filters.len() == 1));
         let app = &c.clusters[0];
         assert_eq!(app.endpoints[0], EndpointConfig::Name { host: "app.internal".into(), port: 8080 });
         assert!(app.http2);
         assert_eq!(app.tls.as_ref().unwrap().sni.as_deref(), Some("app.internal"));
+    }
+
+    #[test]
+    fn routes_match_methods_headers_and_query_and_act_on_requests() {
+        let c = parse(
+            r#"
+listen: 127.0.0.1:1
+clusters: [{name: v1, endpoints: ["127.0.0.1:2"]}, {name: v2, endpoints: ["127.0.0.1:3"]}]
+routes:
+  - name: split
+    path_separated_prefix: /split
+    methods: [GET, POST]
+    headers: [{name: Version, exact: two}, {name: x-any, present: true}, {name: x-re, regex: "a+"}]
+    query: {lang: en}
+    backends: [{cluster: v1, weight: 70}, {cluster: v2, weight: 30}]
+    rewrite: {prefix: /}
+    request_headers: {set: {x-set: "1"}, add: {x-add: "2"}, remove: [x-gone]}
+    response_headers: {set: {x-out: "3"}}
+  - {name: moved, regex: "/old/[0-9]+", redirect: {scheme: https, port: 8443, path: /new, status: 308}}
+"#,
+        )
+        .unwrap();
+        let routes = &c.listeners[0].http().unwrap().routes;
+        let m = &routes[0].matcher;
+        assert_eq!(m.path, PathMatch::SeparatedPrefix("/split".into()));
+        assert_eq!(m.methods, [http::Method::GET, http::Method::POST]);
+        assert_eq!(m.headers[0].name, "version");
+        assert!(
+            matches!(m.headers[1].value, ValueMatch::Present) && matches!(m.headers[2].value, ValueMatch::Regex(_))
+        );
+        assert_eq!(m.query, [("lang".to_owned(), "en".to_owned())]);
+        assert_eq!(routes[0].target, RouteTarget::Weighted(vec![("v1".into(), 70), ("v2".into(), 30)]));
+        assert_eq!(routes[0].rewrite, Some(PathRewrite::Prefix("/".into())));
+        assert_eq!(routes[0].request_headers.remove, ["x-gone"]);
+        let RouteTarget::Redirect(r) = &routes[1].target else { panic!("not a redirect") };
+        assert_eq!((r.scheme.as_deref(), r.port, r.status), (Some("https"), Some(8443), 308));
+        assert!(routes[1].matcher.path.matches("/old/12") && !routes[1].matcher.path.matches("/old/12/x"));
+        let err = |routes: &str| {
+            format!(
+                "{:#}",
+                parse(&format!(
+                    "listen: 127.0.0.1:1\nclusters: [{{name: v1, endpoints: [\"127.0.0.1:2\"]}}]\nroutes: [{routes}]"
+                ))
+                .unwrap_err()
+            )
+        };
+        assert!(err("{backends: [{cluster: v1, weight: 0}]}").contains("at least one weight above 0"));
+        assert!(err("{backends: [{cluster: nope}]}").contains("cluster \"nope\", which is not defined"));
+        assert!(err("{redirect: {status: 200}}").contains("use 301, 302, 303, 307 or 308"));
+        assert!(err("{cluster: v1, regex: \"(\"}").contains("regex"));
+        assert!(err("{cluster: v1, prefix: /a, path: /b}").contains("give one of prefix"));
+        assert!(err("{cluster: v1, headers: [{name: a}]}").contains("give one of exact, regex or present"));
+        assert!(err("{cluster: v1, methods: [\"G T\"]}").contains("method"));
     }
 
     #[test]

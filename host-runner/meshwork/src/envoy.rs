@@ -24,9 +24,9 @@ use meshwork_wasm_host::{NodeInfo, PluginConfig};
 use serde_json::{Map, Value};
 
 use crate::config::{
-    ClusterConfig, EndpointConfig, FilterConfig, HttpListener, ListenerConfig, ListenerKind, ListenerSpec,
-    ModuleSource, PathMatch, ProxyConfig, RetryBudget, RouteConfig, RouteTarget, TcpListener, parse_addr, parse_cidr,
-    parse_duration,
+    ClusterConfig, EndpointConfig, FilterConfig, HeaderMatch, HeaderMods, HttpListener, ListenerConfig, ListenerKind,
+    ListenerSpec, ModuleSource, PathMatch, PathRewrite, ProxyConfig, Redirect, RetryBudget, RouteConfig, RouteMatch,
+    RouteTarget, TcpListener, ValueMatch, parse_addr, parse_cidr, parse_duration,
 };
 use crate::tls::client::Trust;
 use crate::tls::{CertificateSpec, ClientTlsSpec, ServerTlsSpec, TlsVersion};
@@ -702,76 +702,280 @@ fn route_config(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Vec
     let mut routes = Vec::new();
     for (i, r) in list_or_one(vh.get("routes")).into_iter().enumerate() {
         let rpath = format!("{vpath}.routes[{i}]");
-        let route = w.object(r, &rpath, &["name", "match", "route", "direct_response"])?;
-        let m = w.object(
+        let route = w.object(
+            r,
+            &rpath,
+            &[
+                "name",
+                "match",
+                "route",
+                "direct_response",
+                "redirect",
+                "request_headers_to_add",
+                "request_headers_to_remove",
+                "response_headers_to_add",
+                "response_headers_to_remove",
+            ],
+        )?;
+        let name = route.get("name").and_then(Value::as_str).map_or_else(|| format!("route-{i}"), str::to_owned);
+        let matcher = route_match(
+            w,
             route.get("match").with_context(|| format!("{rpath}.match is missing"))?,
             &format!("{rpath}.match"),
-            &["prefix", "path"],
         )?;
-        let path_match = match (m.get("prefix").and_then(Value::as_str), m.get("path").and_then(Value::as_str)) {
-            (Some(p), None) => PathMatch::Prefix(p.to_owned()),
-            (None, Some(p)) => PathMatch::Exact(p.to_owned()),
-            _ => bail!("{rpath}.match needs exactly one of prefix or path"),
-        };
-        let name = route.get("name").and_then(Value::as_str).map_or_else(|| format!("route-{i}"), str::to_owned);
-        if let Some(direct) = route.get("direct_response") {
-            let dpath = format!("{rpath}.direct_response");
-            let d = w.object(direct, &dpath, &["status", "body"])?;
-            let status =
-                u16::try_from(uint(d.get("status").with_context(|| format!("{dpath}.status is missing"))?, &dpath)?)
-                    .with_context(|| format!("{dpath}.status"))?;
-            let body = match d.get("body") {
-                None => Bytes::new(),
-                Some(b) => {
-                    let b = w.object(b, &format!("{dpath}.body"), &["inline_string", "inline_bytes"])?;
-                    match (
-                        b.get("inline_string").and_then(Value::as_str),
-                        b.get("inline_bytes").and_then(Value::as_str),
-                    ) {
-                        (Some(text), _) => Bytes::from(text.to_owned()),
-                        (None, Some(b64)) => Bytes::from(
-                            base64::engine::general_purpose::STANDARD
-                                .decode(b64)
-                                .with_context(|| format!("{dpath}.body.inline_bytes is not base64"))?,
-                        ),
-                        _ => Bytes::new(),
+        let mut config = RouteConfig::new(name, PathMatch::default(), RouteTarget::Cluster(String::new()));
+        config.matcher = matcher;
+        config.request_headers = header_mods(
+            route.get("request_headers_to_add"),
+            route.get("request_headers_to_remove"),
+            &format!("{rpath}.request_headers_to_add"),
+        )?;
+        config.response_headers = header_mods(
+            route.get("response_headers_to_add"),
+            route.get("response_headers_to_remove"),
+            &format!("{rpath}.response_headers_to_add"),
+        )?;
+        match (route.get("direct_response"), route.get("redirect"), route.get("route")) {
+            (Some(direct), None, None) => {
+                let dpath = format!("{rpath}.direct_response");
+                let d = w.object(direct, &dpath, &["status", "body"])?;
+                let status = u16::try_from(uint(
+                    d.get("status").with_context(|| format!("{dpath}.status is missing"))?,
+                    &dpath,
+                )?)
+                .with_context(|| format!("{dpath}.status"))?;
+                let body = match d.get("body") {
+                    None => Bytes::new(),
+                    Some(b) => {
+                        let b = w.object(b, &format!("{dpath}.body"), &["inline_string", "inline_bytes"])?;
+                        match (
+                            b.get("inline_string").and_then(Value::as_str),
+                            b.get("inline_bytes").and_then(Value::as_str),
+                        ) {
+                            (Some(text), _) => Bytes::from(text.to_owned()),
+                            (None, Some(b64)) => Bytes::from(
+                                base64::engine::general_purpose::STANDARD
+                                    .decode(b64)
+                                    .with_context(|| format!("{dpath}.body.inline_bytes is not base64"))?,
+                            ),
+                            _ => Bytes::new(),
+                        }
                     }
-                }
-            };
-            routes.push(RouteConfig {
-                name,
-                path: path_match,
-                target: RouteTarget::Direct { status, body },
-                timeout: None,
-            });
-            continue;
-        }
-        let apath = format!("{rpath}.route");
-        let action = w.object(
-            route.get("route").with_context(|| format!("{apath} is missing (route or direct_response)"))?,
-            &apath,
-            &["cluster", "cluster_header", "timeout"],
-        )?;
-        let target = match (action.get("cluster"), action.get("cluster_header")) {
-            (Some(_), None) => RouteTarget::Cluster(string(action, "cluster", &apath)?.to_owned()),
-            (None, Some(_)) => {
-                RouteTarget::ClusterHeader(string(action, "cluster_header", &apath)?.to_ascii_lowercase())
+                };
+                config.target = RouteTarget::Direct { status, body };
+                config.timeout = None;
             }
-            _ => bail!("{apath} needs exactly one of cluster or cluster_header"),
-        };
-        routes.push(RouteConfig {
-            name,
-            path: path_match,
-            target,
-            // Envoy's default route timeout is 15s; "0s" disables it.
-            timeout: match duration(action.get("timeout"), &format!("{apath}.timeout"))? {
-                None => Some(Duration::from_secs(15)),
-                Some(d) if d.is_zero() => None,
-                Some(d) => Some(d),
-            },
-        });
+            (None, Some(redirect), None) => {
+                config.target = RouteTarget::Redirect(redirect_action(w, redirect, &format!("{rpath}.redirect"))?);
+                config.timeout = None;
+            }
+            (None, None, Some(action)) => {
+                let apath = format!("{rpath}.route");
+                let action = w.object(
+                    action,
+                    &apath,
+                    &["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite"],
+                )?;
+                config.target =
+                    match (action.get("cluster"), action.get("cluster_header"), action.get("weighted_clusters")) {
+                        (Some(_), None, None) => RouteTarget::Cluster(string(action, "cluster", &apath)?.to_owned()),
+                        (None, Some(_), None) => {
+                            RouteTarget::ClusterHeader(string(action, "cluster_header", &apath)?.to_ascii_lowercase())
+                        }
+                        (None, None, Some(weighted)) => {
+                            let wpath = format!("{apath}.weighted_clusters");
+                            let wc = w.object(weighted, &wpath, &["clusters", "total_weight"])?;
+                            let mut clusters = Vec::new();
+                            for (j, c) in list_or_one(wc.get("clusters")).into_iter().enumerate() {
+                                let cpath = format!("{wpath}.clusters[{j}]");
+                                let c = w.object(c, &cpath, &["name", "weight"])?;
+                                let weight = match c.get("weight") {
+                                    Some(v) => u32::try_from(uint(v, &format!("{cpath}.weight"))?)
+                                        .with_context(|| format!("{cpath}.weight"))?,
+                                    None => 0,
+                                };
+                                clusters.push((string(c, "name", &cpath)?.to_owned(), weight));
+                            }
+                            if clusters.iter().all(|(_, weight)| *weight == 0) {
+                                bail!("{wpath}.clusters: at least one cluster needs a weight above 0");
+                            }
+                            RouteTarget::Weighted(clusters)
+                        }
+                        _ => bail!("{apath} needs exactly one of cluster, cluster_header or weighted_clusters"),
+                    };
+                if let Some(p) = action.get("prefix_rewrite") {
+                    let p = p.as_str().with_context(|| format!("{apath}.prefix_rewrite must be a string"))?;
+                    config.rewrite = Some(PathRewrite::Prefix(p.to_owned()));
+                }
+                // Envoy's default route timeout is 15s; "0s" disables it.
+                config.timeout = match duration(action.get("timeout"), &format!("{apath}.timeout"))? {
+                    None => Some(Duration::from_secs(15)),
+                    Some(d) if d.is_zero() => None,
+                    Some(d) => Some(d),
+                };
+            }
+            _ => bail!("{rpath} needs exactly one of route, redirect or direct_response"),
+        }
+        routes.push(config);
     }
     Ok(routes)
+}
+
+/// A route's `match`: one path form, then headers (`:method` among them) and query parameters.
+fn route_match(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<RouteMatch> {
+    let m = w.object(
+        value,
+        path,
+        &["prefix", "path", "path_separated_prefix", "safe_regex", "headers", "query_parameters"],
+    )?;
+    let text = |key: &str| m.get(key).and_then(Value::as_str).map(str::to_owned);
+    let regex = match m.get("safe_regex") {
+        Some(r) => Some(regex_of(r, &format!("{path}.safe_regex"))?),
+        None => None,
+    };
+    let mut matcher = RouteMatch {
+        path: match (text("prefix"), text("path"), text("path_separated_prefix"), regex) {
+            (Some(p), None, None, None) => PathMatch::Prefix(p),
+            (None, Some(p), None, None) => PathMatch::Exact(p),
+            (None, None, Some(p), None) => PathMatch::SeparatedPrefix(p),
+            (None, None, None, Some(r)) => PathMatch::regex(&r).with_context(|| format!("{path}.safe_regex"))?,
+            _ => bail!("{path} needs exactly one of prefix, path, path_separated_prefix or safe_regex"),
+        },
+        ..RouteMatch::default()
+    };
+    for (i, h) in list_or_one(m.get("headers")).into_iter().enumerate() {
+        let hpath = format!("{path}.headers[{i}]");
+        let h = w.object(
+            h,
+            &hpath,
+            &["name", "string_match", "exact_match", "safe_regex_match", "present_match", "invert_match"],
+        )?;
+        let name = string(h, "name", &hpath)?.to_ascii_lowercase();
+        let value = if let Some(e) = h.get("exact_match").and_then(Value::as_str) {
+            ValueMatch::Exact(e.to_owned())
+        } else if let Some(r) = h.get("safe_regex_match") {
+            ValueMatch::Regex(whole(&regex_of(r, &hpath)?, &hpath)?)
+        } else if let Some(sm) = h.get("string_match") {
+            let spath = format!("{hpath}.string_match");
+            let sm = w.object(sm, &spath, &["exact", "safe_regex"])?;
+            match (sm.get("exact").and_then(Value::as_str), sm.get("safe_regex")) {
+                (Some(e), None) => ValueMatch::Exact(e.to_owned()),
+                (None, Some(r)) => ValueMatch::Regex(whole(&regex_of(r, &spath)?, &spath)?),
+                _ => bail!("{spath} needs exactly one of exact or safe_regex"),
+            }
+        } else if h.get("present_match").and_then(Value::as_bool) == Some(true) {
+            ValueMatch::Present
+        } else {
+            bail!("{hpath} needs one of string_match, exact_match, safe_regex_match or present_match");
+        };
+        let invert = h.get("invert_match").and_then(Value::as_bool).unwrap_or(false);
+        // Envoy matches the method as the `:method` pseudo-header.
+        if name == ":method"
+            && let (ValueMatch::Exact(m), false) = (&value, invert)
+        {
+            matcher.methods.push(http::Method::from_bytes(m.as_bytes()).with_context(|| format!("{hpath}: method"))?);
+            continue;
+        }
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| anyhow::anyhow!("{hpath}.name: {name:?} is not a header meshwork can match"))?;
+        matcher.headers.push(HeaderMatch { name, value, invert });
+    }
+    for (i, q) in list_or_one(m.get("query_parameters")).into_iter().enumerate() {
+        let qpath = format!("{path}.query_parameters[{i}]");
+        let q = w.object(q, &qpath, &["name", "string_match"])?;
+        let name = string(q, "name", &qpath)?.to_owned();
+        let spath = format!("{qpath}.string_match");
+        let sm = w.object(q.get("string_match").with_context(|| format!("{spath} is missing"))?, &spath, &["exact"])?;
+        matcher.query.push((name, string(sm, "exact", &spath)?.to_owned()));
+    }
+    Ok(matcher)
+}
+
+/// The pattern of a RegexMatcher (`{regex: …}`, Google RE2 syntax; Rust's regex accepts it).
+fn regex_of(value: &Value, path: &str) -> anyhow::Result<String> {
+    value.get("regex").and_then(Value::as_str).map(str::to_owned).with_context(|| format!("{path}.regex is missing"))
+}
+
+fn whole(pattern: &str, path: &str) -> anyhow::Result<regex::Regex> {
+    regex::Regex::new(&format!("^(?:{pattern})$")).with_context(|| format!("{path}: regex"))
+}
+
+/// A route's `redirect` (RedirectAction).
+fn redirect_action(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Redirect> {
+    let r = w.object(
+        value,
+        path,
+        &[
+            "scheme_redirect",
+            "https_redirect",
+            "host_redirect",
+            "port_redirect",
+            "path_redirect",
+            "prefix_rewrite",
+            "response_code",
+        ],
+    )?;
+    let text = |key: &str| r.get(key).and_then(Value::as_str).map(str::to_owned);
+    let scheme = match (text("scheme_redirect"), r.get("https_redirect").and_then(Value::as_bool)) {
+        (Some(s), _) => Some(s),
+        (None, Some(true)) => Some("https".to_owned()),
+        _ => None,
+    };
+    let port = match r.get("port_redirect") {
+        Some(p) => Some(
+            u16::try_from(uint(p, &format!("{path}.port_redirect"))?)
+                .with_context(|| format!("{path}.port_redirect"))?,
+        ),
+        None => None,
+    };
+    let status = match r.get("response_code").and_then(Value::as_str).unwrap_or("MOVED_PERMANENTLY") {
+        "MOVED_PERMANENTLY" => 301,
+        "FOUND" => 302,
+        "SEE_OTHER" => 303,
+        "TEMPORARY_REDIRECT" => 307,
+        "PERMANENT_REDIRECT" => 308,
+        other => bail!("{path}.response_code: {other} is not a RedirectResponseCode"),
+    };
+    let path_rewrite = match (text("path_redirect"), text("prefix_rewrite")) {
+        (Some(p), None) => Some(PathRewrite::Full(p)),
+        (None, Some(p)) => Some(PathRewrite::Prefix(p)),
+        (None, None) => None,
+        _ => bail!("{path}: give path_redirect or prefix_rewrite, not both"),
+    };
+    Ok(Redirect { scheme, host: text("host_redirect"), port, path: path_rewrite, status })
+}
+
+/// `*_headers_to_add` (HeaderValueOption: `append_action`, or the older `append`, whose default
+/// is to append) and `*_headers_to_remove`.
+fn header_mods(add: Option<&Value>, remove: Option<&Value>, path: &str) -> anyhow::Result<HeaderMods> {
+    let mut mods = HeaderMods::default();
+    let name = |n: &str, p: &str| {
+        http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+            .map_err(|_| anyhow::anyhow!("{p}: {n:?} is not a valid header name"))
+    };
+    for (i, option) in list_or_one(add).into_iter().enumerate() {
+        let opath = format!("{path}[{i}]");
+        let header = option.get("header").with_context(|| format!("{opath}.header is missing"))?;
+        let key =
+            header.get("key").and_then(Value::as_str).with_context(|| format!("{opath}.header.key is missing"))?;
+        let value = header.get("value").and_then(Value::as_str).unwrap_or_default();
+        let pair =
+            (name(key, &opath)?, http::HeaderValue::from_str(value).with_context(|| format!("{opath}.header.value"))?);
+        let append = match option.get("append_action").and_then(Value::as_str) {
+            Some("APPEND_IF_EXISTS_OR_ADD") => true,
+            Some("OVERWRITE_IF_EXISTS_OR_ADD") => false,
+            Some(other) => bail!(
+                "{opath}.append_action: {other} is not supported (APPEND_IF_EXISTS_OR_ADD, OVERWRITE_IF_EXISTS_OR_ADD)"
+            ),
+            None => option.get("append").and_then(Value::as_bool).unwrap_or(true),
+        };
+        if append { mods.add.push(pair) } else { mods.set.push(pair) }
+    }
+    for (i, n) in list_or_one(remove).into_iter().enumerate() {
+        let n = n.as_str().with_context(|| format!("{path}: headers_to_remove[{i}] must be a string"))?;
+        mods.remove.push(name(n, path)?);
+    }
+    Ok(mods)
 }
 
 fn http_filters(w: &mut Walker, list: &[&Value], path: &str, base: &Path) -> anyhow::Result<Vec<FilterConfig>> {
@@ -1199,7 +1403,55 @@ static_resources:
         assert_eq!(http(&c.unwrap()).routes[0].target, RouteTarget::ClusterHeader("x-version".into()));
         let yaml = TYPICAL.replace("route: {cluster: app, timeout: 2s}", "route: {timeout: 2s}");
         let err = walk(&yaml).0.expect_err("a route without a target is refused");
-        assert!(format!("{err:#}").contains("exactly one of cluster or cluster_header"), "{err:#}");
+        assert!(format!("{err:#}").contains("exactly one of cluster, cluster_header or weighted_clusters"), "{err:#}");
+    }
+
+    #[test]
+    fn route_matches_splits_redirects_and_header_changes_translate() {
+        let routes = r#"- match:
+                  path_separated_prefix: /split
+                  headers:
+                  - {name: ":method", string_match: {exact: POST}}
+                  - {name: Version, string_match: {exact: two}}
+                  - {name: x-re, safe_regex_match: {regex: "a+"}, invert_match: true}
+                  query_parameters: [{name: lang, string_match: {exact: en}}]
+                route:
+                  weighted_clusters: {clusters: [{name: app, weight: 70}, {name: app, weight: 30}]}
+                  prefix_rewrite: /
+                request_headers_to_add:
+                - {header: {key: x-set, value: "1"}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}
+                - {header: {key: x-add, value: "2"}}
+                request_headers_to_remove: [x-gone]
+                response_headers_to_add: [{header: {key: x-out, value: "3"}, append: false}]
+              - match: {safe_regex: {regex: "/old/[0-9]+"}}
+                redirect: {scheme_redirect: https, port_redirect: 8443, path_redirect: /new, response_code: PERMANENT_REDIRECT}"#;
+        let yaml =
+            TYPICAL.replace("- match: {prefix: \"/\"}\n                route: {cluster: app, timeout: 2s}", routes);
+        assert_ne!(yaml, TYPICAL);
+        let (c, w) = walk(&yaml);
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        let c = c.unwrap();
+        let r = &http(&c).routes;
+        assert_eq!(r[0].matcher.path, PathMatch::SeparatedPrefix("/split".into()));
+        assert_eq!(r[0].matcher.methods, [http::Method::POST]);
+        assert_eq!(r[0].matcher.headers.len(), 2);
+        assert!(r[0].matcher.headers[1].invert);
+        assert_eq!(r[0].matcher.query, [("lang".to_owned(), "en".to_owned())]);
+        assert_eq!(r[0].target, RouteTarget::Weighted(vec![("app".into(), 70), ("app".into(), 30)]));
+        assert_eq!(r[0].rewrite, Some(PathRewrite::Prefix("/".into())));
+        assert_eq!((r[0].request_headers.set.len(), r[0].request_headers.add.len()), (1, 1));
+        assert_eq!(r[0].request_headers.remove, ["x-gone"]);
+        assert_eq!(r[0].response_headers.set[0].0, "x-out");
+        assert_eq!(
+            r[1].target,
+            RouteTarget::Redirect(Redirect {
+                scheme: Some("https".into()),
+                host: None,
+                port: Some(8443),
+                path: Some(PathRewrite::Full("/new".into())),
+                status: 308
+            })
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod inspect;
 mod modules;
 mod proxy;
 mod ratelimit;
+mod route_spec;
 mod tls;
 
 use std::io::Write;

@@ -46,11 +46,22 @@ async fn forward_inner(
     listener: &ListenerGeneration,
 ) -> Result<Response<ProxyBody>, StreamFailure> {
     let Prepared { mut parts, route, .. } = prepared;
-    if let router::Target::Direct { status, body: text } = &route.target {
-        drop(body);
-        return Ok(router::direct_response(*status, text));
+    match &route.target {
+        router::Target::Direct { status, body: text } => {
+            drop(body);
+            let mut response = router::direct_response(*status, text);
+            route.response_headers.apply(response.headers_mut());
+            return Ok(response);
+        }
+        router::Target::Redirect(redirect) => {
+            drop(body);
+            return Ok(router::redirect_response(&route, redirect, &parts.headers, &parts.uri));
+        }
+        _ => {}
     }
-    let cluster = router::cluster_for(&route, &parts.headers, generation).ok_or(StreamFailure::NoCluster)?;
+    let cluster = router::cluster_for(&route, &parts.headers, generation, worker.random_unit())
+        .ok_or(StreamFailure::NoCluster)?;
+    router::rewrite_request(&route, &mut parts.uri, &mut parts.headers);
     let policy = RetryPolicy::from_headers(&parts.headers);
     let report_attempts = policy.is_some();
     let shared = StreamShared::new(Instant::now());
@@ -118,6 +129,7 @@ async fn forward_inner(
     cluster.metrics.time(start.elapsed());
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    route.response_headers.apply(&mut parts.headers);
     if report_attempts {
         parts.headers.insert(router::ATTEMPT_COUNT, attempts.into());
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use http::{HeaderMap, Method, Uri};
 use meshwork_wasm_host::{PluginTemplate, PluginVm, Services, WasmEngine};
 
 use super::dispatch::{FilterSlot, WorkerDispatcher};
@@ -20,7 +21,9 @@ use super::router::Target;
 use super::stats::ClusterMetrics;
 use super::upstream::{Circuit, Cluster, Upstreams};
 use super::worker::Worker;
-use crate::config::{ListenerConfig, ListenerKind, PathMatch, ProxyConfig, RouteTarget};
+
+use crate::config::{HeaderMods, ListenerConfig, ListenerKind, PathRewrite, ProxyConfig, RouteMatch, RouteTarget};
+use crate::route_spec;
 use crate::tls::{ClientTls, ServerTls};
 
 /// What every worker's generation is built from.
@@ -98,9 +101,12 @@ impl Blueprint {
 
 pub struct Route {
     pub name: Rc<str>,
-    pub path: PathMatch,
+    pub matcher: RouteMatch,
     pub target: Target,
     pub timeout: Option<Duration>,
+    pub rewrite: Option<PathRewrite>,
+    pub request_headers: HeaderMods,
+    pub response_headers: HeaderMods,
 }
 
 /// The filters a stream runs through, or the reason it cannot run.
@@ -126,19 +132,10 @@ pub struct ListenerGeneration {
 }
 
 impl ListenerGeneration {
-    /// The route for `path`: the first that matches (Envoy's rule, for Envoy configurations),
-    /// else an exact path before the longest matching prefix.
-    pub fn route(&self, path: &str) -> Option<Rc<Route>> {
-        let mut matching = self.routes.iter().filter(|r| r.path.matches(path));
-        if self.first_match {
-            return matching.next().cloned();
-        }
-        matching
-            .max_by_key(|r| match &r.path {
-                PathMatch::Exact(_) => usize::MAX,
-                PathMatch::Prefix(p) => p.len(),
-            })
-            .cloned()
+    /// The route for this request: the first that matches (Envoy's rule, for Envoy
+    /// configurations), else by Gateway API's precedence ([`crate::route_spec::select`]).
+    pub fn route(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Rc<Route>> {
+        route_spec::select(&self.routes, |r| &r.matcher, self.first_match, method, uri, headers).cloned()
     }
 
     pub fn chain(&self) -> Chain {
@@ -204,12 +201,22 @@ impl Generation {
                                 RouteTarget::Direct { status, body } => {
                                     Target::Direct { status: *status, body: Bytes::clone(body) }
                                 }
+                                RouteTarget::Weighted(backends) => Target::Weighted(
+                                    backends
+                                        .iter()
+                                        .map(|(c, w)| Some((upstreams.get(c)?, *w)))
+                                        .collect::<Option<Vec<_>>>()?,
+                                ),
+                                RouteTarget::Redirect(r) => Target::Redirect(r.clone()),
                             };
                             Some(Rc::new(Route {
                                 name: Rc::from(r.name.as_str()),
-                                path: r.path.clone(),
+                                matcher: r.matcher.clone(),
                                 target,
                                 timeout: r.timeout,
+                                rewrite: r.rewrite.clone(),
+                                request_headers: r.request_headers.clone(),
+                                response_headers: r.response_headers.clone(),
                             }))
                         })
                         .collect();

@@ -204,7 +204,7 @@ fn strip_untrusted(headers: &mut http::HeaderMap) -> usize {
 }
 
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 
 /// The client address that counts for trust: the peer, or — when the peer is trusted and
 /// vouches for proxies before it (`xff_trusted_hops`) — the `x-forwarded-for` entry that many
@@ -232,7 +232,6 @@ pub fn prepare(
     worker: &Worker,
 ) -> Result<Prepared, StreamFailure> {
     let authority = authority(&parts)?;
-    let route = listener.route(parts.uri.path()).ok_or(StreamFailure::NoRoute)?;
     strip_hop_by_hop(&mut parts.headers);
     let settings = &listener.settings;
     let trusted = settings.trusts(effective_client(&parts.headers, conn.peer.ip(), settings));
@@ -265,6 +264,8 @@ pub fn prepare(
     {
         parts.uri = origin_form;
     }
+    // Routes match what the request is after sanitation, as Envoy's do.
+    let route = listener.route(&parts.method, &parts.uri, &parts.headers).ok_or(StreamFailure::NoRoute)?;
     let protocol = parts.version;
     parts.version = Version::HTTP_11;
     Ok(Prepared { parts, route, protocol })

@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use super::body::{self, ProxyBody};
 use super::generation::{Generation, Route};
 use super::upstream::{Cluster, ConnInfo, PooledBody, UpstreamError};
+use crate::route_spec::Redirect;
 
 pub const RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on");
 pub const MAX_RETRIES: HeaderName = HeaderName::from_static("x-envoy-max-retries");
@@ -216,14 +217,53 @@ pub async fn exchange(
     }
 }
 
-/// The cluster `route` sends this request to: the route's own, or the one a header names
-/// (Envoy's `cluster_header`); `None` when the header names no cluster.
-pub fn cluster_for(route: &Route, headers: &HeaderMap, generation: &Generation) -> Option<Rc<Cluster>> {
+/// The cluster `route` sends this request to: the route's own, one of its weighted clusters
+/// (`unit` is uniform in [0, 1)), or the one a header names (Envoy's `cluster_header`);
+/// `None` when the header names no cluster.
+pub fn cluster_for(route: &Route, headers: &HeaderMap, generation: &Generation, unit: f64) -> Option<Rc<Cluster>> {
     match &route.target {
         Target::Cluster(c) => Some(c.clone()),
+        Target::Weighted(clusters) => {
+            let total: u64 = clusters.iter().map(|(_, w)| u64::from(*w)).sum();
+            let mut point = (unit.clamp(0.0, 1.0) * total as f64) as u64;
+            clusters
+                .iter()
+                .find(|(_, w)| {
+                    let inside = point < u64::from(*w);
+                    point = point.saturating_sub(u64::from(*w));
+                    inside
+                })
+                .or_else(|| clusters.iter().rev().find(|(_, w)| *w > 0))
+                .map(|(c, _)| c.clone())
+        }
         Target::Header(name) => headers.get(name).and_then(|c| c.to_str().ok()).and_then(|c| generation.cluster(c)),
-        Target::Direct { .. } => None,
+        Target::Direct { .. } | Target::Redirect(_) => None,
     }
+}
+
+/// What the route changes in a request on its way upstream: the path, then headers.
+pub fn rewrite_request(route: &Route, uri: &mut Uri, headers: &mut HeaderMap) {
+    if let Some(rewrite) = &route.rewrite
+        && let Ok(new) = rewrite.apply(&route.matcher.path, uri).parse()
+    {
+        *uri = new;
+    }
+    route.request_headers.apply(headers);
+}
+
+/// The redirect a route answers with, built from the request's scheme, `Host` and target.
+pub fn redirect_response(route: &Route, redirect: &Redirect, headers: &HeaderMap, uri: &Uri) -> Response<ProxyBody> {
+    let scheme = headers.get(super::request::X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()).unwrap_or("http");
+    let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
+    let location = redirect.location(&route.matcher.path, scheme, host, uri);
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = http::StatusCode::from_u16(redirect.status).unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(http::header::LOCATION, location);
+    }
+    response.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(0));
+    route.response_headers.apply(response.headers_mut());
+    response
 }
 
 /// Fully jittered exponential back-off before retry `n` (1-based): uniform in
@@ -239,11 +279,15 @@ pub enum Target {
     Cluster(Rc<Cluster>),
     /// The cluster named by this request header (Envoy's `cluster_header`).
     Header(HeaderName),
+    /// Clusters by weight (Envoy's `weighted_clusters`).
+    Weighted(Vec<(Rc<Cluster>, u32)>),
     /// The proxy answers itself (Envoy's `direct_response`).
     Direct {
         status: u16,
         body: Bytes,
     },
+    /// The proxy answers with a redirect.
+    Redirect(Redirect),
 }
 
 /// A direct response as Envoy sends it: a `text/plain` body with its length.

@@ -179,7 +179,7 @@ pub async fn handle(
     let headers = request_map(&mut parts, conn.scheme);
     let cluster_name = match &route.target {
         router::Target::Cluster(c) => c.name.clone(),
-        router::Target::Header(_) | router::Target::Direct { .. } => Rc::from(""),
+        _ => Rc::from(""),
     };
     let mut info = StreamInfo::new(route.name.clone(), cluster_name);
     info.protocol = protocol(version);
@@ -339,7 +339,7 @@ impl Driver {
         };
         // A filter that changed the request may ask for the route to be chosen again.
         if std::mem::take(&mut self.engine.data().borrow_mut().route_cache_cleared) {
-            let route = self.generation.listener(self.listener).and_then(|l| l.route(uri.path()));
+            let route = self.generation.listener(self.listener).and_then(|l| l.route(&method, &uri, &headers));
             match route {
                 Some(route) => self.route = route,
                 None => {
@@ -348,14 +348,25 @@ impl Driver {
                 }
             }
         }
-        if let router::Target::Direct { status, body } = &self.route.target {
-            self.direct_response(*status, body.clone(), end_stream);
-            return;
+        match &self.route.target {
+            router::Target::Direct { status, body } => {
+                self.direct_response(*status, body.clone(), end_stream);
+                return;
+            }
+            router::Target::Redirect(redirect) => {
+                let response = router::redirect_response(&self.route, redirect, &headers, &uri);
+                self.answer(response.map(|_| Bytes::new()), end_stream);
+                return;
+            }
+            _ => {}
         }
-        let Some(cluster) = router::cluster_for(&self.route, &headers, &self.generation) else {
+        let Some(cluster) = router::cluster_for(&self.route, &headers, &self.generation, self.worker.random_unit())
+        else {
             self.engine.local_reply(StreamFailure::NoCluster.local_reply());
             return;
         };
+        let mut uri = uri;
+        router::rewrite_request(&self.route, &mut uri, &mut headers);
         self.engine.data().borrow_mut().info.cluster_name = cluster.name.clone();
         let policy = RetryPolicy::from_headers(&headers);
         self.shared().set_route_timeout(router::request_timeout(&headers, self.route.timeout));
@@ -391,18 +402,21 @@ impl Driver {
     /// Envoy's `direct_response`: the route answers, and the answer passes the filters'
     /// response callbacks as an upstream's would. The request body is read and dropped.
     fn direct_response(&mut self, status: u16, body: Bytes, end_stream: bool) {
+        let response = router::direct_response(status, &body);
+        self.answer(response.map(|_| body), end_stream);
+    }
+
+    /// A route's own answer (direct response, redirect), with the route's response header
+    /// changes, through the filters' response callbacks.
+    fn answer(&mut self, response: Response<Bytes>, end_stream: bool) {
         self.upstream = Upstream::Done;
         if end_stream {
             self.shared().request_complete();
         }
-        let mut headers = HeaderMap::new();
-        let _ = headers.add(b":status", status.to_string().as_bytes());
-        if !body.is_empty() {
-            let _ = headers.add(b"content-type", b"text/plain");
-        }
-        let _ = headers.add(b"content-length", body.len().to_string().as_bytes());
+        let (mut parts, body) = response.into_parts();
+        self.route.response_headers.apply(&mut parts.headers);
         let empty = body.is_empty();
-        self.engine.response_headers(headers, empty);
+        self.engine.response_headers(response_map(&mut parts), empty);
         if !empty {
             self.engine.response_data(body, true);
         }
@@ -536,6 +550,7 @@ impl Driver {
                             data.info.upstream_attempts = attempts;
                         }
                         self.upstream = if end { Upstream::Done } else { Upstream::Streaming(body) };
+                        self.route.response_headers.apply(&mut parts.headers);
                         self.engine.response_headers(response_map(&mut parts), end);
                     }
                     Err(e) => {
