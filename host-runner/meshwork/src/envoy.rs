@@ -774,7 +774,7 @@ fn route_config(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Vec
                 let action = w.object(
                     action,
                     &apath,
-                    &["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite"],
+                    &["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite", "regex_rewrite"],
                 )?;
                 config.target =
                     match (action.get("cluster"), action.get("cluster_header"), action.get("weighted_clusters")) {
@@ -806,6 +806,14 @@ fn route_config(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Vec
                 if let Some(p) = action.get("prefix_rewrite") {
                     let p = p.as_str().with_context(|| format!("{apath}.prefix_rewrite must be a string"))?;
                     config.rewrite = Some(PathRewrite::Prefix(p.to_owned()));
+                }
+                if let Some(r) = action.get("regex_rewrite") {
+                    let rpath = format!("{apath}.regex_rewrite");
+                    let r = w.object(r, &rpath, &["pattern", "substitution"])?;
+                    let pattern =
+                        regex_of(r.get("pattern").with_context(|| format!("{rpath}.pattern is missing"))?, &rpath)?;
+                    let pattern = regex::Regex::new(&pattern).with_context(|| format!("{rpath}.pattern"))?;
+                    config.rewrite = Some(PathRewrite::Regex(pattern, string(r, "substitution", &rpath)?.to_owned()));
                 }
                 // Envoy's default route timeout is 15s; "0s" disables it.
                 config.timeout = match duration(action.get("timeout"), &format!("{apath}.timeout"))? {

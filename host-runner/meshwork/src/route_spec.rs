@@ -225,14 +225,30 @@ pub struct Redirect {
     pub status: u16,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum PathRewrite {
     /// The whole path becomes this.
     Full(String),
     /// The route's matched prefix becomes this (Envoy's `prefix_rewrite`, Gateway API's
     /// ReplacePrefixMatch).
     Prefix(String),
+    /// Every match of the pattern in the path is replaced (Envoy's `regex_rewrite`;
+    /// `\1` in the substitution is the first group, as in RE2).
+    Regex(regex::Regex, String),
 }
+
+impl PartialEq for PathRewrite {
+    fn eq(&self, other: &PathRewrite) -> bool {
+        match (self, other) {
+            (PathRewrite::Full(a), PathRewrite::Full(b)) | (PathRewrite::Prefix(a), PathRewrite::Prefix(b)) => a == b,
+            (PathRewrite::Regex(a, x), PathRewrite::Regex(b, y)) => a.as_str() == b.as_str() && x == y,
+            _ => false,
+        }
+    }
+}
+
+static RE2_GROUP: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(r"\\([0-9])").expect("a valid pattern"));
 
 impl PathRewrite {
     /// The new path and query for a request the route `matched` took. The query is kept.
@@ -240,6 +256,11 @@ impl PathRewrite {
         let path = uri.path();
         let rewritten = match self {
             PathRewrite::Full(p) => p.clone(),
+            PathRewrite::Regex(pattern, substitution) => {
+                // RE2's `\1` is the regex crate's `${1}`.
+                let substitution = RE2_GROUP.replace_all(substitution, "$${$1}");
+                pattern.replace_all(path, substitution.as_ref()).into_owned()
+            }
             PathRewrite::Prefix(replacement) => {
                 let prefix = match matched {
                     PathMatch::Prefix(p) | PathMatch::Exact(p) => p.as_str(),
@@ -422,6 +443,8 @@ mod tests {
         assert_eq!(r("/one", "/prefix"), "/one");
         assert_eq!(r("", "/prefix/two"), "/two");
         assert_eq!(PathRewrite::Full("/full".into()).apply(&prefix, &uri("/prefix/two?q")), "/full?q");
+        let regex = PathRewrite::Regex(regex::Regex::new("^/prefix/([a-z]+)$").unwrap(), "/\\1/x".into());
+        assert_eq!(regex.apply(&prefix, &uri("/prefix/two?q")), "/two/x?q");
     }
 
     #[test]
