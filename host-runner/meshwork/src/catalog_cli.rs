@@ -208,6 +208,9 @@ enum CatalogCommand {
         /// The playground's wasm-bindgen output (`make playground`).
         #[arg(long)]
         playground: Option<PathBuf>,
+        /// A `meshwork conformance matrix` output directory, linked as the conformance page.
+        #[arg(long, value_name = "DIR")]
+        conformance: Option<PathBuf>,
     },
     /// Run the catalog's Rego policies over configuration files; violations name their paths.
     CheckPolicy {
@@ -484,12 +487,13 @@ pub fn run(args: CatalogArgs) -> anyhow::Result<ExitCode> {
             std::fs::write(&pub_path, public)?;
             println!("wrote {} (keep it secret) and {}", key_path.display(), pub_path.display());
         }
-        CatalogCommand::Site { out, index, published, playground } => {
+        CatalogCommand::Site { out, index, published, playground, conformance } => {
             let catalog = load(&dir)?;
             let start = std::time::Instant::now();
             let index = if index.is_file() { Some(Index::read(&index)?) } else { None };
             let published = if published.is_file() { Some(Published::read(&published)?) } else { None };
-            let report = site::render(&catalog, &SiteOptions { out: out.clone(), index, published, playground })?;
+            let report =
+                site::render(&catalog, &SiteOptions { out: out.clone(), index, published, playground, conformance })?;
             println!(
                 "site written to {} ({} pages{}) in {} ms; serve it over HTTP, e.g. python3 -m http.server -d {}",
                 out.display(),

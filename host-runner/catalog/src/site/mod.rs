@@ -38,6 +38,9 @@ pub struct SiteOptions {
     pub published: Option<Published>,
     /// The wasm-bindgen output directory of the playground.
     pub playground: Option<PathBuf>,
+    /// A `meshwork conformance matrix` output directory: its matrix.html becomes the site's
+    /// conformance page, linked from every page.
+    pub conformance: Option<PathBuf>,
 }
 
 pub struct SiteReport {
@@ -200,6 +203,13 @@ pub fn render(catalog: &Catalog, options: &SiteOptions) -> anyhow::Result<SiteRe
         }
         playground = true;
     }
+
+    if let Some(dir) = &options.conformance {
+        let from = dir.join("matrix.html");
+        std::fs::copy(&from, out.join("conformance.html"))
+            .with_context(|| format!("copying {} (run `meshwork conformance matrix`)", from.display()))?;
+    }
+    env.add_global("conformance", options.conformance.is_some());
 
     let cards: Vec<Card> = catalog.entries.iter().map(card).collect();
     let categories: Vec<&str> = Category::ALL
