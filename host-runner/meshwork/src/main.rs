@@ -4,6 +4,7 @@ mod admin;
 mod app;
 mod catalog_cli;
 mod config;
+mod conformance_cli;
 mod envoy;
 mod inspect;
 mod modules;
@@ -110,6 +111,9 @@ enum Command {
     /// The catalog of patterns, filters, eBPF programs and policies: browse, validate, build,
     /// export, publish to and pull from OCI registries, sign and verify, render the web site.
     Catalog(catalog_cli::CatalogArgs),
+    /// Conformance suites (SMI, GAMMA MESH-HTTP, the Service Mesh Patterns) against meshwork,
+    /// an Envoy bootstrap, nginx or HAProxy: reports, signed attestations, a matrix.
+    Conformance(conformance_cli::ConformanceArgs),
     /// Work with proxy-wasm filter modules.
     Filter {
         #[command(subcommand)]
@@ -232,6 +236,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => meshwork_load::run_bench(args),
         Command::Ebpf(args) => meshwork_ebpf::cli::run(args),
         Command::Catalog(args) => catalog_cli::run(args),
+        Command::Conformance(args) => conformance_cli::run(args),
         Command::Filter { command: FilterCommand::Inspect { file, output } } => {
             let report = inspect::inspect(&file)?;
             match output {
