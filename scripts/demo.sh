@@ -102,4 +102,7 @@ echo
 echo "== the catalog: published to a local OCI registry, signed, a filter run from it, the web site"
 "$root/scripts/demo_catalog.sh" "$app"
 echo
-echo "== metrics in Prometheus format: $admin/stats/prometheus (stopping everything now)"
+echo "== metrics in Prometheus format: $admin/stats/prometheus"
+echo
+echo "== conformance: SMI, GAMMA MESH-HTTP and the patterns against meshwork, signed; every target compared"
+"$root/scripts/demo_conformance.sh"

@@ -238,6 +238,22 @@ fn the_matrix_compares_targets() {
     assert_eq!(basic["results"]["nginx"], "pass");
     let markdown = std::fs::read_to_string(dir.join("matrix.md")).unwrap();
     assert!(markdown.lines().any(|l| l.contains("meshwork") && l.contains("nginx")), "{markdown}");
+    // The catalog's site links it.
+    let site = dir.join("site");
+    let (code, out, err) = run(&[
+        "catalog",
+        "--catalog",
+        root().join("catalog").to_str().unwrap(),
+        "site",
+        "--out",
+        site.to_str().unwrap(),
+        "--conformance",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let index = std::fs::read_to_string(site.join("index.html")).unwrap();
+    assert!(index.contains("href=\"./conformance.html\""), "{index}");
+    assert!(site.join("conformance.html").is_file());
     let html = std::fs::read_to_string(dir.join("matrix.html")).unwrap();
     assert!(html.contains("<table"), "{html}");
     for external in ["src=\"http", "href=\"http", "@import", "url(http"] {

@@ -181,7 +181,7 @@ pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ConformanceCommand::Run(run) => {
             let arguments = std::env::args().skip(3).collect();
-            let record = execute(&run, arguments)?;
+            let record = execute(&run, arguments, true)?;
             let failed = write_reports(&record, &run.report_dir, run.sign_key.as_deref(), run.output)?;
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
@@ -272,7 +272,7 @@ pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
             };
             run.report_dir = report_dir;
             run.sign_key = None;
-            let again = execute(&run, recorded.arguments.clone())?;
+            let again = execute(&run, recorded.arguments.clone(), true)?;
             write_reports(&again, &run.report_dir, None, OutputFormat::Text)?;
             let mut differ = 0;
             for before in &recorded.results {
@@ -303,25 +303,36 @@ pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
             };
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let mut records = Vec::new();
+            let meshwork = std::env::current_exe()?;
             for target in targets {
+                let adapter = adapter(target, &meshwork)?;
+                if let Some(why) = adapter.unavailable() {
+                    println!("{}: skipped ({why})", adapter.name());
+                    continue;
+                }
                 let run = RunArgs {
                     suites: suites.clone(),
                     target,
                     filter: None,
                     repeat: 1,
                     negative: false,
-                    report_dir: out.join(format!("{target:?}").to_lowercase()),
+                    report_dir: out.join(adapter.name()),
                     sign_key: None,
                     output: OutputFormat::Text,
                     common: common.clone(),
                 };
-                let meshwork = std::env::current_exe()?;
-                if let Some(why) = adapter(target, &meshwork).ok().and_then(|a| a.unavailable()) {
-                    println!("{target:?}: skipped ({why})");
-                    continue;
-                }
-                let record = execute(&run, Vec::new())?;
-                write_reports(&record, &run.report_dir, None, OutputFormat::Text)?;
+                let record = execute(&run, Vec::new(), false)?;
+                write_reports(&record, &run.report_dir, None, OutputFormat::Json)?;
+                let count = |word: &str| record.results.iter().filter(|r| r.verdict.word() == word).count();
+                println!(
+                    "{}: {} pass, {} fail, {} unsupported, {} skipped (reports in {})",
+                    record.target,
+                    count("pass"),
+                    count("fail"),
+                    count("unsupported"),
+                    count("skipped"),
+                    run.report_dir.display()
+                );
                 records.push(record);
             }
             std::fs::write(out.join("matrix.md"), report::matrix_markdown(&records))?;
@@ -334,7 +345,8 @@ pub fn run(args: ConformanceArgs) -> anyhow::Result<ExitCode> {
                 divergences.len(),
                 out.display()
             );
-            Ok(ExitCode::SUCCESS)
+            let failed = records.iter().flat_map(|r| &r.results).any(|r| matches!(r.verdict, Verdict::Fail(_)));
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
     }
 }
@@ -372,7 +384,7 @@ fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
 }
 
 /// Runs the tests `run` selects, printing each result as it finishes.
-fn execute(run: &RunArgs, arguments: Vec<String>) -> anyhow::Result<RunRecord> {
+fn execute(run: &RunArgs, arguments: Vec<String>, progress: bool) -> anyhow::Result<RunRecord> {
     let meshwork = std::env::current_exe().context("finding this binary")?;
     let adapter = adapter(run.target, &meshwork)?;
     if let Some(why) = adapter.unavailable() {
@@ -406,7 +418,9 @@ fn execute(run: &RunArgs, arguments: Vec<String>) -> anyhow::Result<RunRecord> {
     let mut done = 0;
     let results = runtime.block_on(runner::run(tests, adapter.clone(), &options, |r: &AssertionResult| {
         done += 1;
-        print_result(r, done, total, output);
+        if progress {
+            print_result(r, done, total, output);
+        }
     }));
     let _ = std::fs::remove_dir_all(&workdir);
     Ok(RunRecord {
