@@ -19,6 +19,24 @@ pub struct Intent {
     pub filters: Vec<Filter>,
     /// Per backend, cluster settings beyond its address (retry admission, health checks…).
     pub clusters: BTreeMap<String, ClusterOptions>,
+    /// Backends that have an address but nothing serving it (a dead upstream); a check may
+    /// start one there later ([`crate::probe::Probe::start_backend`]).
+    pub absent: Vec<String>,
+    /// A rate-limit service (`meshwork ratelimit-service`) with these limits
+    /// (envoyproxy/ratelimit's YAML), reachable as the backend `ratelimit`.
+    pub ratelimit_service: Option<String>,
+}
+
+impl Intent {
+    /// Every backend name a configuration may refer to: echo backends, absent ones and the
+    /// rate-limit service.
+    pub fn all_backends(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.backends.iter().chain(&self.absent).cloned().collect();
+        if self.ratelimit_service.is_some() {
+            all.push("ratelimit".into());
+        }
+        all
+    }
 }
 
 /// How the route of a request is chosen (Gateway API's HTTPRoute precedence): an exact path
@@ -90,6 +108,9 @@ pub enum Action {
     /// To these backends, by weight.
     Backends(Vec<(String, u32)>),
     Redirect(Redirect),
+    /// To the backend this request header names (set by a filter: health checking, traffic
+    /// split).
+    ClusterHeader(String),
     /// The proxy answers with this status and body.
     Respond {
         status: u16,

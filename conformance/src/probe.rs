@@ -16,6 +16,9 @@ pub struct Probe {
     backends: BTreeMap<String, SocketAddr>,
     metrics_url: Option<String>,
     client: reqwest::Client,
+    meshwork: std::path::PathBuf,
+    /// Backends a check started; they end with the probe.
+    started: std::sync::Arc<std::sync::Mutex<Vec<tokio::process::Child>>>,
 }
 
 /// What `meshwork upstream` saw of a request (its echo body).
@@ -72,7 +75,22 @@ impl Probe {
             .pool_max_idle_per_host(16)
             .build()
             .expect("an HTTP client without TLS always builds");
-        Probe { listen, backends, metrics_url, client }
+        Probe { listen, backends, metrics_url, client, meshwork: "meshwork".into(), started: Default::default() }
+    }
+
+    /// The binary [`Probe::start_backend`] runs.
+    pub fn with_meshwork(mut self, meshwork: &std::path::Path) -> Probe {
+        self.meshwork = meshwork.to_path_buf();
+        self
+    }
+
+    /// Starts an echo backend at the address of backend `name` (one the intent left absent):
+    /// an upstream that comes back.
+    pub async fn start_backend(&self, name: &str) -> Result<(), String> {
+        let at = *self.backends.get(name).ok_or_else(|| format!("no backend {name}"))?;
+        let (child, _) = crate::runner::start_backend(&self.meshwork, name, Some(at)).await?;
+        self.started.lock().map_err(|_| "poisoned")?.push(child);
+        Ok(())
     }
 
     /// The `Host` a client of this listener sends.

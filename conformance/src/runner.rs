@@ -191,12 +191,31 @@ async fn attempt(
     let mut backends = BTreeMap::new();
     let mut children = Vec::new();
     for name in &intent.backends {
-        match start_backend(&options.meshwork, name).await {
+        match start_backend(&options.meshwork, name, None).await {
             Ok((child, addr)) => {
                 children.push(child);
                 backends.insert(name.clone(), addr);
             }
             Err(e) => return Attempt::StartFailed(format!("backend {name}: {e}")),
+        }
+    }
+    for name in &intent.absent {
+        backends.insert(name.clone(), free_port());
+    }
+    if let Some(limits) = &intent.ratelimit_service {
+        let file = dir.join("limits.yaml");
+        if let Err(e) = std::fs::write(&file, limits) {
+            return Attempt::Broken(format!("cannot write {}: {e}", file.display()));
+        }
+        let args = ["ratelimit-service", "--listen", "127.0.0.1:0", "--threads", "1", "--config"];
+        let mut command = Command::new(&options.meshwork);
+        command.args(args).arg(&file);
+        match start_announcing(command).await {
+            Ok((child, addr)) => {
+                children.push(child);
+                backends.insert("ratelimit".into(), addr);
+            }
+            Err(e) => return Attempt::StartFailed(format!("the rate-limit service: {e}")),
         }
     }
     let env = Env {
@@ -219,7 +238,7 @@ async fn attempt(
         let log = std::fs::read_to_string(dir.join("implementation.log")).unwrap_or_default();
         return Attempt::StartFailed(format!("{} did not start: {e}\n{}", adapter.name(), tail(&log)));
     }
-    let probe = Probe::new(env.listen, backends, rendered.metrics_url.clone());
+    let probe = Probe::new(env.listen, backends, rendered.metrics_url.clone()).with_meshwork(&options.meshwork);
     let check = tokio::time::timeout(Duration::from_secs(60), (test.check)(probe))
         .await
         .unwrap_or_else(|_| Err("the check did not finish within 60 s".into()));
@@ -242,17 +261,27 @@ async fn stop(child: &mut Child) {
     let _ = child.kill().await;
 }
 
-/// An echo backend on a port the kernel picks (no race with other tests): `meshwork upstream`
-/// prints its address first.
-async fn start_backend(meshwork: &std::path::Path, name: &str) -> Result<(Child, SocketAddr), String> {
+/// An echo backend: on a port the kernel picks (no race with other tests), or at `at`.
+pub async fn start_backend(
+    meshwork: &std::path::Path,
+    name: &str,
+    at: Option<SocketAddr>,
+) -> Result<(Child, SocketAddr), String> {
+    let listen = at.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
+    let mut command = Command::new(meshwork);
+    command.args(["upstream", "--listen", &listen, "--name", name]);
+    start_announcing(command).await
+}
+
+/// Starts a meshwork server whose first line of output says `… http://ADDR…` and reads ADDR.
+async fn start_announcing(mut command: Command) -> Result<(Child, SocketAddr), String> {
     use tokio::io::AsyncBufReadExt;
-    let mut child = Command::new(meshwork)
-        .args(["upstream", "--listen", "127.0.0.1:0", "--name", name])
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", meshwork.display()))?;
+        .map_err(|e| format!("cannot start it: {e}"))?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(stdout);
@@ -262,8 +291,9 @@ async fn start_backend(meshwork: &std::path::Path, name: &str) -> Result<(Child,
         _ => return Err("did not say where it listens within 10 s".into()),
     }
     let addr = line
-        .rsplit("http://")
-        .next()
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ', '\n']).next())
         .and_then(|a| a.trim().parse().ok())
         .ok_or_else(|| format!("unexpected first line {line:?}"))?;
     Ok((child, addr))

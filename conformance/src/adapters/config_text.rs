@@ -39,6 +39,9 @@ pub(crate) fn reject_meshwork_only(intent: &Intent, target: &str) -> Result<(), 
             "backend {name:?}: retry admission (max_retries, retry budgets) is a meshwork proxy-wasm filter, which {target} cannot load"
         )));
     }
+    if intent.ratelimit_service.is_some() {
+        return Err(Unsupported(format!("{target} does not speak Envoy's rate-limit service API")));
+    }
     Ok(())
 }
 

@@ -130,7 +130,7 @@ pub fn bootstrap(intent: &Intent, env: &Env) -> Value {
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     }));
     let clusters: Vec<Value> = intent
-        .backends
+        .all_backends()
         .iter()
         .map(|name| {
             json!({
@@ -215,6 +215,7 @@ fn route(r: &Route) -> Value {
             }
             v["route"] = action;
         }
+        Action::ClusterHeader(h) => v["route"] = json!({"cluster_header": h}),
         Action::Respond { status, body } => {
             v["direct_response"] = json!({"status": status, "body": {"inline_string": body}})
         }

@@ -201,6 +201,12 @@ fn render_route(i: usize, route: &Route, env: &Env, acls: &mut Lines, be: &mut L
                 ),
             );
         }
+        Action::ClusterHeader(_) => {
+            return Err(Unsupported(format!(
+                "route {:?}: a backend named by a header a proxy-wasm filter sets needs proxy-wasm",
+                route.name
+            )));
+        }
         Action::Respond { status, body } => {
             let status = respond_status(*status, body)?;
             if body.contains('\0') {

@@ -30,7 +30,7 @@ impl Adapter for Meshwork {
 
     fn render(&self, intent: &Intent, env: &Env) -> Result<Rendered, Unsupported> {
         let clusters: Vec<Value> = intent
-            .backends
+            .all_backends()
             .iter()
             .map(|name| {
                 let mut c = json!({"name": name, "endpoints": [env.backends[name].to_string()]});
@@ -134,6 +134,7 @@ fn route(r: &Route) -> Value {
         Action::Backends(b) => {
             v["backends"] = b.iter().map(|(c, w)| json!({"cluster": c, "weight": w})).collect();
         }
+        Action::ClusterHeader(h) => v["cluster_header"] = json!(h),
         Action::Respond { status, body } => v["direct_response"] = json!({"status": status, "body": body}),
         Action::Redirect(d) => {
             let mut redirect = json!({"status": d.status.unwrap_or(302)});

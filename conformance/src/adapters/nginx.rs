@@ -248,6 +248,12 @@ fn render_route(i: usize, route: &Route, env: &Env, http: &mut Lines, loc: &mut 
             response_headers(&route.response_headers, false, loc)?;
             loc.line(3, format!("return {status} \"{scheme}://{host}{port}{path}\";"));
         }
+        Action::ClusterHeader(_) => {
+            return Err(Unsupported(format!(
+                "route {:?}: a backend named by a header a proxy-wasm filter sets needs proxy-wasm",
+                route.name
+            )));
+        }
         Action::Respond { status, body } => {
             let status = respond_status(*status, body)?;
             if [301, 302, 303, 307, 308].contains(&status) {

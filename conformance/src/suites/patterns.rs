@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{Test, ensure};
 use crate::check;
-use crate::intent::{Filter, Intent, PathMatch, Route};
+use crate::intent::{Action, Filter, Intent, PathMatch, Route};
 use crate::outcome::{Level, SuiteName};
 
 fn with_filter(name: &str, configuration: Value) -> Intent {
@@ -50,6 +50,67 @@ fn route_timeout(timeout: Duration) -> Intent {
     let mut route = Route::to("app", PathMatch::Prefix("/".into()), "app");
     route.timeout = Some(timeout);
     Intent { backends: vec!["app".into()], routes: vec![route], ..Intent::default() }
+}
+
+/// Backends `a` (up) and `b` (down until the check starts it), a route to the one the
+/// health-check filter names in `x-target`, and the filter with this configuration.
+fn health(active: Value, passive: Value) -> Intent {
+    Intent {
+        backends: vec!["a".into()],
+        absent: vec!["b".into()],
+        routes: vec![Route {
+            action: Action::ClusterHeader("x-target".into()),
+            ..Route::to("app", PathMatch::Prefix("/".into()), "")
+        }],
+        filters: vec![Filter {
+            name: "health-check".into(),
+            configuration: json!({
+                "targets": [{"cluster": "a"}, {"cluster": "b"}],
+                "route_header": "x-target",
+                "active": active,
+                "passive": passive,
+            }),
+        }],
+        ..Intent::default()
+    }
+}
+
+fn probing() -> Value {
+    json!({"path": "/healthz", "interval": "200ms", "timeout": "100ms", "unhealthy_threshold": 1, "healthy_threshold": 1})
+}
+
+/// The global rate-limit filter asking the rate-limit service per `x-user`; `limits` is the
+/// service's file (None: the service is down).
+fn global(limits: Option<&str>, failure_mode_deny: bool) -> Intent {
+    let mut intent = with_filter(
+        "global-rate-limit",
+        json!({
+            "domain": "conformance",
+            "rate_limit_service": {"cluster": "ratelimit"},
+            "timeout": "250ms",
+            "failure_mode_deny": failure_mode_deny,
+            "rate_limits": [{"actions": [{"request_headers": {"header_name": "x-user", "descriptor_key": "user"}}]}],
+        }),
+    );
+    match limits {
+        Some(l) => intent.ratelimit_service = Some(l.to_owned()),
+        None => intent.absent.push("ratelimit".into()),
+    }
+    intent
+}
+
+/// Per day, so that a test never straddles a window's end (windows are aligned to the clock).
+fn per_day(n: u32) -> String {
+    format!("domain: conformance\ndescriptors:\n  - key: user\n    rate_limit: {{unit: day, requests_per_unit: {n}}}\n")
+}
+
+fn backoff(base: &str) -> Intent {
+    retry(json!({"mode": "callout", "max_retries": 3, "retry_on": ["5xx"], "timeout": "5s",
+        "backoff": {"base": base, "max": "1s"}, "budget": null}))
+}
+
+fn half_open(probes: u32) -> Intent {
+    with_filter("circuit-breaker", json!({"consecutive_failures": 2, "cool_down": "400ms", "half_open_probes": probes}))
 }
 
 fn breaker(consecutive_failures: u32) -> Intent {
@@ -312,5 +373,212 @@ pub static TESTS: &[Test] = &[
         }),
         known_bad: Some(|| with_filter("fault-injection", json!({"abort": {"http_status": 503, "percentage": 100}}))),
         statistics: Some("400 requests, ±9.7 points at p = 0.5: false failure 1e-4"),
+    },
+    Test {
+        id: "patterns/retry/backoff-spacing",
+        suite: SuiteName::Patterns,
+        test: "retry",
+        spec: "Service Mesh Patterns: retry (jittered exponential back-off)",
+        level: Level::Core,
+        features: &["retry", "backoff"],
+        needs: &["proxy-wasm"],
+        intent: || backoff("100ms"),
+        check: check!(|p| {
+            // Three retries after 100 ms-based fully jittered exponential back-off: the waits are
+            // uniform below 100, 300 and 700 ms (mean 550 ms in all, sd 222 ms). Ten requests'
+            // mean is above 277 ms but for 1e-4 of samples, and none can wait over 1.1 s.
+            let tasks: Vec<_> = (0..10)
+                .map(|i| {
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        let start = Instant::now();
+                        let r = p.get(&format!("/?status=503&key=backoff{i}")).await;
+                        r.map(|r| (r.status, start.elapsed()))
+                    })
+                })
+                .collect();
+            let mut took = Vec::new();
+            for t in tasks {
+                let (status, elapsed) = t.await.map_err(|e| e.to_string())??;
+                ensure(status == 503, || format!("an always-failing request ended {status}"))?;
+                took.push(elapsed);
+            }
+            let mean = took.iter().sum::<Duration>() / took.len() as u32;
+            let longest = took.iter().max().copied().unwrap_or_default();
+            for i in 0..10 {
+                let attempts = by_key(&p, &format!("backoff{i}")).await?;
+                ensure(attempts == 4, || format!("request {i}: {attempts} attempts (want 1 + 3 retries)"))?;
+            }
+            ensure(mean >= Duration::from_millis(277) && longest < Duration::from_millis(1600), || {
+                format!("mean time for 3 retries {mean:?} (want ≥ 277 ms), longest {longest:?} (want < 1.1 s + slack)")
+            })
+        }),
+        known_bad: Some(|| backoff("1ms")),
+        statistics: Some("10 requests of 3 retries: mean ≥ 277 ms (3.89 sd below 550 ms): false failure 1e-4"),
+    },
+    Test {
+        id: "patterns/circuit-breaking/half-open-probe-count",
+        suite: SuiteName::Patterns,
+        test: "circuit-breaking",
+        spec: "Service Mesh Patterns: circuit breaker (half-open)",
+        level: Level::Core,
+        features: &["circuit-breaking"],
+        needs: &["proxy-wasm"],
+        intent: || half_open(2),
+        check: check!(|p| {
+            for _ in 0..2 {
+                p.get("/?status=503").await?;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let before = p.backend_requests("app").await?;
+            // Half-open admits exactly two probes at once; the rest are answered locally.
+            let statuses = concurrent(&p, "/?delay=300ms", 5).await?;
+            let probes = p.backend_requests("app").await? - before;
+            ensure(probes == 2 && statuses == [200, 200, 503, 503, 503], || {
+                format!("half-open with 2 probes: {probes} reached the backend, statuses {statuses:?}")
+            })
+        }),
+        known_bad: Some(|| half_open(5)),
+        statistics: None,
+    },
+    Test {
+        id: "patterns/bulkhead/no-leak-on-reset",
+        suite: SuiteName::Patterns,
+        test: "bulkhead",
+        spec: "Service Mesh Patterns: bulkhead",
+        level: Level::Core,
+        features: &["bulkhead"],
+        needs: &["proxy-wasm"],
+        intent: || with_filter("bulkhead", json!({"max_concurrent": 2, "max_queued": 0})),
+        check: check!(|p| {
+            // Two clients take both places and hang up before their answers.
+            let abandoned: Vec<_> = (0..2)
+                .map(|_| {
+                    let p = p.clone();
+                    tokio::spawn(
+                        async move { tokio::time::timeout(Duration::from_millis(150), p.get("/?delay=2s")).await },
+                    )
+                })
+                .collect();
+            for a in abandoned {
+                let _ = a.await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let again = concurrent(&p, "/?delay=100ms", 2).await?;
+            ensure(again == [200, 200], || format!("after two clients reset: {again:?} (a place leaked)"))
+        }),
+        known_bad: Some(|| with_filter("bulkhead", json!({"max_concurrent": 1, "max_queued": 0}))),
+        statistics: None,
+    },
+    Test {
+        id: "patterns/health-checking/active-ejection-and-return",
+        suite: SuiteName::Patterns,
+        test: "health-checking",
+        spec: "Service Mesh Patterns: health checking",
+        level: Level::Core,
+        features: &["health-checking"],
+        needs: &["proxy-wasm"],
+        intent: || health(probing(), Value::Null),
+        check: check!(|p| {
+            // b is down: after a probe round, every request goes to a.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let t = p.tally("/", &[], 20).await?;
+            ensure(t.backend("a") == 20, || {
+                format!("with b down: {:?} {:?} (want all 20 on a)", t.backends, t.statuses)
+            })?;
+            // b comes back: within a few probe rounds it takes requests again.
+            p.start_backend("b").await?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let t = p.tally("/", &[], 4).await?;
+                if t.backend("b") > 0 && t.status(200) == 4 {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("b came back but got no request within 5 s: {:?}", t.backends));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }),
+        known_bad: Some(|| health(Value::Null, Value::Null)),
+        statistics: None,
+    },
+    Test {
+        id: "patterns/health-checking/passive-ejection",
+        suite: SuiteName::Patterns,
+        test: "health-checking",
+        spec: "Service Mesh Patterns: outlier detection",
+        level: Level::Core,
+        features: &["health-checking", "outlier-detection"],
+        needs: &["proxy-wasm"],
+        intent: || {
+            health(Value::Null, json!({"consecutive_5xx": 2, "base_ejection_time": "30s", "max_ejection_percent": 100}))
+        },
+        check: check!(|p| {
+            // Requests alternate between a and the dead b until b has failed twice in a row.
+            let first = p.tally("/", &[], 10).await?;
+            let then = p.tally("/", &[], 10).await?;
+            ensure(first.status(503) <= 2 && then.backend("a") == 10, || {
+                format!(
+                    "first 10: {:?}, next 10: {:?} (b must be ejected after 2 failures)",
+                    first.statuses, then.backends
+                )
+            })
+        }),
+        known_bad: Some(|| health(Value::Null, Value::Null)),
+        statistics: None,
+    },
+    Test {
+        id: "patterns/rate-limiting/global-exact-count",
+        suite: SuiteName::Patterns,
+        test: "rate-limiting",
+        spec: "Service Mesh Patterns: rate limiting (global, Envoy's rate-limit service API)",
+        level: Level::Core,
+        features: &["global-rate-limiting"],
+        needs: &["proxy-wasm"],
+        intent: || global(Some(&per_day(5)), false),
+        check: check!(|p| {
+            let alice = p.tally("/", &[("x-user", "alice")], 8).await?;
+            let bob = p.tally("/", &[("x-user", "bob")], 2).await?;
+            ensure(alice.status(200) == 5 && alice.status(429) == 3 && bob.status(200) == 2, || {
+                format!("5 a day per user: alice {:?}, bob {:?}", alice.statuses, bob.statuses)
+            })
+        }),
+        known_bad: Some(|| global(Some(&per_day(100)), false)),
+        statistics: None,
+    },
+    Test {
+        id: "patterns/rate-limiting/global-fails-closed-when-asked",
+        suite: SuiteName::Patterns,
+        test: "rate-limiting",
+        spec: "Service Mesh Patterns: rate limiting (global; failure mode)",
+        level: Level::Core,
+        features: &["global-rate-limiting"],
+        needs: &["proxy-wasm"],
+        intent: || global(None, true),
+        check: check!(|p| {
+            let t = p.tally("/", &[("x-user", "alice")], 3).await?;
+            ensure(t.status(500) == 3 && p.backend_requests("app").await? == 0, || {
+                format!("service down, failure_mode_deny: {:?} (want 500s, nothing upstream)", t.statuses)
+            })
+        }),
+        known_bad: Some(|| global(None, false)),
+        statistics: None,
+    },
+    Test {
+        id: "patterns/rate-limiting/global-fails-open-by-default",
+        suite: SuiteName::Patterns,
+        test: "rate-limiting",
+        spec: "Service Mesh Patterns: rate limiting (global; failure mode)",
+        level: Level::Core,
+        features: &["global-rate-limiting"],
+        needs: &["proxy-wasm"],
+        intent: || global(None, false),
+        check: check!(|p| {
+            let t = p.tally("/", &[("x-user", "alice")], 3).await?;
+            ensure(t.status(200) == 3, || format!("service down, fail open: {:?} (want 200s)", t.statuses))
+        }),
+        known_bad: Some(|| global(None, true)),
+        statistics: None,
     },
 ];
