@@ -142,7 +142,7 @@ fn route_targets_are_validated() {
         try_proxy(&format!("clusters: [{}]\nroute: {{cluster: app, cluster_header: x-c}}\n", cluster("app", &up)))
             .err()
             .expect("both targets are refused");
-    assert!(err.contains("exactly one of cluster, cluster_header or direct_response"), "{err}");
+    assert!(err.contains("exactly one of cluster, cluster_header, backends, direct_response or redirect"), "{err}");
     let err = try_proxy(&format!("clusters: [{}]\nroute: {{cluster_header: \"bad header\"}}\n", cluster("app", &up)))
         .err()
         .expect("a bad header name is refused");
