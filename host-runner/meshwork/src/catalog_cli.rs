@@ -237,7 +237,7 @@ impl BuildArgs {
     }
 }
 
-fn catalog_dir(given: Option<PathBuf>) -> PathBuf {
+pub(crate) fn catalog_dir(given: Option<PathBuf>) -> PathBuf {
     if let Some(dir) = given.or_else(|| std::env::var_os("MESHWORK_CATALOG").map(PathBuf::from)) {
         return dir;
     }
@@ -253,7 +253,7 @@ fn catalog_dir(given: Option<PathBuf>) -> PathBuf {
         .unwrap_or(here)
 }
 
-fn load(dir: &Path) -> anyhow::Result<Catalog> {
+pub(crate) fn load(dir: &Path) -> anyhow::Result<Catalog> {
     Catalog::load(dir).map_err(|problems| anyhow::anyhow!("the catalog is not valid:\n{problems}"))
 }
 

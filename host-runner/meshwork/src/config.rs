@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use ipnet::IpNet;
 use meshwork_wasm_host::abi::LogLevel;
-use meshwork_wasm_host::{NodeInfo, PluginConfig, VmLimits};
+use meshwork_wasm_host::{NodeInfo, PluginConfig, TrafficDirection, VmLimits};
 use serde::Deserialize;
 
 pub use crate::route_spec::{
@@ -154,6 +154,9 @@ pub struct ListenerConfig {
     /// Proxies in front that a trusted client vouches for: the client address that counts is
     /// this many entries from the end of `x-forwarded-for` (Envoy's `xff_num_trusted_hops`).
     pub xff_trusted_hops: u32,
+    /// What filters read as `listener_direction`: sidecar filters (Istio's, Kuma's) tell inbound
+    /// from outbound traffic by it.
+    pub direction: TrafficDirection,
 }
 
 impl Default for ListenerConfig {
@@ -170,6 +173,7 @@ impl Default for ListenerConfig {
             trusted_clients: Vec::new(),
             use_remote_address: true,
             xff_trusted_hops: 0,
+            direction: TrafficDirection::Unspecified,
         }
     }
 }
@@ -258,8 +262,9 @@ pub enum ModuleSource {
     /// A local file (`module: path` or `file://path`); with `sha256`, it must have that digest.
     File { sha256: Option<String> },
     /// `oci://registry/repository:tag` or `…@sha256:…`; `sha256` pins the manifest digest, as
-    /// Istio's WasmPlugin does.
-    Oci { reference: String, sha256: Option<String> },
+    /// Istio's WasmPlugin does. `pull_policy` overrides `--pull-policy` for this module (a
+    /// WasmPlugin's `imagePullPolicy`).
+    Oci { reference: String, sha256: Option<String>, pull_policy: Option<meshwork_oci::fetch::PullPolicy> },
     /// `http(s)://…` (Envoy's `remote` code); `sha256` pins the module's own digest.
     Http { url: String, sha256: Option<String> },
 }
@@ -268,7 +273,7 @@ impl ModuleSource {
     /// Reads a `module:` value. Local paths are relative to `base`.
     pub fn parse(text: &str, sha256: Option<String>, base: &Path) -> (PathBuf, ModuleSource) {
         if text.starts_with("oci://") {
-            (PathBuf::new(), ModuleSource::Oci { reference: text.to_owned(), sha256 })
+            (PathBuf::new(), ModuleSource::Oci { reference: text.to_owned(), sha256, pull_policy: None })
         } else if text.starts_with("http://") || text.starts_with("https://") {
             (PathBuf::new(), ModuleSource::Http { url: text.to_owned(), sha256 })
         } else {
@@ -720,6 +725,7 @@ impl ProxyConfig {
                 id: file.node.id.unwrap_or_else(|| "meshwork".into()),
                 cluster: file.node.cluster.unwrap_or_default(),
                 metadata: file.node.metadata,
+                metadata_maps: BTreeMap::new(),
             },
             cache_dir: file.cache_dir.map(|d| base.join(d)),
         };
@@ -1113,6 +1119,7 @@ fn listener_config(f: FileListener) -> anyhow::Result<ListenerConfig> {
             .context("listener.trusted_clients")?,
         use_remote_address: f.use_remote_address.unwrap_or(d.use_remote_address),
         xff_trusted_hops: f.xff_trusted_hops.unwrap_or(0),
+        direction: d.direction,
     })
 }
 

@@ -171,6 +171,7 @@ fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyC
                 id: n.get("id").and_then(Value::as_str).unwrap_or("meshwork").into(),
                 cluster: n.get("cluster").and_then(Value::as_str).unwrap_or_default().into(),
                 metadata,
+                metadata_maps: BTreeMap::new(),
             }
         }
     };
@@ -1018,6 +1019,27 @@ fn http_filters(w: &mut Walker, list: &[&Value], path: &str, base: &Path) -> any
         filters.push(wasm_filter(w, config, &format!("{tpath}.config"), name, base)?);
     }
     bail!("{path}: the last http filter must be envoy.filters.http.router")
+}
+
+/// One `HttpFilter` (`name`, `typed_config`) that documents embed on their own (Kuma's
+/// MeshProxyPatch `value`), translated exactly as a bootstrap's Wasm http filter is. What the
+/// bootstrap translation reports as unsupported is an error here; its warnings are returned.
+pub(crate) fn wasm_http_filter(value: &Value, path: &str, base: &Path) -> anyhow::Result<(FilterConfig, Vec<String>)> {
+    let mut w = Walker { errors: Vec::new(), warnings: Vec::new() };
+    let entry = w.object(value, path, &["name", "typed_config"])?;
+    let name = string(entry, "name", path)?;
+    let tpath = format!("{path}.typed_config");
+    let (kind, msg) = typed(&mut w, entry.get("typed_config").with_context(|| format!("{tpath} is missing"))?, &tpath)?;
+    if kind != WASM_FILTER_TYPE {
+        bail!("{path} ({name}): only envoy.filters.http.wasm filters ({WASM_FILTER_TYPE}) are supported, not {kind}");
+    }
+    let m = message(&mut w, msg, &tpath, &["config"])?;
+    let config = m.get("config").with_context(|| format!("{tpath}.config is missing"))?;
+    let filter = wasm_filter(&mut w, config, &format!("{tpath}.config"), name, base)?;
+    if !w.errors.is_empty() {
+        bail!("{}", w.errors.join("; "));
+    }
+    Ok((filter, w.warnings))
 }
 
 /// StringValue/BytesValue wrappers reach the plugin unwrapped; BytesValue is base64 in YAML.

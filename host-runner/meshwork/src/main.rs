@@ -5,8 +5,12 @@ mod app;
 mod catalog_cli;
 mod config;
 mod conformance_cli;
+mod deploy_cli;
 mod envoy;
 mod inspect;
+mod istio;
+mod kube_apply;
+mod kuma;
 mod modules;
 mod proxy;
 mod ratelimit;
@@ -57,13 +61,48 @@ enum OutputFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy with proxy-wasm filters.
+    #[command(group(clap::ArgGroup::new("mesh").args(["istio", "kuma"])))]
     Run {
         /// meshwork's own YAML configuration.
-        #[arg(long, conflicts_with = "envoy_config", required_unless_present = "envoy_config")]
+        #[arg(
+            long,
+            conflicts_with_all = ["envoy_config", "mesh"],
+            required_unless_present_any = ["envoy_config", "istio", "kuma"]
+        )]
         config: Option<PathBuf>,
         /// An Envoy static bootstrap (YAML or JSON) using envoy.filters.http.wasm.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "mesh")]
         envoy_config: Option<PathBuf>,
+        /// Istio WasmPlugin documents (YAML, several per file, or JSON), run as the Istio sidecar
+        /// of the workload given by --upstream, --workload-labels, --namespace would run them.
+        #[arg(long, num_args = 1.., value_name = "FILE", requires = "upstream")]
+        istio: Vec<PathBuf>,
+        /// Kuma MeshProxyPatch documents: their httpFilter additions on the inbound listener, as
+        /// the Kuma dataplane of the workload given by --upstream would run them.
+        #[arg(long, num_args = 1.., value_name = "FILE", requires = "upstream")]
+        kuma: Vec<PathBuf>,
+        /// With --istio/--kuma: the application the inbound listener forwards to.
+        #[arg(long, value_name = "HOST:PORT", requires = "mesh")]
+        upstream: Option<String>,
+        /// With --istio/--kuma: the inbound listener's address (Istio's inbound capture port).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15006")]
+        listen: SocketAddr,
+        /// With --istio/--kuma: the admin listener (stats, POST /reload), none by default.
+        #[arg(long, value_name = "ADDR", requires = "mesh")]
+        admin: Option<SocketAddr>,
+        /// With --istio/--kuma: the workload's pod labels, which selectors are matched against.
+        #[arg(long, value_name = "K=V[,K=V...]", value_delimiter = ',', value_parser = istio::parse_label, requires = "mesh")]
+        workload_labels: Vec<(String, String)>,
+        /// With --istio/--kuma: the workload's namespace.
+        #[arg(long, value_name = "NS", default_value = "default")]
+        namespace: String,
+        /// With --istio/--kuma: a cluster the filters call out to, by the name their
+        /// configurations use (`ratelimit=127.0.0.1:8081`; repeatable).
+        #[arg(long = "cluster", value_name = "NAME=HOST:PORT", requires = "mesh")]
+        outbound: Vec<String>,
+        /// With --istio/--kuma: the workload's name (node metadata); by default its `app` label.
+        #[arg(long, value_name = "NAME", requires = "mesh")]
+        workload_name: Option<String>,
         /// With --envoy-config: warn about unsupported Envoy fields instead of refusing them.
         #[arg(long)]
         allow_unsupported: bool,
@@ -114,6 +153,9 @@ enum Command {
     /// Conformance suites (SMI, GAMMA MESH-HTTP, the Service Mesh Patterns) against meshwork,
     /// an Envoy bootstrap, nginx or HAProxy: reports, signed attestations, a matrix.
     Conformance(conformance_cli::ConformanceArgs),
+    /// A catalog item as the configuration a mesh accepts (Envoy, Istio, Envoy Gateway, Consul,
+    /// Kuma, meshwork; eBPF DaemonSets), validated; `--apply` sends it to a cluster.
+    Deploy(Box<deploy_cli::DeployArgs>),
     /// Work with proxy-wasm filter modules.
     Filter {
         #[command(subcommand)]
@@ -162,11 +204,34 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             require_signature,
             pull_policy,
             plain_http,
+            istio,
+            kuma,
+            upstream,
+            listen,
+            admin,
+            workload_labels,
+            namespace,
+            workload_name,
+            outbound,
         } => {
-            let kind = match (config, envoy_config) {
-                (Some(path), _) => proxy::reload::ConfigKind::Native(path),
-                (None, Some(path)) => proxy::reload::ConfigKind::Envoy { path, allow_unsupported },
-                (None, None) => anyhow::bail!("give --config or --envoy-config"),
+            let kind = match (config, envoy_config, upstream) {
+                (Some(path), _, _) => proxy::reload::ConfigKind::Native(path),
+                (None, Some(path), _) => proxy::reload::ConfigKind::Envoy { path, allow_unsupported },
+                (None, None, Some(upstream)) => {
+                    let (labels, name) = (workload_labels, workload_name);
+                    let mut workload = istio::Workload::from_flags(&upstream, listen, admin, labels, namespace, name)?;
+                    for c in &outbound {
+                        let (name, address) =
+                            c.split_once('=').with_context(|| format!("--cluster {c}: want NAME=HOST:PORT"))?;
+                        workload.outbound.push((name.to_owned(), config::EndpointConfig::parse(address, "--cluster")?));
+                    }
+                    if istio.is_empty() {
+                        proxy::reload::ConfigKind::Kuma { files: kuma, workload }
+                    } else {
+                        proxy::reload::ConfigKind::Istio { files: istio, workload }
+                    }
+                }
+                (None, None, None) => anyhow::bail!("give --config, --envoy-config, --istio or --kuma"),
             };
             let require_signature = require_signature
                 .map(|path| {
@@ -237,6 +302,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ebpf(args) => meshwork_ebpf::cli::run(args),
         Command::Catalog(args) => catalog_cli::run(args),
         Command::Conformance(args) => conformance_cli::run(args),
+        Command::Deploy(args) => deploy_cli::run(*args),
         Command::Filter { command: FilterCommand::Inspect { file, output } } => {
             let report = inspect::inspect(&file)?;
             match output {

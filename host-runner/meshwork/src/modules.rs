@@ -56,11 +56,21 @@ pub fn fetch_all(config: &mut ProxyConfig, settings: &PullSettings) -> anyhow::R
                             check_local(path, source, name)?;
                             None
                         }
-                        ModuleSource::Oci { reference, sha256 } => Some(
-                            fetch::fetch_oci(reference, sha256.as_deref(), &options)
-                                .await
-                                .with_context(|| format!("filter {name}: pulling {reference}"))?,
-                        ),
+                        ModuleSource::Oci { reference, sha256, pull_policy } => {
+                            let own;
+                            let options = match pull_policy {
+                                Some(p) => {
+                                    own = FetchOptions { pull_policy: *p, ..options.clone() };
+                                    &own
+                                }
+                                None => &options,
+                            };
+                            Some(
+                                fetch::fetch_oci(reference, sha256.as_deref(), options)
+                                    .await
+                                    .with_context(|| format!("filter {name}: pulling {reference}"))?,
+                            )
+                        }
                         ModuleSource::Http { url, sha256 } => Some(
                             fetch::fetch_http(url, sha256.as_deref(), &options)
                                 .await

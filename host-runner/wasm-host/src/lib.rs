@@ -38,5 +38,5 @@ pub use module::{LoadedModule, ModuleInfo, WasmEngine};
 pub use network::{ConnectionStream, Peer};
 pub use plugin::{NodeInfo, PluginConfig, Services, VmLimits};
 pub use shared::QueueOwner;
-pub use stream_data::{CertInfo, Dir, LocalReply, PerDir, StreamInfo, TlsInfo};
+pub use stream_data::{CertInfo, Dir, LocalReply, PerDir, StreamInfo, TlsInfo, TrafficDirection};
 pub use vm::{Dispatcher, PluginTemplate, PluginVm};

@@ -119,6 +119,9 @@ pub struct NodeInfo {
     pub id: String,
     pub cluster: String,
     pub metadata: BTreeMap<String, String>,
+    /// Metadata whose values are string maps, as Istio's `LABELS`: served as maps (Envoy
+    /// serialises a Struct of strings that way), so `node.metadata.LABELS.app` reads one label.
+    pub metadata_maps: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Process-wide state shared by every VM of every worker.

@@ -138,7 +138,15 @@ fn top_level(
             (
                 Bytes::from_static(b"metadata"),
                 Value::Map(
-                    n.metadata.iter().map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), Value::str(v))).collect(),
+                    n.metadata
+                        .iter()
+                        .map(|(k, v)| (Bytes::copy_from_slice(k.as_bytes()), Value::str(v)))
+                        .chain(n.metadata_maps.iter().map(|(k, m)| {
+                            let pairs =
+                                m.iter().map(|(mk, mv)| (Bytes::copy_from_slice(mk.as_bytes()), Value::str(mv)));
+                            (Bytes::copy_from_slice(k.as_bytes()), Value::Map(pairs.collect()))
+                        }))
+                        .collect(),
                 ),
             ),
         ])
@@ -156,7 +164,7 @@ fn top_level(
                 b"node" => node(),
                 b"route_name" => Value::Name(stream.ok_or(Status::NotFound)?.info.route_name.clone()),
                 b"cluster_name" => Value::Name(stream.ok_or(Status::NotFound)?.info.cluster_name.clone()),
-                b"listener_direction" => Value::Int(0),
+                b"listener_direction" => Value::Int(stream.map_or(0, |s| s.info.direction.envoy_value())),
                 b"filter_chain_name" | b"virtual_host_name" => Value::str(""),
                 _ => return Err(Status::NotFound),
             };
@@ -170,7 +178,7 @@ fn top_level(
     match name {
         b"route_name" => Ok((Value::Name(info.route_name.clone()), false)),
         b"cluster_name" => Ok((Value::Name(info.cluster_name.clone()), false)),
-        b"listener_direction" => Ok((Value::Int(0), false)),
+        b"listener_direction" => Ok((Value::Int(info.direction.envoy_value()), false)),
         b"connection_id" => Ok((Value::UInt(info.connection_id), false)),
         b"request" => {
             let Some(field) = next else {
@@ -396,6 +404,25 @@ mod tests {
         assert_eq!(get_bytes(Some(&s), b"route_name").unwrap(), b"r1");
         assert_eq!(get_bytes(None, b"request\0path"), Err(Status::NotFound));
         assert_eq!(get_bytes(None, b"xds\0node\0id").unwrap(), b"");
+    }
+
+    #[test]
+    fn listener_direction_and_struct_node_metadata() {
+        let mut s = stream();
+        assert_eq!(get_bytes(Some(&s), b"xds\0listener_direction").unwrap(), 0i64.to_le_bytes());
+        s.info.direction = crate::stream_data::TrafficDirection::Inbound;
+        assert_eq!(get_bytes(Some(&s), b"xds\0listener_direction").unwrap(), 1i64.to_le_bytes());
+        assert_eq!(get_bytes(Some(&s), b"listener_direction").unwrap(), 1i64.to_le_bytes());
+        let mut services = Services::default();
+        services.node.metadata.insert("NAMESPACE".into(), "shop".into());
+        let labels = [("app".to_owned(), "reviews".to_owned()), ("version".to_owned(), "v1".to_owned())];
+        services.node.metadata_maps.insert("LABELS".into(), labels.into_iter().collect());
+        let read = |path: &[u8]| get(&plugin(), &services, None, path)?.serialise().map(Cow::into_owned);
+        assert_eq!(read(b"node\0metadata\0NAMESPACE").unwrap(), b"shop");
+        assert_eq!(read(b"xds\0node\0metadata\0LABELS\0app").unwrap(), b"reviews");
+        let pairs = read(b"node\0metadata\0LABELS").unwrap();
+        assert_eq!(crate::headers::decode_pairs(&pairs).unwrap().len(), 2);
+        assert_eq!(read(b"node\0metadata\0LABELS\0nope"), Err(Status::NotFound));
     }
 
     #[test]

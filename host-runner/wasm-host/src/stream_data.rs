@@ -39,6 +39,27 @@ pub struct TlsInfo {
     pub alpn: Option<String>,
 }
 
+/// The direction of the listener a stream arrived on (Envoy's `TrafficDirection`): filters
+/// written for sidecars read it as `listener_direction` to tell inbound from outbound traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrafficDirection {
+    #[default]
+    Unspecified,
+    Inbound,
+    Outbound,
+}
+
+impl TrafficDirection {
+    /// The enum's number in Envoy's API, which is what the property holds.
+    pub fn envoy_value(self) -> i64 {
+        match self {
+            TrafficDirection::Unspecified => 0,
+            TrafficDirection::Inbound => 1,
+            TrafficDirection::Outbound => 2,
+        }
+    }
+}
+
 /// What the proxy knows about a stream, for properties.
 #[derive(Clone, Debug)]
 pub struct StreamInfo {
@@ -57,6 +78,8 @@ pub struct StreamInfo {
     pub upstream_attempts: u32,
     pub route_name: Rc<str>,
     pub cluster_name: Rc<str>,
+    /// The listener's direction (`listener_direction`).
+    pub direction: TrafficDirection,
     pub upstream: Option<SocketAddr>,
     pub upstream_local: Option<SocketAddr>,
     pub response_code: Option<u32>,
@@ -87,6 +110,7 @@ impl StreamInfo {
             upstream_attempts: 0,
             route_name,
             cluster_name,
+            direction: TrafficDirection::Unspecified,
             upstream: None,
             upstream_local: None,
             response_code: None,

@@ -36,7 +36,20 @@ pub struct ConfigSource {
 #[derive(Clone, Debug)]
 pub enum ConfigKind {
     Native(PathBuf),
-    Envoy { path: PathBuf, allow_unsupported: bool },
+    Envoy {
+        path: PathBuf,
+        allow_unsupported: bool,
+    },
+    /// Istio WasmPlugin documents, run as the sidecar of `workload`.
+    Istio {
+        files: Vec<PathBuf>,
+        workload: crate::istio::Workload,
+    },
+    /// Kuma MeshProxyPatch documents, run as the dataplane of `workload`.
+    Kuma {
+        files: Vec<PathBuf>,
+        workload: crate::istio::Workload,
+    },
 }
 
 impl ConfigSource {
@@ -44,6 +57,8 @@ impl ConfigSource {
         let mut config = match &self.kind {
             ConfigKind::Native(path) => ProxyConfig::load(path)?,
             ConfigKind::Envoy { path, allow_unsupported } => crate::envoy::load(path, *allow_unsupported)?,
+            ConfigKind::Istio { files, workload } => crate::istio::load(files, workload)?,
+            ConfigKind::Kuma { files, workload } => crate::kuma::load(files, workload)?,
         };
         config.resolve.clone_from(&self.resolve);
         crate::modules::fetch_all(&mut config, &self.pull)?;

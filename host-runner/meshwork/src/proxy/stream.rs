@@ -187,6 +187,7 @@ pub async fn handle(
     info.destination = Some(conn.local);
     info.connection_id = conn.id;
     info.tls = conn.tls.clone();
+    info.direction = listener.settings.direction;
     let end_stream = body.is_end_stream();
     let engine = FilterStream::new(chain, headers, info).with_buffer_limit(listener.filter_buffer_limit);
     let shared = StreamShared::new(Instant::now());

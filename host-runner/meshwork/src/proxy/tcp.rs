@@ -78,6 +78,7 @@ where
     info.destination = Some(conn.local);
     info.connection_id = conn.id;
     info.tls = conn.tls.clone();
+    info.direction = listener.settings.direction;
     let mut engine = ConnectionStream::new(vms, info, listener.settings.buffer_limit);
     let idle = listener.settings.idle_timeout;
     worker.stats.tcp_connections.increment(1).ok();
