@@ -104,5 +104,8 @@ echo "== the catalog: published to a local OCI registry, signed, a filter run fr
 echo
 echo "== metrics in Prometheus format: $admin/stats/prometheus"
 echo
+echo "== deploy: the demo's filters as Istio WasmPlugins (meshwork deploy), run as a sidecar (meshwork run --istio)"
+"$root/scripts/demo_deploy.sh" "$app"
+echo
 echo "== conformance: SMI, GAMMA MESH-HTTP and the patterns against meshwork, signed; every target compared"
 "$root/scripts/demo_conformance.sh"
