@@ -302,7 +302,13 @@ pub static TESTS: &[Test] = &[
             let port = p.listen.port();
             expect_redirect(&p, "/hostname-redirect", 301, &format!("http://example.org:{port}/hostname-redirect"))
                 .await?;
-            expect_redirect(&p, "/host-and-status", 301, &format!("http://example.org:{port}/host-and-status")).await
+            expect_redirect(&p, "/host-and-status", 301, &format!("http://example.org:{port}/host-and-status")).await?;
+            // A Host without a port: the listener's port (Gateway API's rule), not 80.
+            let reply = p.send("GET", "/hostname-redirect", &[("host", "echo")]).await?;
+            let want = format!("http://example.org:{port}/hostname-redirect");
+            ensure(reply.status == 301 && reply.header("location") == Some(want.as_str()), || {
+                format!("Host `echo`: expected 301 to {want}, got {} to {:?}", reply.status, reply.header("location"))
+            })
         }),
         known_bad: Some(|| redirects(302)),
         statistics: None,

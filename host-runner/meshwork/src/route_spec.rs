@@ -285,10 +285,18 @@ impl PathRewrite {
 }
 
 impl Redirect {
-    /// The `Location` for a request with this scheme, `Host` and target. A port given by
-    /// neither the redirect nor the request is the scheme's; the scheme's default port is
-    /// left out of the URL (Gateway API's rules).
-    pub fn location(&self, matched: &PathMatch, scheme: &str, host: Option<&str>, uri: &Uri) -> String {
+    /// The `Location` for a request with this scheme, `Host` and target, which arrived on
+    /// `listener_port`. Without a port in the redirect: a new scheme's well-known port, else the
+    /// request's (its `Host`'s, else the listener's); the scheme's default port is left out of
+    /// the URL (Gateway API's rules).
+    pub fn location(
+        &self,
+        matched: &PathMatch,
+        scheme: &str,
+        host: Option<&str>,
+        uri: &Uri,
+        listener_port: Option<u16>,
+    ) -> String {
         let (request_host, request_port) = match host {
             Some(h) => match h.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok() && !h.ends_with(']')) {
                 Some((name, port)) => (name, port.parse().ok()),
@@ -301,7 +309,7 @@ impl Redirect {
         let port = match (self.port, &self.scheme) {
             (Some(p), _) => p,
             (None, Some(s)) => default_port(s),
-            (None, None) => request_port.unwrap_or(default_port(scheme)),
+            (None, None) => request_port.or(listener_port).unwrap_or(default_port(scheme)),
         };
         let host_out = self.host.as_deref().unwrap_or(request_host);
         let path = match &self.path {
@@ -459,21 +467,24 @@ mod tests {
         };
         let u = uri("/a?b=c");
         assert_eq!(
-            redirect(None, Some("example.org"), None).location(&any, "http", Some("svc:8080"), &u),
+            redirect(None, Some("example.org"), None).location(&any, "http", Some("svc:8080"), &u, None),
             "http://example.org:8080/a?b=c"
         );
         assert_eq!(
-            redirect(Some("https"), None, None).location(&any, "http", Some("svc:8080"), &u),
+            redirect(Some("https"), None, None).location(&any, "http", Some("svc:8080"), &u, None),
             "https://svc/a?b=c"
         );
-        assert_eq!(redirect(None, None, Some(80)).location(&any, "http", Some("svc:8080"), &u), "http://svc/a?b=c");
         assert_eq!(
-            redirect(Some("https"), None, Some(8443)).location(&any, "http", Some("svc"), &u),
+            redirect(None, None, Some(80)).location(&any, "http", Some("svc:8080"), &u, None),
+            "http://svc/a?b=c"
+        );
+        assert_eq!(
+            redirect(Some("https"), None, Some(8443)).location(&any, "http", Some("svc"), &u, None),
             "https://svc:8443/a?b=c"
         );
-        assert_eq!(redirect(None, None, None).location(&any, "http", Some("svc"), &u), "http://svc/a?b=c");
+        assert_eq!(redirect(None, None, None).location(&any, "http", Some("svc"), &u, None), "http://svc/a?b=c");
         let with_path = Redirect { path: Some(PathRewrite::Full("/new".into())), ..redirect(None, None, None) };
-        assert_eq!(with_path.location(&any, "http", Some("svc:81"), &u), "http://svc:81/new?b=c");
+        assert_eq!(with_path.location(&any, "http", Some("svc:81"), &u, None), "http://svc:81/new?b=c");
     }
 
     #[test]

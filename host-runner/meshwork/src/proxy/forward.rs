@@ -45,7 +45,7 @@ async fn forward_inner(
     generation: &Generation,
     listener: &ListenerGeneration,
 ) -> Result<Response<ProxyBody>, StreamFailure> {
-    let Prepared { mut parts, route, .. } = prepared;
+    let Prepared { mut parts, route, listener_port, .. } = prepared;
     match &route.target {
         router::Target::Direct { status, body: text } => {
             drop(body);
@@ -55,7 +55,7 @@ async fn forward_inner(
         }
         router::Target::Redirect(redirect) => {
             drop(body);
-            return Ok(router::redirect_response(&route, redirect, &parts.headers, &parts.uri));
+            return Ok(router::redirect_response(&route, redirect, &parts.headers, &parts.uri, Some(listener_port)));
         }
         _ => {}
     }

@@ -129,6 +129,8 @@ pub struct Prepared {
     pub route: Rc<Route>,
     /// The client's protocol, for the filters' `request.protocol`.
     pub protocol: Version,
+    /// The port the request arrived on (a redirect's port when its `Host` has none).
+    pub listener_port: u16,
 }
 
 /// The authority of a request (RFC 9112 §3.2.2, RFC 9113 §8.3.1): the target's own authority
@@ -268,7 +270,7 @@ pub fn prepare(
     let route = listener.route(&parts.method, &parts.uri, &parts.headers).ok_or(StreamFailure::NoRoute)?;
     let protocol = parts.version;
     parts.version = Version::HTTP_11;
-    Ok(Prepared { parts, route, protocol })
+    Ok(Prepared { parts, route, protocol, listener_port: conn.local.port() })
 }
 
 /// Appends `ip` to `x-forwarded-for`, folding repeated headers into one list.

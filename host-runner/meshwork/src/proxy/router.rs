@@ -252,10 +252,16 @@ pub fn rewrite_request(route: &Route, uri: &mut Uri, headers: &mut HeaderMap) {
 }
 
 /// The redirect a route answers with, built from the request's scheme, `Host` and target.
-pub fn redirect_response(route: &Route, redirect: &Redirect, headers: &HeaderMap, uri: &Uri) -> Response<ProxyBody> {
+pub fn redirect_response(
+    route: &Route,
+    redirect: &Redirect,
+    headers: &HeaderMap,
+    uri: &Uri,
+    listener_port: Option<u16>,
+) -> Response<ProxyBody> {
     let scheme = headers.get(super::request::X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()).unwrap_or("http");
     let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
-    let location = redirect.location(&route.matcher.path, scheme, host, uri);
+    let location = redirect.location(&route.matcher.path, scheme, host, uri, listener_port);
     let mut response = Response::new(body::empty());
     *response.status_mut() = http::StatusCode::from_u16(redirect.status).unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
     if let Ok(location) = HeaderValue::from_str(&location) {

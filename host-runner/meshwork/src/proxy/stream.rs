@@ -175,7 +175,7 @@ pub async fn handle(
     chain: Vec<Rc<PluginVm>>,
     conn: &ConnState,
 ) -> Result<Response<ProxyBody>, BoxError> {
-    let Prepared { mut parts, route, protocol: version } = prepared;
+    let Prepared { mut parts, route, protocol: version, .. } = prepared;
     let headers = request_map(&mut parts, conn.scheme);
     let cluster_name = match &route.target {
         router::Target::Cluster(c) => c.name.clone(),
@@ -355,7 +355,8 @@ impl Driver {
                 return;
             }
             router::Target::Redirect(redirect) => {
-                let response = router::redirect_response(&self.route, redirect, &headers, &uri);
+                let listener_port = self.engine.data().borrow().info.destination.map(|d| d.port());
+                let response = router::redirect_response(&self.route, redirect, &headers, &uri, listener_port);
                 self.answer(response.map(|_| Bytes::new()), end_stream);
                 return;
             }
