@@ -814,7 +814,7 @@ fn route_config(w: &mut Walker, value: &Value, path: &str) -> anyhow::Result<Vec
                     let pattern =
                         regex_of(r.get("pattern").with_context(|| format!("{rpath}.pattern is missing"))?, &rpath)?;
                     let pattern = regex::Regex::new(&pattern).with_context(|| format!("{rpath}.pattern"))?;
-                    config.rewrite = Some(PathRewrite::Regex(pattern, string(r, "substitution", &rpath)?.to_owned()));
+                    config.rewrite = Some(PathRewrite::regex_re2(pattern, string(r, "substitution", &rpath)?));
                 }
                 // Envoy's default route timeout is 15s; "0s" disables it.
                 config.timeout = match duration(action.get("timeout"), &format!("{apath}.timeout"))? {

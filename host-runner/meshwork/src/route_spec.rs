@@ -170,15 +170,18 @@ impl HeaderMatch {
             // Several fields of one name are one comma-joined value (RFC 9110 §5.3), as Envoy
             // matches them.
             value => {
-                let joined = values.filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
-                !joined.is_empty() && {
-                    let joined = joined.join(",");
-                    match value {
-                        ValueMatch::Exact(e) => joined == *e,
-                        ValueMatch::Regex(r) => r.is_match(&joined),
-                        ValueMatch::Present => true,
-                    }
-                }
+                let fields = values.filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+                // One field (the usual case) is compared as it is; only several are joined.
+                let joined = match fields.as_slice() {
+                    [] => None,
+                    [one] => Some(std::borrow::Cow::Borrowed(*one)),
+                    many => Some(std::borrow::Cow::Owned(many.join(","))),
+                };
+                joined.is_some_and(|joined| match value {
+                    ValueMatch::Exact(e) => joined.as_ref() == e,
+                    ValueMatch::Regex(r) => r.is_match(&joined),
+                    ValueMatch::Present => true,
+                })
             }
         };
         found != self.invert
@@ -232,8 +235,8 @@ pub enum PathRewrite {
     /// The route's matched prefix becomes this (Envoy's `prefix_rewrite`, Gateway API's
     /// ReplacePrefixMatch).
     Prefix(String),
-    /// Every match of the pattern in the path is replaced (Envoy's `regex_rewrite`;
-    /// `\1` in the substitution is the first group, as in RE2).
+    /// Every match of the pattern in the path is replaced (Envoy's `regex_rewrite`); the
+    /// substitution is in the regex crate's syntax (see [`PathRewrite::regex_re2`]).
     Regex(regex::Regex, String),
 }
 
@@ -251,16 +254,18 @@ static RE2_GROUP: std::sync::LazyLock<regex::Regex> =
     std::sync::LazyLock::new(|| regex::Regex::new(r"\\([0-9])").expect("a valid pattern"));
 
 impl PathRewrite {
+    /// Envoy's `regex_rewrite`, whose substitution is RE2's (`\1` for a group): translated
+    /// once here into the regex crate's `${1}`, not on every request.
+    pub fn regex_re2(pattern: regex::Regex, substitution: &str) -> PathRewrite {
+        PathRewrite::Regex(pattern, RE2_GROUP.replace_all(substitution, "$${$1}").into_owned())
+    }
+
     /// The new path and query for a request the route `matched` took. The query is kept.
     pub fn apply(&self, matched: &PathMatch, uri: &Uri) -> String {
         let path = uri.path();
         let rewritten = match self {
             PathRewrite::Full(p) => p.clone(),
-            PathRewrite::Regex(pattern, substitution) => {
-                // RE2's `\1` is the regex crate's `${1}`.
-                let substitution = RE2_GROUP.replace_all(substitution, "$${$1}");
-                pattern.replace_all(path, substitution.as_ref()).into_owned()
-            }
+            PathRewrite::Regex(pattern, substitution) => pattern.replace_all(path, substitution.as_str()).into_owned(),
             PathRewrite::Prefix(replacement) => {
                 let prefix = match matched {
                     PathMatch::Prefix(p) | PathMatch::Exact(p) => p.as_str(),
@@ -451,7 +456,7 @@ mod tests {
         assert_eq!(r("/one", "/prefix"), "/one");
         assert_eq!(r("", "/prefix/two"), "/two");
         assert_eq!(PathRewrite::Full("/full".into()).apply(&prefix, &uri("/prefix/two?q")), "/full?q");
-        let regex = PathRewrite::Regex(regex::Regex::new("^/prefix/([a-z]+)$").unwrap(), "/\\1/x".into());
+        let regex = PathRewrite::regex_re2(regex::Regex::new("^/prefix/([a-z]+)$").unwrap(), "/\\1/x");
         assert_eq!(regex.apply(&prefix, &uri("/prefix/two?q")), "/two/x?q");
     }
 
