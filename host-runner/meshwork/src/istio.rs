@@ -296,16 +296,17 @@ pub(crate) fn inbound_config(
 
 const API_VERSION: &str = "extensions.istio.io/v1alpha1";
 
+/// A Kubernetes object whose `spec` is `S` (WasmPlugin here, MeshProxyPatch in [`crate::kuma`]).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct WasmPluginDoc {
+pub(crate) struct KubeObject<S> {
     #[allow(dead_code, reason = "checked before the document is parsed")]
     api_version: String,
     #[allow(dead_code, reason = "checked before the document is parsed")]
     kind: String,
     #[serde(default)]
-    metadata: Metadata,
-    spec: Spec,
+    pub metadata: Metadata,
+    pub spec: S,
     #[allow(dead_code, reason = "what a cluster reports; ignored")]
     status: Option<Value>,
 }
@@ -600,7 +601,7 @@ fn plugin(
     if api != API_VERSION {
         bail!("{origin}: WasmPlugin apiVersion {api:?} is not {API_VERSION}");
     }
-    let parsed: WasmPluginDoc = doc.parse().with_context(|| format!("{origin} (WasmPlugin {})", doc.name()))?;
+    let parsed: KubeObject<Spec> = doc.parse().with_context(|| format!("{origin} (WasmPlugin {})", doc.name()))?;
     let name = parsed.metadata.name.clone().with_context(|| format!("{origin}: metadata.name is missing"))?;
     // Without a namespace, the document is one `kubectl apply` would put in the workload's.
     let namespace = parsed.metadata.namespace.clone().unwrap_or_else(|| workload.namespace.clone());

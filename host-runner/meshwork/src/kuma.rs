@@ -24,27 +24,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::{FilterConfig, ProxyConfig};
-use crate::istio::{Document, Inbound, Metadata, Translation, Workload, inbound_config, read_documents};
+use crate::istio::{Document, Inbound, KubeObject, Translation, Workload, inbound_config, read_documents};
 
 const API_VERSION: &str = "kuma.io/v1alpha1";
 const ROUTER: &str = "envoy.filters.http.router";
 /// Kuma puts every workload in this mesh unless a policy's `kuma.io/mesh` label says otherwise.
 const MESH: &str = "default";
-
-/// The Kubernetes form.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct KubernetesDoc {
-    #[allow(dead_code, reason = "checked before the document is parsed")]
-    api_version: String,
-    #[allow(dead_code, reason = "checked before the document is parsed")]
-    kind: String,
-    #[serde(default)]
-    metadata: Metadata,
-    spec: Spec,
-    #[allow(dead_code, reason = "what a cluster reports; ignored")]
-    status: Option<Value>,
-}
 
 /// The universal form (`kumactl apply`).
 #[derive(Deserialize)]
@@ -220,7 +205,8 @@ fn policy<'a>(doc: &'a Document, w: &Workload, notes: &mut Vec<String>) -> anyho
             if api != API_VERSION {
                 bail!("{origin}: MeshProxyPatch apiVersion {api:?} is not {API_VERSION}");
             }
-            let d: KubernetesDoc = doc.parse().with_context(|| format!("{origin} (MeshProxyPatch {})", doc.name()))?;
+            let d: KubeObject<Spec> =
+                doc.parse().with_context(|| format!("{origin} (MeshProxyPatch {})", doc.name()))?;
             let name = d.metadata.name.with_context(|| format!("{origin}: metadata.name is missing"))?;
             (name, d.metadata.labels.get("kuma.io/mesh").cloned(), d.spec)
         }
