@@ -35,7 +35,17 @@ pub fn start(addr: SocketAddr, services: Arc<Services>, reloader: Arc<Reloader>)
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                 return;
             };
-            while let Ok((stream, _)) = listener.accept().await {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, say: the admin port must outlive it, since it is
+                        // where an operator looks to find out what is wrong.
+                        tracing::debug!("admin accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let (services, reloader) = (services.clone(), reloader.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |r| {

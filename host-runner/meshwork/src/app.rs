@@ -474,7 +474,15 @@ pub fn serve(listen: SocketAddr, name: String, threads: usize) -> anyhow::Result
             stalls: Mutex::default(),
         });
         loop {
-            let (stream, _) = listener.accept().await?;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: keep serving, as a real upstream would.
+                    eprintln!("meshwork upstream: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             let app = app.clone();
             tokio::spawn(async move {
