@@ -2,7 +2,12 @@
 //! (`make setup` installs Debian's protobuf-compiler).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/envoy/service/ratelimit/v3/rls.proto", "proto/meshwork/test/v1/echo.proto"];
+    let protos = [
+        "proto/envoy/service/ratelimit/v3/rls.proto",
+        "proto/meshwork/test/v1/echo.proto",
+        "proto/hamlet/federation/types/v1alpha2/federated_service.proto",
+        "proto/hamlet/federation/resourcediscovery/v1alpha2/resource_discovery.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -38,6 +38,8 @@ pub struct ProxyConfig {
     pub resolve: BTreeMap<String, Vec<IpAddr>>,
     pub node: NodeInfo,
     pub cache_dir: Option<PathBuf>,
+    /// Services to import from other meshes (Hamlet), routed by their fqdn.
+    pub federation: Option<crate::federation::consumer::ConsumerSpec>,
 }
 
 /// One listening address and what it serves.
@@ -315,6 +317,7 @@ struct File {
     #[serde(default)]
     node: FileNode,
     cache_dir: Option<PathBuf>,
+    federation: Option<crate::federation::consumer::ConsumerSpec>,
 }
 
 fn one() -> usize {
@@ -449,6 +452,9 @@ struct FileRoute {
     path: Option<String>,
     path_separated_prefix: Option<String>,
     regex: Option<String>,
+    /// Host names (the request's authority without its port); `*.example.com` takes one label.
+    #[serde(default)]
+    hosts: Vec<String>,
     #[serde(default)]
     methods: Vec<String>,
     #[serde(default)]
@@ -728,6 +734,10 @@ impl ProxyConfig {
                 metadata_maps: BTreeMap::new(),
             },
             cache_dir: file.cache_dir.map(|d| base.join(d)),
+            federation: file
+                .federation
+                .map(|mut f| f.resolve(base).map(|()| f))
+                .transpose()?,
         };
         config.validate()?;
         Ok(config)
@@ -997,7 +1007,8 @@ fn route_config(r: FileRoute) -> anyhow::Result<RouteConfig> {
     };
     let request_headers = mods(r.request_headers, "request_headers")?;
     let response_headers = mods(r.response_headers, "response_headers")?;
-    let matcher = RouteMatch { path, methods, headers, query: r.query.into_iter().collect() };
+    let hosts = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let matcher = RouteMatch { path, hosts, methods, headers, query: r.query.into_iter().collect() };
     Ok(RouteConfig { name, matcher, target, timeout, rewrite, request_headers, response_headers })
 }
 

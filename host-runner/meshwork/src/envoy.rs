@@ -208,6 +208,7 @@ fn translate(w: &mut Walker, root: &Value, base: &Path) -> anyhow::Result<ProxyC
         resolve: BTreeMap::new(),
         node,
         cache_dir: None,
+        federation: None,
     })
 }
 

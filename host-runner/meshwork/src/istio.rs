@@ -287,6 +287,7 @@ pub(crate) fn inbound_config(
         resolve: BTreeMap::new(),
         node,
         cache_dir: None,
+        federation: None,
     };
     config.validate()?;
     Ok(config)

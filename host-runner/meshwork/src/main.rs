@@ -7,6 +7,7 @@ mod config;
 mod conformance_cli;
 mod deploy_cli;
 mod envoy;
+mod federation;
 mod inspect;
 mod istio;
 mod kube_apply;
@@ -156,6 +157,9 @@ enum Command {
     /// A catalog item as the configuration a mesh accepts (Envoy, Istio, Envoy Gateway, Consul,
     /// Kuma, meshwork; eBPF DaemonSets), validated; `--apply` sends it to a cluster.
     Deploy(Box<deploy_cli::DeployArgs>),
+    /// Hamlet federation between meshes over mutually authenticated gRPC: serve the services
+    /// this mesh exports, subscribe to another mesh's, create certificates, benchmark.
+    Federation(federation::cli::FederationArgs),
     /// Work with proxy-wasm filter modules.
     Filter {
         #[command(subcommand)]
@@ -248,7 +252,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     PullPolicyArg::Always => meshwork_oci::fetch::PullPolicy::Always,
                 },
             };
-            let source = proxy::reload::ConfigSource { kind, resolve: resolve.into_iter().collect(), pull };
+            let source = proxy::reload::ConfigSource {
+                kind,
+                resolve: resolve.into_iter().collect(),
+                pull,
+                imports: federation::imports::Imports::new(),
+            };
             let config = source.load()?;
             if check {
                 let filters = config.all_filters().count();
@@ -303,6 +312,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Catalog(args) => catalog_cli::run(args),
         Command::Conformance(args) => conformance_cli::run(args),
         Command::Deploy(args) => deploy_cli::run(*args),
+        Command::Federation(args) => federation::cli::run(args),
         Command::Filter { command: FilterCommand::Inspect { file, output } } => {
             let report = inspect::inspect(&file)?;
             match output {

@@ -41,6 +41,9 @@ impl RouteConfig {
 #[derive(Clone, Debug, Default)]
 pub struct RouteMatch {
     pub path: PathMatch,
+    /// Any of these host names, lower case (`*.example.com` takes one more label); empty takes
+    /// every host. Envoy's virtual host domains, Gateway API's hostnames.
+    pub hosts: Vec<String>,
     /// Any of these; empty takes every method.
     pub methods: Vec<Method>,
     /// All of these.
@@ -51,13 +54,15 @@ pub struct RouteMatch {
 
 impl RouteMatch {
     pub fn matches(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
-        self.path.matches(uri.path())
+        (self.hosts.is_empty() || host_of(uri, headers).is_some_and(|h| self.hosts.iter().any(|p| host_matches(p, &h))))
+            && self.path.matches(uri.path())
             && (self.methods.is_empty() || self.methods.contains(method))
             && self.headers.iter().all(|h| h.matches(headers))
             && self.query.iter().all(|(name, value)| query_has(uri.query(), name, value))
     }
 
-    /// Gateway API's precedence among matching routes, greatest first: an exact path, then
+    /// Gateway API's precedence among matching routes, greatest first: a route for the
+    /// request's host over one for every host, then an exact path, then
     /// the longest prefix, then a method match, then the most header matches, then the most
     /// query matches. Regular expressions rank below every prefix. Ties keep file order.
     pub fn precedence(&self) -> impl Ord {
@@ -66,7 +71,27 @@ impl RouteMatch {
             PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => (1, p.len()),
             PathMatch::Regex(_) => (0, 0),
         };
-        (path, !self.methods.is_empty(), self.headers.len(), self.query.len())
+        (!self.hosts.is_empty(), path, !self.methods.is_empty(), self.headers.len(), self.query.len())
+    }
+}
+
+/// The request's host, lower case and without a port: the URI's authority (HTTP/2, absolute
+/// form), else the Host header.
+fn host_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    let authority = match uri.authority() {
+        Some(a) => a.host().to_owned(),
+        None => {
+            let host = headers.get(http::header::HOST)?.to_str().ok()?;
+            host.parse::<http::uri::Authority>().ok()?.host().to_owned()
+        }
+    };
+    Some(authority.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        None => pattern == host,
     }
 }
 
@@ -379,6 +404,24 @@ mod tests {
 
     fn route(path: PathMatch) -> RouteMatch {
         RouteMatch { path, ..RouteMatch::default() }
+    }
+
+    #[test]
+    fn host_routes_take_their_hosts_first() {
+        let any = route(PathMatch::Prefix("/".into()));
+        let echo = RouteMatch { hosts: vec!["echo.mesh-a.example".into()], ..any.clone() };
+        let wild = RouteMatch { hosts: vec!["*.mesh-a.example".into()], ..any.clone() };
+        let routes = [any, echo, wild];
+        let pick = |host: &str, uri: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::HOST, HeaderValue::from_str(host).unwrap());
+            let chosen = select(&routes, |r| r, false, &Method::GET, &super::tests::uri(uri), &headers).unwrap();
+            routes.iter().position(|r| std::ptr::eq(r, chosen)).unwrap()
+        };
+        assert_eq!(pick("Echo.Mesh-A.example:8080", "/x"), 1, "exact host, any case, port ignored");
+        assert_eq!(pick("other.mesh-a.example", "/x"), 2, "a wildcard takes one label");
+        assert_eq!(pick("a.b.mesh-a.example", "/x"), 0, "but not two");
+        assert_eq!(pick("ignored", "http://echo.mesh-a.example/x"), 1, "the URI's authority wins over Host");
     }
 
     #[test]

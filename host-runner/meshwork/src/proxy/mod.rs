@@ -128,7 +128,11 @@ pub fn start(config: ProxyConfig, source: ConfigSource) -> anyhow::Result<Proxy>
             Err(_) => bail!("a worker thread exited during start-up"),
         }
     }
+    let imports = source.imports.clone();
     let reloader = Arc::new(Reloader::new(source, engine, services.clone(), commands, blueprint));
+    if let Some(federation) = &config.federation {
+        crate::federation::proxy::start(federation.clone(), imports, reloader.clone())?;
+    }
     let admin = match config.admin {
         Some(addr) => {
             if !addr.ip().is_loopback() {

@@ -31,6 +31,9 @@ pub struct ConfigSource {
     pub resolve: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
     /// How `oci://` and `http(s)://` modules are pulled.
     pub pull: crate::modules::PullSettings,
+    /// Services imported from other meshes (the configuration's `federation:` section), added
+    /// to every configuration read.
+    pub imports: Arc<crate::federation::imports::Imports>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +64,9 @@ impl ConfigSource {
             ConfigKind::Kuma { files, workload } => crate::kuma::load(files, workload)?,
         };
         config.resolve.clone_from(&self.resolve);
+        if let Some(federation) = config.federation.clone() {
+            crate::federation::proxy::merge(&mut config, &federation, &self.imports.snapshot());
+        }
         crate::modules::fetch_all(&mut config, &self.pull)?;
         Ok(config)
     }
@@ -194,7 +200,7 @@ impl Reloader {
 
 /// Settings that name sockets and threads cannot change without a restart: the listeners
 /// (their number, order and addresses; a port 0 in the new file means "the one bound"), the
-/// admin address and the number of workers. Everything a listener does may change.
+/// admin address, the number of workers and the federation section. Everything a listener does may change.
 fn unchangeable(old: &ProxyConfig, new: &ProxyConfig) -> anyhow::Result<()> {
     let same_listeners = old.listeners.len() == new.listeners.len()
         && old.listeners.iter().zip(&new.listeners).all(|(o, n)| {
@@ -206,6 +212,8 @@ fn unchangeable(old: &ProxyConfig, new: &ProxyConfig) -> anyhow::Result<()> {
         ("listen", same_listeners),
         ("admin", old.admin.map(|a| a.ip()) == new.admin.map(|a| a.ip())),
         ("workers", old.workers == new.workers),
+        // Its streams were opened at start-up.
+        ("federation", old.federation == new.federation),
     ];
     for (field, same) in checks {
         if !same {

@@ -1,0 +1,102 @@
+//! `meshwork run` with a `federation:` section: imported services become clusters and host
+//! routes on every HTTP listener, live. Each registry change reloads the configuration
+//! ([`crate::proxy::reload`]), so requests in flight finish on the routes they started with.
+//!
+//! - A request whose Host is an imported fqdn goes to the owner's endpoints over mTLS: this
+//!   mesh's certificate, the federation CA, and the service's exported `sans` as the names the
+//!   endpoint's certificate must carry. GRPC and HTTP2 instances are spoken as HTTP/2.
+//! - A withdrawn service's fqdn answers 503 saying which owner withdrew it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::consumer::ConsumerSpec;
+use super::imports::{Imports, Snapshot};
+use super::{Event, Observer};
+use crate::config::{ClusterConfig, EndpointConfig, ListenerKind, ProxyConfig};
+use crate::proxy::reload::Reloader;
+use crate::route_spec::{PathMatch, RouteConfig, RouteTarget};
+
+fn cluster_name(owner: &str, name: &str) -> String {
+    format!("federation/{owner}/{name}")
+}
+
+/// Adds the registry's services to `config`: a cluster each, and host routes on every HTTP
+/// listener ahead of the configured ones.
+pub fn merge(config: &mut ProxyConfig, spec: &ConsumerSpec, snapshot: &Snapshot) {
+    let mut routes = Vec::new();
+    for (owner, import) in &snapshot.services {
+        let cluster = cluster_name(owner, &import.name);
+        let endpoints = import
+            .endpoints
+            .iter()
+            .map(|(address, port)| match address.parse() {
+                Ok(ip) => EndpointConfig::Ip(std::net::SocketAddr::new(ip, *port)),
+                Err(_) => EndpointConfig::Name { host: address.to_ascii_lowercase(), port: *port },
+            })
+            .collect();
+        let alpn = if import.protocol.http2() { "h2" } else { "http/1.1" };
+        config.clusters.push(ClusterConfig {
+            name: cluster.clone(),
+            endpoints,
+            connect_timeout: Duration::from_secs(5),
+            max_retries: 3,
+            retry_budget: None,
+            http2: import.protocol.http2(),
+            tls: Some(spec.tls.client_spec(&import.fqdn, import.sans.clone(), alpn)),
+            dns_refresh: Duration::from_secs(5),
+        });
+        let mut route = RouteConfig::new(cluster.clone(), PathMatch::default(), RouteTarget::Cluster(cluster));
+        route.matcher.hosts = vec![import.fqdn.clone()];
+        routes.push(route);
+    }
+    for (fqdn, gone) in &snapshot.withdrawn {
+        let body = format!("federated service {} ({fqdn}) was withdrawn by its owner {}\n", gone.name, gone.owner);
+        let target = RouteTarget::Direct { status: 503, body: Bytes::from(body) };
+        let mut route = RouteConfig::new(format!("federation/{}/{}/withdrawn", gone.owner, gone.name), PathMatch::default(), target);
+        route.matcher.hosts = vec![fqdn.clone()];
+        routes.push(route);
+    }
+    for listener in &mut config.listeners {
+        if let ListenerKind::Http(http) = &mut listener.kind {
+            http.routes.splice(0..0, routes.iter().cloned());
+        }
+    }
+}
+
+/// Follows every owner of `spec` on a thread of its own, and reloads the proxy when the
+/// registry changes (changes arriving together make one reload).
+pub fn start(spec: ConsumerSpec, imports: Arc<Imports>, reloader: Arc<Reloader>) -> anyhow::Result<()> {
+    let observer: Observer = Arc::new(|event: &Event| match event {
+        Event::Stopped { .. } | Event::Nacked { .. } => tracing::error!("federation: {event}"),
+        Event::Disconnected { .. } => tracing::warn!("federation: {event}"),
+        _ => tracing::info!("federation: {event}"),
+    });
+    std::thread::Builder::new().name("federation".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => return tracing::error!("federation runtime failed: {e}"),
+        };
+        runtime.block_on(async move {
+            let spec = Arc::new(spec);
+            for owner in &spec.owners {
+                tokio::spawn(super::consumer::follow(owner.clone(), spec.clone(), imports.clone(), observer.clone()));
+            }
+            let mut versions = imports.watch();
+            while versions.changed().await.is_ok() {
+                // Let a burst (the catalog arriving) settle into one reload.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                versions.borrow_and_update();
+                let reloader = reloader.clone();
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Ok(Ok(report)) => tracing::info!("federation: {report}"),
+                    Ok(Err(e)) => tracing::error!("federation: the imported services did not load: {e:#}"),
+                    Err(e) => tracing::error!("federation: reload failed: {e}"),
+                }
+            }
+        });
+    })?;
+    Ok(())
+}
