@@ -65,14 +65,28 @@ pub fn module_cache() -> PathBuf {
 pub struct Process {
     child: Child,
     stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
     pub first_line: String,
 }
 
 impl Process {
     /// Starts `meshwork args…` and waits (up to 60 s) for its first line on stdout.
     pub fn start(args: &[&str]) -> Result<Process, String> {
-        let mut child = Command::new(meshwork_bin())
-            .args(args)
+        let mut command = Command::new(meshwork_bin());
+        command.args(args);
+        Process::spawn(command, args)
+    }
+
+    /// Starts `meshwork args…` in the network namespace `netns` (`ip netns exec`, which execs
+    /// meshwork in place, so killing the child kills meshwork).
+    pub fn start_in(netns: &str, args: &[&str]) -> Result<Process, String> {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns]).arg(meshwork_bin()).args(args);
+        Process::spawn(command, args)
+    }
+
+    fn spawn(mut command: Command, args: &[&str]) -> Result<Process, String> {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -92,15 +106,21 @@ impl Process {
         });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let rest = Arc::new(Mutex::new(String::new()));
+        let sink = rest.clone();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let first = lines.next();
             let _ = tx.send(first);
-            for _ in lines {}
+            for line in lines.map_while(Result::ok) {
+                let mut rest = sink.lock().unwrap();
+                rest.push_str(&line);
+                rest.push('\n');
+            }
         });
         let first = rx.recv_timeout(Duration::from_secs(60));
         match first {
-            Ok(Some(Ok(line))) => Ok(Process { child, stderr, first_line: line }),
+            Ok(Some(Ok(line))) => Ok(Process { child, stderr, stdout: rest, first_line: line }),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -112,6 +132,11 @@ impl Process {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// What it printed on stdout after its first line.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> u32 {
@@ -343,7 +368,7 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes
     } else {
         uri.path_and_query().map_or("/".into(), |p| p.to_string())
     });
-    if !h2 {
+    if !h2 && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         builder = builder.header("host", authority.as_str());
     }
     for (k, v) in headers {

@@ -302,6 +302,8 @@ struct File {
     listener: FileListener,
     #[serde(default)]
     limits: FileProcessLimits,
+    /// None is fine when every route answers locally or goes to an imported service.
+    #[serde(default)]
     clusters: Vec<FileCluster>,
     route: Option<FileRoute>,
     #[serde(default)]
@@ -734,10 +736,7 @@ impl ProxyConfig {
                 metadata_maps: BTreeMap::new(),
             },
             cache_dir: file.cache_dir.map(|d| base.join(d)),
-            federation: file
-                .federation
-                .map(|mut f| f.resolve(base).map(|()| f))
-                .transpose()?,
+            federation: file.federation.map(|mut f| f.resolve(base).map(|()| f)).transpose()?,
         };
         config.validate()?;
         Ok(config)

@@ -118,7 +118,10 @@ impl Drop for Consumers {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("meshwork-federation-bench-{}", std::process::id())));
+    let dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("meshwork-federation-bench-{}", std::process::id())));
     super::certs::create(&super::certs::Request {
         out: dir.clone(),
         meshes: vec!["owner".into(), "consumer".into()],
@@ -126,7 +129,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         expired: vec![],
         sans: vec![],
     })?;
-    let tls = super::tls::MtlsFiles { ca: dir.join("ca.pem"), cert: dir.join("owner.pem"), key: dir.join("owner-key.pem") };
+    let tls =
+        super::tls::MtlsFiles { ca: dir.join("ca.pem"), cert: dir.join("owner.pem"), key: dir.join("owner-key.pem") };
     let exports = Exports::new();
     let specs: Vec<_> = (0..args.services).map(|i| service(i, args.endpoints, 8443).to_proto()).collect();
     exports.replace_all(specs);
@@ -196,7 +200,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !wait(&|s: &Seen| s.synced.len() == n, Duration::from_secs(600)) {
         anyhow::bail!("the consumers did not all sync within 10 minutes");
     }
-    let sync: Vec<f64> = seen.lock().unwrap_or_else(|p| p.into_inner()).synced.values().map(|t| t.duration_since(started).as_secs_f64()).collect();
+    let sync: Vec<f64> = seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .synced
+        .values()
+        .map(|t| t.duration_since(started).as_secs_f64())
+        .collect();
     let rss: Vec<f64> = consumers
         .0
         .iter()
@@ -249,9 +259,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "federation bench: {} services x {} endpoints, {} consumers (mTLS gRPC on loopback, one message in flight per consumer)",
             report.services, report.endpoints_per_service, report.consumers
         );
-        let p = |x: &Percentiles, unit: &str| format!("p50 {:.2}{unit}  p99 {:.2}{unit}  max {:.2}{unit}", x.p50, x.p99, x.max);
+        let p = |x: &Percentiles, unit: &str| {
+            format!("p50 {:.2}{unit}  p99 {:.2}{unit}  max {:.2}{unit}", x.p50, x.p99, x.max)
+        };
         println!("  time to full sync      {}", p(&report.full_sync_s, " s"));
-        println!("  memory per consumer    {}  (owner {:.1} MiB)", p(&report.consumer_rss_mib, " MiB"), report.owner_rss_mib);
+        println!(
+            "  memory per consumer    {}  (owner {:.1} MiB)",
+            p(&report.consumer_rss_mib, " MiB"),
+            report.owner_rss_mib
+        );
         println!(
             "  propagation latency    {}  ({} of {} updates delivered, {} changes at {}/s)",
             p(&report.propagation_ms, " ms"),

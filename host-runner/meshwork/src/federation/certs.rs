@@ -15,6 +15,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls_pki_types::pem::PemObject;
 
 pub struct Request {
     pub out: PathBuf,
@@ -27,17 +28,33 @@ pub struct Request {
     pub sans: Vec<String>,
 }
 
-const CA_NAME: &str = "meshwork federation CA";
+/// Each CA gets a name of its own: a verifier looks a certificate's issuer up by name, so two
+/// CAs of one name would turn "another CA" into a confusing signature failure.
+fn new_ca_name() -> String {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    format!("meshwork federation CA {:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3])
+}
+
+/// The common name of the CA in `pem`.
+fn ca_name(pem: &[u8], path: &Path) -> anyhow::Result<String> {
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem)
+        .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", path.display()))?;
+    let cn = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    cn.with_context(|| format!("{} has no common name", path.display()))
+}
 
 fn day(offset_days: i64) -> time::OffsetDateTime {
     let d = chrono::Utc::now() + chrono::Duration::days(offset_days);
     rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8)
 }
 
-fn ca_params() -> CertificateParams {
+fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, CA_NAME);
+    params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.not_before = day(-1);
@@ -78,19 +95,22 @@ pub fn create(request: &Request) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&request.out).with_context(|| format!("cannot create {}", request.out.display()))?;
     let mut written = Vec::new();
     let (ca_pem, ca_key_pem) = (request.out.join("ca.pem"), request.out.join("ca-key.pem"));
-    let ca_key = if ca_pem.exists() && ca_key_pem.exists() {
-        let pem = std::fs::read_to_string(&ca_key_pem).with_context(|| format!("cannot read {}", ca_key_pem.display()))?;
-        KeyPair::from_pem(&pem).with_context(|| format!("{} is not a private key", ca_key_pem.display()))?
+    let (ca_key, name) = if ca_pem.exists() && ca_key_pem.exists() {
+        let pem =
+            std::fs::read_to_string(&ca_key_pem).with_context(|| format!("cannot read {}", ca_key_pem.display()))?;
+        let key = KeyPair::from_pem(&pem).with_context(|| format!("{} is not a private key", ca_key_pem.display()))?;
+        let cert = std::fs::read(&ca_pem).with_context(|| format!("cannot read {}", ca_pem.display()))?;
+        (key, ca_name(&cert, &ca_pem)?)
     } else {
-        let key = KeyPair::generate()?;
-        let cert = ca_params().self_signed(&key)?;
+        let (key, name) = (KeyPair::generate()?, new_ca_name());
+        let cert = ca_params(&name).self_signed(&key)?;
         write(&ca_pem, &cert.pem(), false)?;
         write(&ca_key_pem, &key.serialize_pem(), true)?;
         written.extend([ca_pem, ca_key_pem]);
-        key
+        (key, name)
     };
     // Only the CA's name, key identifier method and key usages go into what it signs.
-    let issuer = Issuer::new(ca_params(), ca_key);
+    let issuer = Issuer::new(ca_params(&name), ca_key);
     for mesh in &request.meshes {
         if mesh.is_empty() || !mesh.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
             bail!("mesh name {mesh:?}: use letters, digits, '-' and '.' (it becomes a DNS SAN)");
@@ -116,7 +136,8 @@ pub fn create(request: &Request) -> anyhow::Result<Vec<PathBuf>> {
         }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
-        let (cert_path, key_path) = (request.out.join(format!("{mesh}.pem")), request.out.join(format!("{mesh}-key.pem")));
+        let (cert_path, key_path) =
+            (request.out.join(format!("{mesh}.pem")), request.out.join(format!("{mesh}-key.pem")));
         write(&cert_path, &cert.pem(), false)?;
         write(&key_path, &key.serialize_pem(), true)?;
         written.extend([cert_path, key_path]);
@@ -145,9 +166,10 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca, "the CA is kept");
         assert!(!written.contains(&dir.join("ca.pem")));
         let roots = crate::tls::files::roots(&dir.join("ca.pem")).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), crate::tls::provider())
-            .build()
-            .unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), crate::tls::provider())
+                .build()
+                .unwrap();
         for mesh in ["mesh-a", "mesh-b"] {
             let chain = crate::tls::files::certificates(&dir.join(format!("{mesh}.pem"))).unwrap();
             verifier.verify_client_cert(&chain[0], &[], rustls_pki_types::UnixTime::now()).unwrap();
@@ -155,7 +177,8 @@ mod tests {
             assert!(info.dns_sans.contains(&mesh.to_string()));
             assert!(info.uri_sans.contains(&format!("spiffe://{mesh}/federation")));
         }
-        let a = crate::tls::info::certificate(&crate::tls::files::certificates(&dir.join("mesh-a.pem")).unwrap()[0]).unwrap();
+        let a = crate::tls::info::certificate(&crate::tls::files::certificates(&dir.join("mesh-a.pem")).unwrap()[0])
+            .unwrap();
         assert!(a.dns_sans.contains(&"ingress.mesh-a.example".to_string()));
         std::fs::remove_dir_all(&dir).unwrap();
     }

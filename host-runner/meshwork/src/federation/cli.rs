@@ -43,6 +43,10 @@ enum FederationCommand {
         listen: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+        /// Export the services as written, without the checks a consumer makes: to see how
+        /// consumers (meshwork's or another mesh's) treat malformed resources.
+        #[arg(long)]
+        no_check: bool,
     },
     /// Be a consumer: follow the owners the file names and print every change to the
     /// imported services. Exits (status 1) when every owner has refused this mesh.
@@ -92,11 +96,16 @@ struct OwnerFile {
     services: Vec<ServiceSpec>,
 }
 
-fn read_owner(path: &Path) -> anyhow::Result<(OwnerFile, Vec<FederatedService>)> {
+fn read_owner(path: &Path, check: bool) -> anyhow::Result<(OwnerFile, Vec<FederatedService>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut file: OwnerFile = meshwork_yaml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
+    let mut file: OwnerFile =
+        meshwork_yaml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
     file.tls.resolve(path.parent().unwrap_or(Path::new(".")));
-    let services = exported(&file.services).with_context(|| format!("{} is not valid", path.display()))?;
+    let services = if check {
+        exported(&file.services).with_context(|| format!("{} is not valid", path.display()))?
+    } else {
+        file.services.iter().map(ServiceSpec::to_proto).collect()
+    };
     Ok((file, services))
 }
 
@@ -173,7 +182,7 @@ pub fn run(args: FederationArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        FederationCommand::Serve { config, listen, output } => serve(&config, listen, output),
+        FederationCommand::Serve { config, listen, output, no_check } => serve(&config, listen, output, !no_check),
         FederationCommand::Subscribe { config, output } => subscribe(&config, output),
         FederationCommand::Bench(args) => super::bench::run(args),
     }
@@ -184,8 +193,8 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn serve(path: &Path, listen: Option<String>, output: Output) -> anyhow::Result<ExitCode> {
-    let (file, services) = read_owner(path)?;
+fn serve(path: &Path, listen: Option<String>, output: Output, check: bool) -> anyhow::Result<ExitCode> {
+    let (file, services) = read_owner(path, check)?;
     let policy = Policy {
         consumers: file.consumers.clone(),
         nack_retry: duration(file.nack_retry.as_deref(), Duration::from_secs(30), "nack_retry")?,
@@ -226,7 +235,7 @@ fn serve(path: &Path, listen: Option<String>, output: Output) -> anyhow::Result<
                     }
                 }
                 last = stamp(&path);
-                match read_owner(&path) {
+                match read_owner(&path, check) {
                     Ok((_, services)) => {
                         let changed = watched.replace_all(services);
                         say(

@@ -70,7 +70,11 @@ impl ConsumerSpec {
                 anyhow::bail!("federation: owner {:?} is listed twice", o.name);
             }
             if o.address.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
-                anyhow::bail!("federation: owner {:?} address {:?} needs a port, like 10.0.0.1:9443", o.name, o.address);
+                anyhow::bail!(
+                    "federation: owner {:?} address {:?} needs a port, like 10.0.0.1:9443",
+                    o.name,
+                    o.address
+                );
             }
         }
         Ok(())
@@ -145,7 +149,11 @@ pub async fn follow(owner: OwnerSpec, spec: Arc<ConsumerSpec>, imports: Arc<Impo
     }
 }
 
-async fn connect(owner: &OwnerSpec, spec: &ConsumerSpec, slot: &FailureSlot) -> anyhow::Result<tonic::transport::Channel> {
+async fn connect(
+    owner: &OwnerSpec,
+    spec: &ConsumerSpec,
+    slot: &FailureSlot,
+) -> anyhow::Result<tonic::transport::Channel> {
     let tls = spec.tls.client(owner.server_name(), Vec::new(), "h2")?;
     let server_name = rustls_pki_types::ServerName::try_from(owner.server_name().to_owned())?;
     let (address, peer, slot) = (owner.address.clone(), format!("owner {}", owner.name), slot.clone());
@@ -187,7 +195,8 @@ async fn session(
     };
     let mut client = DiscoveryServiceClient::new(channel).max_decoding_message_size(4 << 20);
     let (tx, rx) = mpsc::channel(4);
-    let first = StreamRequest { resource_url: FEDERATED_SERVICE_URL.into(), context: spec.mesh.clone(), ..Default::default() };
+    let first =
+        StreamRequest { resource_url: FEDERATED_SERVICE_URL.into(), context: spec.mesh.clone(), ..Default::default() };
     let _ = tx.send(BidirectionalStream { request: Some(first), response: None }).await;
     let response = match client.establish_stream(ReceiverStream::new(rx)).await {
         Ok(r) => r,
@@ -262,7 +271,12 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Checks one response and applies it; the resource's id, and the reason to NACK it.
-fn apply(owner: &str, response: StreamResponse, imports: &Imports, observer: &Observer) -> (String, Result<(), String>) {
+fn apply(
+    owner: &str,
+    response: StreamResponse,
+    imports: &Imports,
+    observer: &Observer,
+) -> (String, Result<(), String>) {
     let decoded = response.resource.as_ref().map(|any| {
         if any.type_url != FEDERATED_SERVICE_URL {
             return Err(format!("the resource is a {:?}, not a FederatedService", any.type_url));
@@ -281,9 +295,9 @@ fn apply(owner: &str, response: StreamResponse, imports: &Imports, observer: &Ob
         Ok(Operation::Upsert) => match decoded {
             None => Err("an UPSERT without a resource".into()),
             Some(Err(e)) => Err(e),
-            Some(Ok(service)) if !response.resource_id.is_empty() && response.resource_id != service.name => {
-                Err(format!("resource_id {:?} differs from the service's name {:?}", response.resource_id, service.name))
-            }
+            Some(Ok(service)) if !response.resource_id.is_empty() && response.resource_id != service.name => Err(
+                format!("resource_id {:?} differs from the service's name {:?}", response.resource_id, service.name),
+            ),
             Some(Ok(service)) => super::model::import(&service).and_then(|import| {
                 let (name, fqdn, endpoints) = (import.name.clone(), import.fqdn.clone(), import.endpoints.clone());
                 if imports.upsert(owner, import)? {
@@ -321,7 +335,12 @@ mod tests {
             tags: vec![],
             labels: Default::default(),
             fqdn: format!("{name}.owner.example"),
-            endpoints: vec![EndpointSpec { address: "10.0.0.1".into(), port, labels: vec![], description: String::new() }],
+            endpoints: vec![EndpointSpec {
+                address: "10.0.0.1".into(),
+                port,
+                labels: vec![],
+                description: String::new(),
+            }],
             sans: vec!["owner".into()],
             instances: serde_json::from_value(serde_json::json!([{"id": "i", "protocol": protocol}])).unwrap(),
         }
@@ -376,11 +395,16 @@ mod tests {
         };
         let owner_events = Arc::new(Mutex::new(Vec::<Event>::new()));
         let recorded = owner_events.clone();
-        let (server, address) = owner("127.0.0.1:0", Arc::new(move |e: &Event| recorded.lock().unwrap().push(e.clone())));
+        let (server, address) =
+            owner("127.0.0.1:0", Arc::new(move |e: &Event| recorded.lock().unwrap().push(e.clone())));
         let spec = Arc::new(ConsumerSpec {
             mesh: "consumer".into(),
             tls: files("consumer"),
-            owners: vec![OwnerSpec { name: "o".into(), address: address.to_string(), server_name: Some("owner".into()) }],
+            owners: vec![OwnerSpec {
+                name: "o".into(),
+                address: address.to_string(),
+                server_name: Some("owner".into()),
+            }],
         });
         let imports = Imports::new();
         let quiet: Observer = Arc::new(|_| {});

@@ -144,7 +144,10 @@ mod tests {
         let e = imports.upsert("b", import("other", "echo.example")).unwrap_err();
         assert!(e.contains("already imported as echo from a"), "{e}");
         assert!(imports.delete("a", "echo").is_some());
-        assert_eq!(imports.snapshot().withdrawn, [("echo.example".into(), Withdrawn { owner: "a".into(), name: "echo".into() })]);
+        assert_eq!(
+            imports.snapshot().withdrawn,
+            [("echo.example".into(), Withdrawn { owner: "a".into(), name: "echo".into() })]
+        );
         assert_eq!(imports.upsert("b", import("other", "echo.example")), Ok(true), "a withdrawn name is free");
         assert!(imports.snapshot().withdrawn.is_empty());
         assert!(imports.delete("a", "echo").is_none(), "deleting what is not there changes nothing");

@@ -62,7 +62,9 @@ impl std::fmt::Display for Event {
             Event::ConsumerConnected { consumer, services } => {
                 write!(f, "consumer {consumer} subscribed; sending {services} service(s)")
             }
-            Event::ConsumerSynced { consumer, services } => write!(f, "consumer {consumer} holds {services} service(s)"),
+            Event::ConsumerSynced { consumer, services } => {
+                write!(f, "consumer {consumer} holds {services} service(s)")
+            }
             Event::ConsumerLeft { consumer, reason } => write!(f, "consumer {consumer} left: {reason}"),
             Event::Refused { peer, reason } => write!(f, "refused {peer}: {reason}"),
         }

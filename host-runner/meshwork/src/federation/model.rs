@@ -185,7 +185,10 @@ pub fn check(service: &FederatedService) -> Result<(), String> {
     }
     for (i, e) in service.endpoints.iter().enumerate() {
         if e.address.parse::<IpAddr>().is_err() && !dns_name(&e.address) {
-            return Err(format!("{name}: endpoints[{i}].address {:?} is neither an IP address nor a DNS name", e.address));
+            return Err(format!(
+                "{name}: endpoints[{i}].address {:?} is neither an IP address nor a DNS name",
+                e.address
+            ));
         }
         if e.port == 0 || e.port > u32::from(u16::MAX) {
             return Err(format!("{name}: endpoints[{i}].port {} is not a port", e.port));
@@ -232,11 +235,8 @@ pub fn import(service: &FederatedService) -> Result<Import, String> {
                 offered.join(", ")
             )
         })?;
-    let selected: Vec<&Endpoint> = service
-        .endpoints
-        .iter()
-        .filter(|e| e.labels.iter().any(|l| instance.endpoint_selector.contains(l)))
-        .collect();
+    let selected: Vec<&Endpoint> =
+        service.endpoints.iter().filter(|e| e.labels.iter().any(|l| instance.endpoint_selector.contains(l))).collect();
     let endpoints = if selected.is_empty() { service.endpoints.iter().collect() } else { selected };
     Ok(Import {
         name: service.name.clone(),
@@ -260,7 +260,12 @@ mod tests {
             labels: BTreeMap::new(),
             fqdn: "Echo.Mesh-A.example".into(),
             endpoints: vec![
-                EndpointSpec { address: "10.0.0.1".into(), port: 8443, labels: vec!["ingress".into()], description: "".into() },
+                EndpointSpec {
+                    address: "10.0.0.1".into(),
+                    port: 8443,
+                    labels: vec!["ingress".into()],
+                    description: "".into(),
+                },
                 EndpointSpec { address: "gw.mesh-a.example".into(), port: 443, labels: vec![], description: "".into() },
             ],
             sans: vec!["mesh-a".into()],

@@ -44,11 +44,7 @@ pub struct Exports {
 
 impl Exports {
     pub fn new() -> Arc<Exports> {
-        Arc::new(Exports {
-            entries: RwLock::default(),
-            next_version: 1.into(),
-            changes: broadcast::Sender::new(1024),
-        })
+        Arc::new(Exports { entries: RwLock::default(), next_version: 1.into(), changes: broadcast::Sender::new(1024) })
     }
 
     fn version(&self) -> u64 {
@@ -90,6 +86,7 @@ impl Exports {
         self.publish(vec![name]);
     }
 
+    #[cfg(test)]
     pub fn remove(&self, name: &str) -> bool {
         let removed = self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(name).is_some();
         if removed {
@@ -142,7 +139,11 @@ impl DiscoveryService for Discovery {
         &self,
         request: Request<Streaming<BidirectionalStream>>,
     ) -> Result<Response<Self::EstablishStreamStream>, Status> {
-        let peer = request.extensions().get::<Peer>().cloned().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let peer = request
+            .extensions()
+            .get::<Peer>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
         if !self.policy.consumers.is_empty() && !peer.sans.iter().any(|s| self.policy.consumers.contains(s)) {
             let reason = format!(
                 "certificate SANs [{}] are not among the consumers this owner federates with",
@@ -242,7 +243,10 @@ impl Session {
             nonce: self.nonce.to_string(),
             resource_url: FEDERATED_SERVICE_URL.into(),
             resource_id: name.to_owned(),
-            resource: Some(prost_types::Any { type_url: FEDERATED_SERVICE_URL.into(), value: resource.encode_to_vec() }),
+            resource: Some(prost_types::Any {
+                type_url: FEDERATED_SERVICE_URL.into(),
+                value: resource.encode_to_vec(),
+            }),
             operation: operation as i32,
             context: context.to_owned(),
         };
@@ -261,11 +265,16 @@ impl Session {
     ) {
         let first = match inbound.message().await {
             Ok(Some(BidirectionalStream { request: Some(r), .. })) => r,
-            Ok(Some(_)) => return self.fail(Status::invalid_argument("the first message must carry a StreamRequest")).await,
+            Ok(Some(_)) => {
+                return self.fail(Status::invalid_argument("the first message must carry a StreamRequest")).await;
+            }
             Ok(None) | Err(_) => return,
         };
         if first.resource_url != FEDERATED_SERVICE_URL {
-            let reason = format!("resource_url {:?} is not served; this owner serves {FEDERATED_SERVICE_URL}", first.resource_url);
+            let reason = format!(
+                "resource_url {:?} is not served; this owner serves {FEDERATED_SERVICE_URL}",
+                first.resource_url
+            );
             return self.fail(Status::invalid_argument(reason)).await;
         }
         let context = first.context;
@@ -288,7 +297,10 @@ impl Session {
             let Some((name, response, version)) = next else {
                 if !synced {
                     synced = true;
-                    (self.observer)(&Event::ConsumerSynced { consumer: self.consumer.clone(), services: self.held.len() });
+                    (self.observer)(&Event::ConsumerSynced {
+                        consumer: self.consumer.clone(),
+                        services: self.held.len(),
+                    });
                 }
                 tokio::select! {
                     change = changes.recv() => self.take_changes(change),

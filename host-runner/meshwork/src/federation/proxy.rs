@@ -55,7 +55,11 @@ pub fn merge(config: &mut ProxyConfig, spec: &ConsumerSpec, snapshot: &Snapshot)
     for (fqdn, gone) in &snapshot.withdrawn {
         let body = format!("federated service {} ({fqdn}) was withdrawn by its owner {}\n", gone.name, gone.owner);
         let target = RouteTarget::Direct { status: 503, body: Bytes::from(body) };
-        let mut route = RouteConfig::new(format!("federation/{}/{}/withdrawn", gone.owner, gone.name), PathMatch::default(), target);
+        let mut route = RouteConfig::new(
+            format!("federation/{}/{}/withdrawn", gone.owner, gone.name),
+            PathMatch::default(),
+            target,
+        );
         route.matcher.hosts = vec![fqdn.clone()];
         routes.push(route);
     }

@@ -37,7 +37,11 @@ impl MtlsFiles {
     /// The owner's side: its certificate, and clients must present one from the CA.
     pub fn server(&self) -> anyhow::Result<Arc<ServerTls>> {
         Ok(ServerTls::load(ServerTlsSpec {
-            certificates: vec![CertificateSpec { cert: self.cert.clone(), key: self.key.clone(), server_names: vec![] }],
+            certificates: vec![CertificateSpec {
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                server_names: vec![],
+            }],
             client_ca: Some(self.ca.clone()),
             require_client_certificate: true,
             alpn: vec!["h2".into()],
@@ -87,6 +91,10 @@ fn alert_problem(alert: &AlertDescription) -> String {
         AlertDescription::CertificateRequired => "it requires a client certificate (alert certificate_required)".into(),
         AlertDescription::BadCertificate => "it rejected our certificate (alert bad_certificate)".into(),
         AlertDescription::AccessDenied => "it denied access (alert access_denied)".into(),
+        AlertDescription::DecryptError => {
+            "our certificate's signature does not verify against its CA (alert decrypt_error: a certificate from another CA of the same name?)"
+                .into()
+        }
         other => format!("alert {other:?}"),
     }
 }
