@@ -32,6 +32,7 @@ struct Meshes {
 
 impl Meshes {
     fn new(tag: &str) -> Meshes {
+        sweep_leftovers();
         let id = std::process::id();
         let (a, b) = (format!("mw-fed-{tag}-a-{id}"), format!("mw-fed-{tag}-b-{id}"));
         let (va, vb) = (format!("mwf{tag}a{id}"), format!("mwf{tag}b{id}"));
@@ -55,6 +56,17 @@ impl Drop for Meshes {
     fn drop(&mut self) {
         // Deleting a namespace deletes its end of the veth pair, and so the pair.
         for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Namespaces left by test runs that were killed (their process is gone).
+fn sweep_leftovers() {
+    let listed = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    for ns in String::from_utf8_lossy(&listed).lines().filter_map(|l| l.split_whitespace().next()) {
+        let pid = ns.strip_prefix("mw-fed-").and_then(|rest| rest.rsplit('-').next());
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
@@ -177,6 +189,12 @@ fn mesh_b_reaches_mesh_a_by_federated_name_and_follows_its_changes_live() {
     let r = from_b(&meshes, "echo.mesh-a.example", "/hello").unwrap();
     assert_eq!(r.json()["headers"]["host"], "echo.mesh-a.example", "{}", r.text());
     assert_eq!(from_b(&meshes, "unknown.mesh-a.example", "/").unwrap().status, 404);
+    let stats = inside(&meshes.b, || get("http://127.0.0.1:15000/stats/prometheus", &[])).text();
+    for line in
+        ["meshwork_federation_connected{owner=\"mesh-a\"} 1", "meshwork_federation_services{owner=\"mesh-a\"} 1"]
+    {
+        assert!(stats.contains(line), "{line} in\n{stats}");
+    }
     // A's ingress takes nobody without a certificate from the federation CA: plain HTTP from B
     // gets nowhere.
     let plain =

@@ -77,7 +77,7 @@ impl RouteMatch {
 
 /// The request's host, lower case and without a port: the URI's authority (HTTP/2, absolute
 /// form), else the Host header.
-fn host_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+pub fn host_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
     let authority = match uri.authority() {
         Some(a) => a.host().to_owned(),
         None => {

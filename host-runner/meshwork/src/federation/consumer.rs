@@ -217,7 +217,7 @@ async fn session(
             }
         }
         *synced = true;
-        observer(&Event::Synced { owner: owner.name.clone(), services: imports.names(&owner.name).len() });
+        observer(&Event::Synced { owner: owner.name.clone(), services: imports.count(&owner.name) });
     };
     if snapshot == Some(0) {
         sync(&seen, &mut synced);

@@ -24,6 +24,8 @@ struct State {
     fqdns: HashMap<String, (String, String)>,
     /// By fqdn.
     withdrawn: BTreeMap<String, Withdrawn>,
+    /// Services per owner.
+    counts: HashMap<String, usize>,
 }
 
 /// What the registry holds at one moment.
@@ -78,7 +80,9 @@ impl Imports {
         }
         state.withdrawn.remove(&import.fqdn);
         state.fqdns.insert(import.fqdn.clone(), key.clone());
-        state.services.insert(key, import);
+        if state.services.insert(key, import).is_none() {
+            *state.counts.entry(owner.to_owned()).or_default() += 1;
+        }
         drop(state);
         self.changed();
         Ok(true)
@@ -89,6 +93,9 @@ impl Imports {
         let mut state = self.state();
         let removed = state.services.remove(&(owner.to_owned(), name.to_owned()))?;
         state.fqdns.remove(&removed.fqdn);
+        if let Some(n) = state.counts.get_mut(owner) {
+            *n -= 1;
+        }
         state.withdrawn.insert(removed.fqdn.clone(), Withdrawn { owner: owner.into(), name: name.into() });
         drop(state);
         self.changed();
@@ -98,6 +105,11 @@ impl Imports {
     /// The names of `owner`'s services.
     pub fn names(&self, owner: &str) -> Vec<String> {
         self.state().services.keys().filter(|(o, _)| o == owner).map(|(_, n)| n.clone()).collect()
+    }
+
+    /// How many services `owner`'s are.
+    pub fn count(&self, owner: &str) -> usize {
+        self.state().counts.get(owner).copied().unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {
@@ -131,6 +143,7 @@ mod tests {
             sans: vec!["a".into()],
             instance: "http".into(),
             protocol: Protocol::Http,
+            sni: None,
         }
     }
 
@@ -151,5 +164,6 @@ mod tests {
         assert_eq!(imports.upsert("b", import("other", "echo.example")), Ok(true), "a withdrawn name is free");
         assert!(imports.snapshot().withdrawn.is_empty());
         assert!(imports.delete("a", "echo").is_none(), "deleting what is not there changes nothing");
+        assert_eq!((imports.count("a"), imports.count("b")), (0, 1));
     }
 }

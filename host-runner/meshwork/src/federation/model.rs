@@ -148,6 +148,8 @@ pub struct Import {
     pub sans: Vec<String>,
     pub instance: String,
     pub protocol: Protocol,
+    /// The SNI to send: the instance's reserved `SNI` metadata key, when given.
+    pub sni: Option<String>,
 }
 
 /// A DNS name as RFC 1123 allows it: dot-separated labels of letters, digits and hyphens.
@@ -245,6 +247,7 @@ pub fn import(service: &FederatedService) -> Result<Import, String> {
         sans: service.sans.clone(),
         instance: instance.id.clone(),
         protocol: Protocol::parse(&instance.protocol).unwrap_or(Protocol::Http),
+        sni: instance.metadata.iter().find(|(k, _)| k.eq_ignore_ascii_case("sni")).map(|(_, v)| v.clone()),
     })
 }
 

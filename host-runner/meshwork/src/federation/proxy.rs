@@ -4,7 +4,9 @@
 //!
 //! - A request whose Host is an imported fqdn goes to the owner's endpoints over mTLS: this
 //!   mesh's certificate, the federation CA, and the service's exported `sans` as the names the
-//!   endpoint's certificate must carry. GRPC and HTTP2 instances are spoken as HTTP/2.
+//!   endpoint's certificate must carry; SNI only when the instance's metadata gives one (its
+//!   reserved `SNI` key), so the services of one owner share one TLS configuration. GRPC and
+//!   HTTP2 instances are spoken as HTTP/2.
 //! - A withdrawn service's fqdn answers 503 saying which owner withdrew it.
 
 use std::sync::Arc;
@@ -45,7 +47,7 @@ pub fn merge(config: &mut ProxyConfig, spec: &ConsumerSpec, snapshot: &Snapshot)
             max_retries: 3,
             retry_budget: None,
             http2: import.protocol.http2(),
-            tls: Some(spec.tls.client_spec(&import.fqdn, import.sans.clone(), alpn)),
+            tls: Some(spec.tls.client_spec(import.sni.as_deref(), import.sans.clone(), alpn)),
             dns_refresh: Duration::from_secs(5),
         });
         let mut route = RouteConfig::new(cluster.clone(), PathMatch::default(), RouteTarget::Cluster(cluster));
@@ -71,12 +73,42 @@ pub fn merge(config: &mut ProxyConfig, spec: &ConsumerSpec, snapshot: &Snapshot)
 }
 
 /// Follows every owner of `spec` on a thread of its own, and reloads the proxy when the
-/// registry changes (changes arriving together make one reload).
-pub fn start(spec: ConsumerSpec, imports: Arc<Imports>, reloader: Arc<Reloader>) -> anyhow::Result<()> {
-    let observer: Observer = Arc::new(|event: &Event| match event {
-        Event::Stopped { .. } | Event::Nacked { .. } => tracing::error!("federation: {event}"),
-        Event::Disconnected { .. } => tracing::warn!("federation: {event}"),
-        _ => tracing::info!("federation: {event}"),
+/// registry changes (changes arriving together make one reload). Per owner, the admin
+/// listener's stats show `meshwork_federation_connected`, `_services`, `_updates_total` and
+/// `_nacks_total`.
+pub fn start(
+    spec: ConsumerSpec,
+    imports: Arc<Imports>,
+    reloader: Arc<Reloader>,
+    services: Arc<meshwork_wasm_host::Services>,
+) -> anyhow::Result<()> {
+    let registry = imports.clone();
+    let observer: Observer = Arc::new(move |event: &Event| {
+        let metric = |kind: &str, owner: &str| format!("meshwork_federation_{kind};.;owner=.={owner}");
+        let m = &services.metrics;
+        match event {
+            Event::Connected { owner } => m.gauge(&metric("connected", owner)).record(1),
+            Event::Disconnected { owner, .. } | Event::Stopped { owner, .. } => {
+                m.gauge(&metric("connected", owner)).record(0)
+            }
+            Event::Nacked { consumer: owner, .. } => {
+                m.counter(&metric("nacks_total", owner)).increment(1).unwrap_or(())
+            }
+            Event::Upserted { owner, .. } | Event::Deleted { owner, .. } => {
+                m.counter(&metric("updates_total", owner)).increment(1).unwrap_or(())
+            }
+            _ => {}
+        }
+        if let Event::Synced { owner, .. } | Event::Upserted { owner, .. } | Event::Deleted { owner, .. } = event {
+            m.gauge(&metric("services", owner)).record(registry.count(owner) as u64);
+        }
+        match event {
+            Event::Stopped { .. } | Event::Nacked { .. } => tracing::error!("federation: {event}"),
+            Event::Disconnected { .. } => tracing::warn!("federation: {event}"),
+            // One line per imported service is for debugging; the sync line sums them up.
+            Event::Upserted { .. } => tracing::debug!("federation: {event}"),
+            _ => tracing::info!("federation: {event}"),
+        }
     });
     std::thread::Builder::new().name("federation".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -53,13 +53,15 @@ impl MtlsFiles {
     /// A client of another mesh: trusts the CA, presents this mesh's certificate, and accepts
     /// a server whose certificate carries `server_name` (or, when given, one of `sans`).
     pub fn client(&self, server_name: &str, sans: Vec<String>, alpn: &str) -> anyhow::Result<Arc<ClientTls>> {
-        Ok(ClientTls::load(self.client_spec(server_name, sans, alpn))?)
+        Ok(ClientTls::load(self.client_spec(Some(server_name), sans, alpn))?)
     }
 
-    pub fn client_spec(&self, server_name: &str, sans: Vec<String>, alpn: &str) -> ClientTlsSpec {
+    /// Without an SNI the connection sends none (endpoints are addresses) and the server is
+    /// accepted by `sans` alone.
+    pub fn client_spec(&self, sni: Option<&str>, sans: Vec<String>, alpn: &str) -> ClientTlsSpec {
         ClientTlsSpec {
             trust: Trust::Ca(self.ca.clone()),
-            sni: Some(server_name.to_owned()),
+            sni: sni.map(str::to_owned),
             verify_san: sans,
             cert: Some(self.cert.clone()),
             key: Some(self.key.clone()),

@@ -74,7 +74,7 @@ impl Blueprint {
         let mut cluster_tls = HashMap::new();
         for c in &config.clusters {
             if let Some(spec) = &c.tls {
-                let tls = ClientTls::load(spec.clone()).with_context(|| format!("cluster {} tls", c.name))?;
+                let tls = ClientTls::shared(spec.clone()).with_context(|| format!("cluster {} tls", c.name))?;
                 cluster_tls.insert(c.name.clone(), tls);
             }
         }
@@ -118,12 +118,56 @@ pub enum Chain {
     Unavailable(String),
 }
 
+/// A listener's routes, those for exact host names indexed by host: a proxy importing
+/// thousands of federated services looks the request's host up instead of trying every route.
+struct RouteTable {
+    /// Routes for every host or for wildcards, with their place in the configuration.
+    general: Vec<(usize, Rc<Route>)>,
+    by_host: HashMap<String, Vec<(usize, Rc<Route>)>>,
+    first_match: bool,
+}
+
+impl RouteTable {
+    fn new(routes: Vec<Rc<Route>>, first_match: bool) -> RouteTable {
+        let mut table = RouteTable { general: Vec::new(), by_host: HashMap::new(), first_match };
+        for (i, route) in routes.into_iter().enumerate() {
+            let hosts = &route.matcher.hosts;
+            if hosts.is_empty() || hosts.iter().any(|h| h.starts_with("*.")) {
+                table.general.push((i, route));
+            } else {
+                for host in hosts.clone() {
+                    table.by_host.entry(host).or_default().push((i, route.clone()));
+                }
+            }
+        }
+        table
+    }
+
+    /// The first that matches (Envoy's rule, for Envoy configurations), else by Gateway API's
+    /// precedence ([`crate::route_spec::select`]); either way in configuration order.
+    fn select(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Rc<Route>> {
+        fn matcher(entry: &(usize, Rc<Route>)) -> &RouteMatch {
+            &entry.1.matcher
+        }
+        let hosted = match self.by_host.is_empty() {
+            true => None,
+            false => route_spec::host_of(uri, headers).and_then(|h| self.by_host.get(&h)),
+        };
+        let Some(hosted) = hosted else {
+            return route_spec::select(&self.general, matcher, self.first_match, method, uri, headers)
+                .map(|(_, r)| r.clone());
+        };
+        let mut candidates: Vec<&(usize, Rc<Route>)> = hosted.iter().chain(&self.general).collect();
+        candidates.sort_by_key(|(i, _)| *i);
+        route_spec::select(&candidates, |e| matcher(e), self.first_match, method, uri, headers).map(|(_, r)| r.clone())
+    }
+}
+
 /// One listener on one worker: its routes and filters.
 pub struct ListenerGeneration {
     pub index: usize,
     pub settings: ListenerConfig,
-    routes: Vec<Rc<Route>>,
-    first_match: bool,
+    routes: RouteTable,
     pub filters: Vec<Rc<FilterSlot>>,
     pub filter_buffer_limit: usize,
     pub tls: Option<Arc<ServerTls>>,
@@ -135,7 +179,7 @@ impl ListenerGeneration {
     /// The route for this request: the first that matches (Envoy's rule, for Envoy
     /// configurations), else by Gateway API's precedence ([`crate::route_spec::select`]).
     pub fn route(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Rc<Route>> {
-        route_spec::select(&self.routes, |r| &r.matcher, self.first_match, method, uri, headers).cloned()
+        self.routes.select(method, uri, headers)
     }
 
     pub fn chain(&self) -> Chain {
@@ -227,8 +271,7 @@ impl Generation {
             listeners.push(ListenerGeneration {
                 index,
                 settings: l.settings.clone(),
-                routes,
-                first_match,
+                routes: RouteTable::new(routes, first_match),
                 filters,
                 filter_buffer_limit,
                 tls: blueprint.listener_tls[index].clone(),

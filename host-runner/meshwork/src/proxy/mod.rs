@@ -131,7 +131,7 @@ pub fn start(config: ProxyConfig, source: ConfigSource) -> anyhow::Result<Proxy>
     let imports = source.imports.clone();
     let reloader = Arc::new(Reloader::new(source, engine, services.clone(), commands, blueprint));
     if let Some(federation) = &config.federation {
-        crate::federation::proxy::start(federation.clone(), imports, reloader.clone())?;
+        crate::federation::proxy::start(federation.clone(), imports, reloader.clone(), services.clone())?;
     }
     let admin = match config.admin {
         Some(addr) => {

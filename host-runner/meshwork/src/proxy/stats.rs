@@ -80,7 +80,11 @@ impl WorkerStats {
 
 /// Counters of one upstream cluster (shared by every worker: same names).
 pub struct ClusterMetrics {
-    pub time_us: Arc<Metric>,
+    /// Registered by the first request timed: a histogram holds 15 KiB of buckets, which a
+    /// proxy with thousands of clusters (federated services) should spend only on those used.
+    time_us: std::cell::OnceCell<Arc<Metric>>,
+    time_us_name: String,
+    services: Arc<Services>,
     pub failures: Arc<Metric>,
     pub timeouts: Arc<Metric>,
     pub retries: Arc<Metric>,
@@ -89,11 +93,13 @@ pub struct ClusterMetrics {
 }
 
 impl ClusterMetrics {
-    pub fn new(services: &Services, cluster: &str) -> ClusterMetrics {
+    pub fn new(services: &Arc<Services>, cluster: &str) -> ClusterMetrics {
         let m = &services.metrics;
         let name = |base: &str| format!("{base};.;cluster=.={cluster}");
         ClusterMetrics {
-            time_us: m.histogram(&name("meshwork_upstream_rq_time_us")),
+            time_us: std::cell::OnceCell::new(),
+            time_us_name: name("meshwork_upstream_rq_time_us"),
+            services: services.clone(),
             failures: m.counter(&name("meshwork_upstream_rq_failures_total")),
             timeouts: m.counter(&name("meshwork_upstream_rq_timeouts_total")),
             retries: m.counter(&name("meshwork_upstream_rq_retries_total")),
@@ -102,7 +108,8 @@ impl ClusterMetrics {
     }
 
     pub fn time(&self, elapsed: Duration) {
-        self.time_us.record(elapsed.as_micros() as u64);
+        let histogram = self.time_us.get_or_init(|| self.services.metrics.histogram(&self.time_us_name));
+        histogram.record(elapsed.as_micros() as u64);
     }
 
     pub fn retried(&self, retries: u32) {

@@ -17,7 +17,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use super::{TlsError, TlsVersion, files, info};
 
 /// Which server certificates a cluster trusts.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Trust {
     /// Certificates chaining to one in this PEM file.
     Ca(PathBuf),
@@ -29,7 +29,7 @@ pub enum Trust {
 }
 
 /// What a cluster's `tls:` section says (paths already resolved).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ClientTlsSpec {
     pub trust: Trust,
     /// Sent as SNI, and the name the certificate must carry unless `verify_san` is given;
@@ -67,6 +67,23 @@ impl ClientTls {
         let loaded = build(&spec)?;
         let tls = Arc::new(ClientTls { spec, current: ArcSwap::from_pointee(loaded) });
         super::watch::register(tls.clone());
+        Ok(tls)
+    }
+
+    /// The configuration for `spec`, shared by every cluster that asks for the same one while
+    /// any holds it (across reloads too): a proxy importing thousands of federated services
+    /// from one owner reads that owner's files and builds its trust store once.
+    pub fn shared(spec: ClientTlsSpec) -> Result<Arc<ClientTls>, TlsError> {
+        static LOADED: std::sync::Mutex<Option<std::collections::HashMap<ClientTlsSpec, std::sync::Weak<ClientTls>>>> =
+            std::sync::Mutex::new(None);
+        let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+        let loaded = loaded.get_or_insert_with(Default::default);
+        if let Some(tls) = loaded.get(&spec).and_then(std::sync::Weak::upgrade) {
+            return Ok(tls);
+        }
+        let tls = ClientTls::load(spec.clone())?;
+        loaded.retain(|_, held| held.strong_count() > 0);
+        loaded.insert(spec, Arc::downgrade(&tls));
         Ok(tls)
     }
 

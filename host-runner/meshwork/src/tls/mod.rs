@@ -46,7 +46,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// TLS versions a configuration may allow, lowest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
 pub enum TlsVersion {
     #[serde(rename = "TLSv1_2", alias = "1.2", alias = "TLSv1.2")]
     V1_2,
