@@ -101,8 +101,12 @@ fn write(path: &Path, text: &str) -> PathBuf {
 }
 
 fn service(name: &str, port: u16) -> String {
+    service_with_san(name, port, "mesh-a")
+}
+
+fn service_with_san(name: &str, port: u16, san: &str) -> String {
     format!(
-        "  - {{name: {name}, fqdn: {name}.mesh-a.example, endpoints: [{{address: {A}, port: {port}}}], sans: [mesh-a]}}\n"
+        "  - {{name: {name}, fqdn: {name}.mesh-a.example, endpoints: [{{address: {A}, port: {port}}}], sans: [{san}]}}\n"
     )
 }
 
@@ -172,7 +176,7 @@ fn mesh_b_reaches_mesh_a_by_federated_name_and_follows_its_changes_live() {
     certs(&dir, &["--mesh", "mesh-a", "--mesh", "mesh-b"]);
     let (_app, app_port) = app(&meshes, "app-a");
     let (_app2, app2_port) = app(&meshes, "app-a2");
-    let ingress_a = ingress(&dir, 8443, &[("echo", app_port), ("extra", app_port)]);
+    let ingress_a = ingress(&dir, 8443, &[("echo", app_port), ("extra", app_port), ("spoof", app_port)]);
     let _ingress = Process::start_in(&meshes.a, &["run", "--config", ingress_a.to_str().unwrap()]).unwrap();
     let ingress_b = ingress(&dir, 8444, &[("echo", app2_port)]);
     let _ingress2 = Process::start_in(&meshes.a, &["run", "--config", ingress_b.to_str().unwrap()]).unwrap();
@@ -203,10 +207,19 @@ fn mesh_b_reaches_mesh_a_by_federated_name_and_follows_its_changes_live() {
 
     // A service added in A becomes reachable from B.
     let added = Instant::now();
-    owner_file(&dir, &[service("echo", 8443), service("extra", 8443)]);
+    owner_file(&dir, &[service("echo", 8443), service("extra", 8443), service_with_san("spoof", 8443, "mesh-z")]);
     let r = eventually(Duration::from_secs(10), || upstream_name(&from_b(&meshes, "extra.mesh-a.example", "/")));
     assert_eq!(r.as_deref(), Some("app-a"));
     eprintln!("a new service was reachable from B {:?} after A's file changed", added.elapsed());
+    // B checks the endpoint's certificate against the service's exported SANs: A's ingress
+    // does not carry mesh-z, so B sends it nothing.
+    let served = || {
+        inside(&meshes.a, || get(&format!("http://127.0.0.1:{app_port}/stats"), &[]).json()["requests_total"].clone())
+    };
+    let before = served();
+    let spoof = from_b(&meshes, "spoof.mesh-a.example", "/").unwrap();
+    assert_eq!(spoof.status, 503, "{}", spoof.text());
+    assert_eq!(before, served(), "nothing reached the app");
 
     // An endpoint change is picked up, and a request already running finishes where it started.
     let slow = std::thread::scope(|s| {
