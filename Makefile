@@ -11,7 +11,7 @@ EBPF_PROGRAMS := xdp-ratelimit sockops-rtt connect-breaker xdp-pass
 EBPF_CRATE := ebpf/meshwork-ebpf-programs
 EBPF_TOOLCHAIN := $(shell sed -n 's/^channel = "\(.*\)"/\1/p' $(EBPF_CRATE)/rust-toolchain.toml)
 
-.PHONY: all setup build ebpf filters test-filters playground test demo bench lint fuzz clean
+.PHONY: all setup build ebpf filters test-filters playground test demo demo-federation bench lint fuzz clean
 
 all: build filters
 
@@ -66,6 +66,10 @@ fuzz: setup
 
 demo: build filters playground
 	scripts/demo.sh
+
+# Two meshes in network namespaces federated over Hamlet (needs root; part of `make demo` too).
+demo-federation: build
+	scripts/demo_federation.sh
 
 bench: build filters test-filters
 	scripts/bench.sh

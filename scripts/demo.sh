@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # meshwork demo: the sample app behind `meshwork run` with the measure and local-rate-limit
 # filters on two workers, some traffic, and what the filters saw; then retries and a circuit
-# breaker at work (scripts/demo_patterns.sh), a short benchmark, and the catalog published to a
-# local registry and its web site (scripts/demo_catalog.sh). Stops everything it starts.
+# breaker at work (scripts/demo_patterns.sh), a short benchmark, the catalog published to a
+# local registry and its web site (scripts/demo_catalog.sh), the demo filters as Istio WasmPlugins
+# (scripts/demo_deploy.sh), the conformance suites (scripts/demo_conformance.sh), and two meshes
+# federated over Hamlet in network namespaces (scripts/demo_federation.sh, as root). Stops
+# everything it starts.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -109,3 +112,6 @@ echo "== deploy: the demo's filters as Istio WasmPlugins (meshwork deploy), run 
 echo
 echo "== conformance: SMI, GAMMA MESH-HTTP and the patterns against meshwork, signed; every target compared"
 "$root/scripts/demo_conformance.sh"
+echo
+echo "== federation: two meshes in network namespaces, B reaching A's app by the name A exports (Hamlet, mTLS)"
+"$root/scripts/demo_federation.sh"

@@ -306,7 +306,8 @@ mod tests {
 
     #[test]
     fn every_required_field_is_checked_and_named() {
-        let cases: Vec<(fn(&mut FederatedService), &str)> = vec![
+        type Break = fn(&mut FederatedService);
+        let cases: Vec<(Break, &str)> = vec![
             (|s| s.name.clear(), "name is empty"),
             (|s| s.fqdn.clear(), "fqdn is missing"),
             (|s| s.fqdn = "bad_name..x".into(), "not a DNS name"),
