@@ -136,11 +136,14 @@ fn ingress(dir: &Path, port: u16, apps: &[(&str, u16)]) -> PathBuf {
     )
 }
 
+/// Mesh B's sidecar, with a filter that says "Hello, World!" each time a VM is configured.
 fn sidecar(dir: &Path) -> PathBuf {
+    let filter = wasm("surface");
     write(
         &dir.join("sidecar.yaml"),
         &format!(
-            "listen: 127.0.0.1:15001\nadmin: 127.0.0.1:15000\nroute: {{direct_response: {{status: 404, body: \"not a known service\\n\"}}}}\nfederation:\n  mesh: mesh-b\n  tls: {{ca: ca.pem, cert: mesh-b.pem, key: mesh-b-key.pem}}\n  owners: [{{name: mesh-a, address: \"{A}:9443\", server_name: mesh-a}}]\n"
+            "listen: 127.0.0.1:15001\nadmin: 127.0.0.1:15000\nworkers: 1\nfilters: [{{name: hello, module: {}, configuration: {{mode: hello}}}}]\nroute: {{direct_response: {{status: 404, body: \"not a known service\\n\"}}}}\nfederation:\n  mesh: mesh-b\n  tls: {{ca: ca.pem, cert: mesh-b.pem, key: mesh-b-key.pem}}\n  owners: [{{name: mesh-a, address: \"{A}:9443\", server_name: mesh-a}}]\n",
+            filter.display()
         ),
     )
 }
@@ -233,6 +236,18 @@ fn mesh_b_reaches_mesh_a_by_federated_name_and_follows_its_changes_live() {
         slow.join().unwrap()
     });
     assert_eq!(upstream_name(&slow).as_deref(), Some("app-a"), "the request in flight finished on the old endpoint");
+
+    // Imported services came and went, and the filter's VM carried on through them: it was
+    // configured once. A reload of the file configures it again.
+    assert_eq!(sidecar.stderr().matches("Hello, World!").count(), 1, "{}", sidecar.stderr());
+    let reloaded = inside(&meshes.b, || post("http://127.0.0.1:15000/reload", &[], b""));
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    assert_eq!(sidecar.stderr().matches("Hello, World!").count(), 2, "{}", sidecar.stderr());
+    assert_eq!(
+        upstream_name(&from_b(&meshes, "echo.mesh-a.example", "/")).as_deref(),
+        Some("app-a2"),
+        "imports survive a reload"
+    );
 
     // Removed in A: B answers 503 and says why.
     owner_file(&dir, &[service("echo", 8444)]);

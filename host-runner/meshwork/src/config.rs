@@ -190,7 +190,7 @@ impl ListenerConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
     pub endpoints: Vec<EndpointConfig>,

@@ -80,7 +80,7 @@ enum FederationCommand {
 }
 
 /// The owner's file.
-#[derive(Deserialize)]
+#[derive(Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct OwnerFile {
     /// This mesh's name, for logs.
@@ -92,8 +92,16 @@ struct OwnerFile {
     consumers: Vec<String>,
     nack_retry: Option<String>,
     ack_timeout: Option<String>,
-    #[serde(default)]
-    services: Vec<ServiceSpec>,
+    /// `services:` with nothing under it exports nothing, as `services: []` does.
+    services: Option<Vec<ServiceSpec>>,
+}
+
+impl OwnerFile {
+    /// Everything but the services, which are what a reload may change.
+    fn settings_differ(&self, other: &OwnerFile) -> bool {
+        (&self.mesh, &self.listen, &self.tls, &self.consumers, &self.nack_retry, &self.ack_timeout)
+            != (&other.mesh, &other.listen, &other.tls, &other.consumers, &other.nack_retry, &other.ack_timeout)
+    }
 }
 
 fn read_owner(path: &Path, check: bool) -> anyhow::Result<(OwnerFile, Vec<FederatedService>)> {
@@ -101,10 +109,11 @@ fn read_owner(path: &Path, check: bool) -> anyhow::Result<(OwnerFile, Vec<Federa
     let mut file: OwnerFile =
         meshwork_yaml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
     file.tls.resolve(path.parent().unwrap_or(Path::new(".")));
+    let specs = file.services.as_deref().unwrap_or_default();
     let services = if check {
-        exported(&file.services).with_context(|| format!("{} is not valid", path.display()))?
+        exported(specs).with_context(|| format!("{} is not valid", path.display()))?
     } else {
-        file.services.iter().map(ServiceSpec::to_proto).collect()
+        specs.iter().map(ServiceSpec::to_proto).collect()
     };
     Ok((file, services))
 }
@@ -127,8 +136,13 @@ fn exported(specs: &[ServiceSpec]) -> anyhow::Result<Vec<FederatedService>> {
     Ok(out)
 }
 
+/// A duration setting; at least 100 ms, since it paces re-sending and waiting.
 fn duration(text: Option<&str>, default: Duration, what: &str) -> anyhow::Result<Duration> {
-    text.map_or(Ok(default), |t| crate::config::parse_duration(t).with_context(|| what.to_owned()))
+    let d = text.map_or(Ok(default), |t| crate::config::parse_duration(t).with_context(|| what.to_owned()))?;
+    if d < Duration::from_millis(100) {
+        bail!("{what} must be at least 100ms (got {d:?})");
+    }
+    Ok(d)
 }
 
 /// Prints events as lines, text or JSON.
@@ -216,7 +230,7 @@ fn serve(path: &Path, listen: Option<String>, output: Output, check: bool) -> an
             format!("meshwork federation serve: mesh {} listening on {local} (mTLS), exporting {} service(s)", file.mesh, exports.len()),
         );
         // The file is read again when it changes (checked every half second) or on SIGHUP.
-        let (watched, path) = (exports.clone(), path.to_owned());
+        let (watched, path, settings) = (exports.clone(), path.to_owned(), file);
         tokio::spawn(async move {
             let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             let mut last = stamp(&path);
@@ -236,12 +250,18 @@ fn serve(path: &Path, listen: Option<String>, output: Output, check: bool) -> an
                 }
                 last = stamp(&path);
                 match read_owner(&path, check) {
-                    Ok((_, services)) => {
+                    Ok((new, services)) => {
                         let changed = watched.replace_all(services);
+                        let restart = new.settings_differ(&settings);
+                        let note = if restart {
+                            "; settings other than services changed too, and take a restart to apply"
+                        } else {
+                            ""
+                        };
                         say(
                             output,
-                            serde_json::json!({"event": "exports", "services": watched.len(), "changed": changed}),
-                            format!("exports reloaded: {} service(s), {changed} changed", watched.len()),
+                            serde_json::json!({"event": "exports", "services": watched.len(), "changed": changed, "restart_needed": restart}),
+                            format!("exports reloaded: {} service(s), {changed} changed{note}", watched.len()),
                         );
                     }
                     Err(e) => say(

@@ -39,6 +39,9 @@ pub struct ConsumerSpec {
     pub mesh: String,
     pub tls: MtlsFiles,
     pub owners: Vec<OwnerSpec>,
+    /// How long an unreachable owner's services keep being routed (the specification leaves
+    /// it to configuration and recommends a cache); for ever when not given.
+    pub keep_while_unreachable: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -59,8 +62,16 @@ impl OwnerSpec {
 }
 
 impl ConsumerSpec {
+    /// `keep_while_unreachable`, checked by [`ConsumerSpec::resolve`].
+    pub fn keep_while_unreachable(&self) -> Option<Duration> {
+        self.keep_while_unreachable.as_deref().and_then(|t| crate::config::parse_duration(t).ok())
+    }
+
     pub fn resolve(&mut self, base: &Path) -> anyhow::Result<()> {
         self.tls.resolve(base);
+        if let Some(t) = &self.keep_while_unreachable {
+            crate::config::parse_duration(t).map_err(|e| anyhow::anyhow!("federation: keep_while_unreachable: {e}"))?;
+        }
         if self.owners.is_empty() {
             anyhow::bail!("federation: owners is empty (name at least one owner to subscribe to)");
         }
@@ -102,7 +113,8 @@ impl Backoff {
 }
 
 enum End {
-    /// Worth opening the stream again; whether it had delivered the full catalog.
+    /// Worth opening the stream again; whether the stream had worked (delivered the whole
+    /// catalog, or anything from an owner that does not say how big its catalog is).
     Retry(String, bool),
     /// Not worth it.
     Stop(String),
@@ -121,6 +133,9 @@ fn ended_by(status: &tonic::Status, synced: bool) -> End {
 /// Follows `owner` until it refuses this mesh; returns why.
 pub async fn follow(owner: OwnerSpec, spec: Arc<ConsumerSpec>, imports: Arc<Imports>, observer: Observer) -> String {
     let mut backoff = Backoff { next: Backoff::FIRST };
+    let keep = spec.keep_while_unreachable();
+    // Since when the owner has been unreachable, while its services are still routed.
+    let mut lost_at: Option<tokio::time::Instant> = None;
     loop {
         let slot = FailureSlot::default();
         let end = session(&owner, &spec, &imports, &observer, &slot).await;
@@ -130,11 +145,18 @@ pub async fn follow(owner: OwnerSpec, spec: Arc<ConsumerSpec>, imports: Arc<Impo
             (Some(reason), _) | (None, End::Stop(reason)) => {
                 tracing::error!(owner = %owner.name, "federation stopped: {reason}");
                 observer(&Event::Stopped { owner: owner.name.clone(), reason: reason.clone() });
+                // Not federated any more: what it exported is not routed either.
+                let why = format!("is unavailable: its owner {} refused this mesh", owner.name);
+                let expired = imports.expire(&owner.name, &why);
+                if expired > 0 {
+                    observer(&Event::Expired { owner: owner.name.clone(), services: expired });
+                }
                 return reason;
             }
-            (None, End::Retry(reason, synced)) => {
-                if synced {
+            (None, End::Retry(reason, worked)) => {
+                if worked {
                     backoff = Backoff { next: Backoff::FIRST };
+                    lost_at = None;
                 }
                 let wait = backoff.wait();
                 tracing::warn!(owner = %owner.name, "federation stream ended: {reason}; again in {wait:?}");
@@ -143,7 +165,20 @@ pub async fn follow(owner: OwnerSpec, spec: Arc<ConsumerSpec>, imports: Arc<Impo
                     reason,
                     retry_in_ms: wait.as_millis() as u64,
                 });
-                tokio::time::sleep(wait).await;
+                let again = tokio::time::Instant::now() + wait;
+                if let Some(keep) = keep {
+                    let expiry = *lost_at.get_or_insert_with(tokio::time::Instant::now) + keep;
+                    if expiry < again && imports.count(&owner.name) > 0 {
+                        tokio::time::sleep_until(expiry).await;
+                        let why = format!(
+                            "is unavailable: its owner {} has been unreachable for more than {keep:?}",
+                            owner.name
+                        );
+                        let expired = imports.expire(&owner.name, &why);
+                        observer(&Event::Expired { owner: owner.name.clone(), services: expired });
+                    }
+                }
+                tokio::time::sleep_until(again).await;
             }
         }
     }
@@ -223,10 +258,11 @@ async fn session(
         sync(&seen, &mut synced);
     }
     loop {
+        let worked = synced || (snapshot.is_none() && received > 0);
         let message = match inbound.message().await {
             Ok(Some(m)) => m,
-            Ok(None) => return End::Retry("the owner closed the stream".into(), synced),
-            Err(status) => return ended_by(&status, synced),
+            Ok(None) => return End::Retry("the owner closed the stream".into(), worked),
+            Err(status) => return ended_by(&status, worked),
         };
         let Some(response) = message.response else { continue };
         let nonce = response.nonce.clone();
@@ -247,7 +283,7 @@ async fn session(
             context: spec.mesh.clone(),
         };
         if tx.send(BidirectionalStream { request: Some(answer), response: None }).await.is_err() {
-            return End::Retry("the stream closed".into(), synced);
+            return End::Retry("the stream closed".into(), synced || snapshot.is_none());
         }
         received += 1;
         if !synced && snapshot == Some(received) {
@@ -405,6 +441,7 @@ mod tests {
                 address: address.to_string(),
                 server_name: Some("owner".into()),
             }],
+            keep_while_unreachable: Some("1500ms".into()),
         });
         let imports = Imports::new();
         let quiet: Observer = Arc::new(|_| {});
@@ -440,8 +477,14 @@ mod tests {
         assert_eq!(imports.names("o"), ["a"], "the cache keeps serving while the owner is away");
         let (server, _) = owner(&address.to_string(), quiet);
         until("the catalog after reconnecting", || imports.names("o") == ["c"]).await;
-        follower.abort();
+
+        // Gone for longer than keep_while_unreachable: its services are no longer routed.
         server.shutdown_background();
+        until("the imports to expire", || imports.count("o") == 0).await;
+        let withdrawn = imports.snapshot().withdrawn;
+        let c = withdrawn.iter().find(|(_, w)| w.name == "c").unwrap();
+        assert!(c.1.why.contains("has been unreachable for more than"), "{:?}", c.1);
+        follower.abort();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,12 +9,17 @@ use tokio::sync::watch;
 
 use super::model::Import;
 
-/// A service an owner withdrew: its name keeps answering, with why.
+/// A service no longer imported: its name keeps answering, with why.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Withdrawn {
     pub owner: String,
     pub name: String,
+    /// Completes "federated service NAME (FQDN) …".
+    pub why: String,
 }
+
+/// How many withdrawn names keep answering with their reason (then they answer as unknown).
+const MAX_WITHDRAWN: usize = 10_000;
 
 #[derive(Default)]
 struct State {
@@ -22,8 +27,9 @@ struct State {
     services: BTreeMap<(String, String), Import>,
     /// fqdn → (owner, name), so two services never claim one name.
     fqdns: HashMap<String, (String, String)>,
-    /// By fqdn.
+    /// By fqdn; the oldest go beyond [`MAX_WITHDRAWN`].
     withdrawn: BTreeMap<String, Withdrawn>,
+    withdrawn_order: std::collections::VecDeque<String>,
     /// Services per owner.
     counts: HashMap<String, usize>,
 }
@@ -59,18 +65,26 @@ impl Imports {
         self.version.send_modify(|v| *v += 1);
     }
 
-    /// Adds or replaces `owner`'s service. Refused when another service already has its fqdn
-    /// (Hamlet leaves name collisions between owners to the consumer). Whether anything changed.
+    /// Adds or replaces `owner`'s service. Refused when another owner's service already has its
+    /// fqdn (Hamlet leaves name collisions between owners to the consumer); within one owner an
+    /// fqdn is unique, so a service of another name that had it was renamed and goes. Whether
+    /// anything changed.
     pub fn upsert(&self, owner: &str, import: Import) -> Result<bool, String> {
         let mut state = self.state();
         let key = (owner.to_owned(), import.name.clone());
-        if let Some(holder) = state.fqdns.get(&import.fqdn)
-            && *holder != key
+        if let Some(holder) = state.fqdns.get(&import.fqdn).cloned()
+            && holder != key
         {
-            return Err(format!(
-                "{}: fqdn {} is already imported as {} from {}",
-                import.name, import.fqdn, holder.1, holder.0
-            ));
+            if holder.0 != owner {
+                return Err(format!(
+                    "{}: fqdn {} is already imported as {} from {}",
+                    import.name, import.fqdn, holder.1, holder.0
+                ));
+            }
+            state.services.remove(&holder);
+            if let Some(n) = state.counts.get_mut(owner) {
+                *n -= 1;
+            }
         }
         if state.services.get(&key) == Some(&import) {
             return Ok(false);
@@ -90,13 +104,31 @@ impl Imports {
 
     /// Removes `owner`'s service `name`; its fqdn then answers that it was withdrawn.
     pub fn delete(&self, owner: &str, name: &str) -> Option<Import> {
+        self.remove(owner, name, format!("was withdrawn by its owner {owner}"))
+    }
+
+    /// Removes every service of `owner`, saying `why`; how many.
+    pub fn expire(&self, owner: &str, why: &str) -> usize {
+        let names = self.names(owner);
+        names.iter().filter(|n| self.remove(owner, n, why.to_owned()).is_some()).count()
+    }
+
+    fn remove(&self, owner: &str, name: &str, why: String) -> Option<Import> {
         let mut state = self.state();
         let removed = state.services.remove(&(owner.to_owned(), name.to_owned()))?;
         state.fqdns.remove(&removed.fqdn);
         if let Some(n) = state.counts.get_mut(owner) {
             *n -= 1;
         }
-        state.withdrawn.insert(removed.fqdn.clone(), Withdrawn { owner: owner.into(), name: name.into() });
+        state.withdrawn.insert(removed.fqdn.clone(), Withdrawn { owner: owner.into(), name: name.into(), why });
+        state.withdrawn_order.push_back(removed.fqdn.clone());
+        while state.withdrawn_order.len() > MAX_WITHDRAWN {
+            if let Some(oldest) = state.withdrawn_order.pop_front()
+                && !state.fqdns.contains_key(&oldest)
+            {
+                state.withdrawn.remove(&oldest);
+            }
+        }
         drop(state);
         self.changed();
         Some(removed)
@@ -159,11 +191,18 @@ mod tests {
         assert!(imports.delete("a", "echo").is_some());
         assert_eq!(
             imports.snapshot().withdrawn,
-            [("echo.example".into(), Withdrawn { owner: "a".into(), name: "echo".into() })]
+            [(
+                "echo.example".into(),
+                Withdrawn { owner: "a".into(), name: "echo".into(), why: "was withdrawn by its owner a".into() }
+            )]
         );
         assert_eq!(imports.upsert("b", import("other", "echo.example")), Ok(true), "a withdrawn name is free");
         assert!(imports.snapshot().withdrawn.is_empty());
         assert!(imports.delete("a", "echo").is_none(), "deleting what is not there changes nothing");
         assert_eq!((imports.count("a"), imports.count("b")), (0, 1));
+        // One owner renaming a service: the new name takes the fqdn over.
+        assert_eq!(imports.upsert("b", import("renamed", "echo.example")), Ok(true));
+        assert_eq!(imports.names("b"), ["renamed"]);
+        assert_eq!(imports.count("b"), 1);
     }
 }

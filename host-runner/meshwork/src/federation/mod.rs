@@ -30,19 +30,61 @@ use serde::Serialize;
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     // Consumer side.
-    Connected { owner: String },
-    Synced { owner: String, services: usize },
-    Upserted { owner: String, name: String, fqdn: String, endpoints: Vec<String> },
-    Deleted { owner: String, name: String, fqdn: String },
-    Disconnected { owner: String, reason: String, retry_in_ms: u64 },
-    Stopped { owner: String, reason: String },
+    Connected {
+        owner: String,
+    },
+    Synced {
+        owner: String,
+        services: usize,
+    },
+    Upserted {
+        owner: String,
+        name: String,
+        fqdn: String,
+        endpoints: Vec<String>,
+    },
+    Deleted {
+        owner: String,
+        name: String,
+        fqdn: String,
+    },
+    Disconnected {
+        owner: String,
+        reason: String,
+        retry_in_ms: u64,
+    },
+    /// The owner stayed unreachable longer than `keep_while_unreachable`.
+    Expired {
+        owner: String,
+        services: usize,
+    },
+    Stopped {
+        owner: String,
+        reason: String,
+    },
     // Both sides: `consumer` is the peer a NACK concerns (on the consumer side, the owner).
-    Nacked { consumer: String, name: String, reason: String },
+    Nacked {
+        consumer: String,
+        name: String,
+        reason: String,
+    },
     // Owner side.
-    ConsumerConnected { consumer: String, services: usize },
-    ConsumerSynced { consumer: String, services: usize },
-    ConsumerLeft { consumer: String, reason: String },
-    Refused { peer: String, reason: String },
+    ConsumerConnected {
+        consumer: String,
+        services: usize,
+    },
+    ConsumerSynced {
+        consumer: String,
+        services: usize,
+    },
+    ConsumerLeft {
+        consumer: String,
+        reason: String,
+    },
+    Refused {
+        peer: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Event {
@@ -56,6 +98,9 @@ impl std::fmt::Display for Event {
             Event::Deleted { owner, name, fqdn } => write!(f, "owner {owner} withdrew {name} ({fqdn})"),
             Event::Disconnected { owner, reason, retry_in_ms } => {
                 write!(f, "lost owner {owner}: {reason}; retrying in {retry_in_ms} ms")
+            }
+            Event::Expired { owner, services } => {
+                write!(f, "owner {owner} unreachable for too long: its {services} service(s) are no longer routed")
             }
             Event::Stopped { owner, reason } => write!(f, "stopped following owner {owner}: {reason}"),
             Event::Nacked { consumer, name, reason } => write!(f, "NACK of {name} ({consumer}): {reason}"),

@@ -149,6 +149,7 @@ impl DiscoveryService for Discovery {
                 "certificate SANs [{}] are not among the consumers this owner federates with",
                 peer.sans.join(", ")
             );
+            tracing::warn!("refused consumer {}: {reason}", peer.describe());
             (self.observer)(&Event::Refused { peer: peer.addr.to_string(), reason: reason.clone() });
             return Err(Status::unauthenticated(reason));
         }
@@ -355,7 +356,7 @@ impl Session {
                     let reason = status.map(|s| s.message).unwrap_or_default();
                     tracing::warn!(consumer = %self.consumer, service = %name, "NACK: {reason}");
                     (self.observer)(&Event::Nacked { consumer: self.consumer.clone(), name: name.clone(), reason });
-                    self.held.remove(&name);
+                    // The consumer keeps what it had (so a later DELETE still has to be sent).
                     let v = version.unwrap_or(0);
                     self.rejected.insert(name, (v, Instant::now() + self.policy.nack_retry));
                 }

@@ -25,6 +25,21 @@ fn cluster_name(owner: &str, name: &str) -> String {
     format!("federation/{owner}/{name}")
 }
 
+/// The names an endpoint's certificate may carry, without the `URI:` / `DNS:` type prefixes
+/// some write them with (`URI:spiffe://…`, as OpenSSL prints SANs).
+fn sans(exported: &[String]) -> Vec<String> {
+    exported
+        .iter()
+        .map(|s| {
+            let lower = s.get(..4).map(str::to_ascii_uppercase);
+            match lower.as_deref() {
+                Some("URI:" | "DNS:") => s[4..].to_owned(),
+                _ => s.clone(),
+            }
+        })
+        .collect()
+}
+
 /// Adds the registry's services to `config`: a cluster each, and host routes on every HTTP
 /// listener ahead of the configured ones.
 pub fn merge(config: &mut ProxyConfig, spec: &ConsumerSpec, snapshot: &Snapshot) {
@@ -47,7 +62,7 @@ pub fn merge(config: &mut ProxyConfig, spec: &ConsumerSpec, snapshot: &Snapshot)
             max_retries: 3,
             retry_budget: None,
             http2: import.protocol.http2(),
-            tls: Some(spec.tls.client_spec(import.sni.as_deref(), import.sans.clone(), alpn)),
+            tls: Some(spec.tls.client_spec(import.sni.as_deref(), sans(&import.sans), alpn)),
             dns_refresh: Duration::from_secs(5),
         });
         let mut route = RouteConfig::new(cluster.clone(), PathMatch::default(), RouteTarget::Cluster(cluster));
@@ -55,7 +70,7 @@ pub fn merge(config: &mut ProxyConfig, spec: &ConsumerSpec, snapshot: &Snapshot)
         routes.push(route);
     }
     for (fqdn, gone) in &snapshot.withdrawn {
-        let body = format!("federated service {} ({fqdn}) was withdrawn by its owner {}\n", gone.name, gone.owner);
+        let body = format!("federated service {} ({fqdn}) {}\n", gone.name, gone.why);
         let target = RouteTarget::Direct { status: 503, body: Bytes::from(body) };
         let mut route = RouteConfig::new(
             format!("federation/{}/{}/withdrawn", gone.owner, gone.name),
@@ -99,12 +114,16 @@ pub fn start(
             }
             _ => {}
         }
-        if let Event::Synced { owner, .. } | Event::Upserted { owner, .. } | Event::Deleted { owner, .. } = event {
+        if let Event::Synced { owner, .. }
+        | Event::Upserted { owner, .. }
+        | Event::Deleted { owner, .. }
+        | Event::Expired { owner, .. } = event
+        {
             m.gauge(&metric("services", owner)).record(registry.count(owner) as u64);
         }
         match event {
             Event::Stopped { .. } | Event::Nacked { .. } => tracing::error!("federation: {event}"),
-            Event::Disconnected { .. } => tracing::warn!("federation: {event}"),
+            Event::Disconnected { .. } | Event::Expired { .. } => tracing::warn!("federation: {event}"),
             // One line per imported service is for debugging; the sync line sums them up.
             Event::Upserted { .. } => tracing::debug!("federation: {event}"),
             _ => tracing::info!("federation: {event}"),
@@ -126,7 +145,7 @@ pub fn start(
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 versions.borrow_and_update();
                 let reloader = reloader.clone();
-                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                match tokio::task::spawn_blocking(move || reloader.refresh_imports()).await {
                     Ok(Ok(report)) => tracing::info!("federation: {report}"),
                     Ok(Err(e)) => tracing::error!("federation: the imported services did not load: {e:#}"),
                     Err(e) => tracing::error!("federation: reload failed: {e}"),

@@ -90,16 +90,26 @@ impl FilterSlot {
 }
 
 /// Carries out VM effects on this worker: HTTP and gRPC callouts to its clusters, and tick
-/// timers.
+/// timers. VMs that outlive a configuration change (only imported services changed) keep
+/// their dispatcher, which is bound to the clusters of the configuration in force.
 pub struct WorkerDispatcher {
-    upstreams: Rc<Upstreams>,
+    upstreams: RefCell<Rc<Upstreams>>,
     ticks: RefCell<HashMap<usize, tokio::task::AbortHandle>>,
     grpc: GrpcCalls,
 }
 
 impl WorkerDispatcher {
     pub fn new(upstreams: Rc<Upstreams>) -> Rc<WorkerDispatcher> {
-        Rc::new(WorkerDispatcher { upstreams, ticks: RefCell::default(), grpc: GrpcCalls::default() })
+        Rc::new(WorkerDispatcher {
+            upstreams: RefCell::new(upstreams),
+            ticks: RefCell::default(),
+            grpc: GrpcCalls::default(),
+        })
+    }
+
+    /// Callouts from now on go to these clusters.
+    pub fn rebind(&self, upstreams: Rc<Upstreams>) {
+        *self.upstreams.borrow_mut() = upstreams;
     }
 }
 
@@ -113,7 +123,7 @@ impl Drop for WorkerDispatcher {
 
 impl Dispatcher for WorkerDispatcher {
     fn http_call(&self, vm: &Rc<PluginVm>, call: HttpCallRequest) {
-        let cluster = self.upstreams.get(&call.cluster);
+        let cluster = self.upstreams.borrow().get(&call.cluster);
         let vm = Rc::downgrade(vm);
         tokio::task::spawn_local(async move {
             let token = call.token;
@@ -128,7 +138,8 @@ impl Dispatcher for WorkerDispatcher {
     }
 
     fn grpc(&self, vm: &Rc<PluginVm>, effect: GrpcEffect) {
-        self.grpc.handle(&self.upstreams, vm, effect);
+        let upstreams = self.upstreams.borrow().clone();
+        self.grpc.handle(&upstreams, vm, effect);
     }
 
     fn set_tick_period(&self, vm: &Rc<PluginVm>, period: Duration) {

@@ -38,6 +38,25 @@ pub struct Blueprint {
     /// Retry admission per cluster, shared by every worker (Envoy's circuit breakers are
     /// per cluster, not per worker).
     pub circuits: HashMap<String, Arc<Circuit>>,
+    /// Which build of the filters this is: workers keep their VMs when it does not change.
+    pub filters_id: u64,
+}
+
+fn next_filters_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Loads the TLS of each cluster that has some.
+fn cluster_tls(config: &ProxyConfig) -> anyhow::Result<HashMap<String, Arc<ClientTls>>> {
+    let mut loaded = HashMap::new();
+    for c in &config.clusters {
+        if let Some(spec) = &c.tls {
+            let tls = ClientTls::shared(spec.clone()).with_context(|| format!("cluster {} tls", c.name))?;
+            loaded.insert(c.name.clone(), tls);
+        }
+    }
+    Ok(loaded)
 }
 
 impl Blueprint {
@@ -71,25 +90,44 @@ impl Blueprint {
             listener_tls.push(tls);
         }
         let services_templates = config.services.iter().map(template).collect::<anyhow::Result<Vec<_>>>()?;
-        let mut cluster_tls = HashMap::new();
-        for c in &config.clusters {
-            if let Some(spec) = &c.tls {
-                let tls = ClientTls::shared(spec.clone()).with_context(|| format!("cluster {} tls", c.name))?;
-                cluster_tls.insert(c.name.clone(), tls);
-            }
-        }
         let circuits = config
             .clusters
             .iter()
             .map(|c| (c.name.clone(), Arc::new(Circuit::new(c.max_retries, c.retry_budget))))
             .collect();
         Ok(Blueprint {
+            cluster_tls: cluster_tls(&config)?,
             config: Arc::new(config),
             listener_filters,
             listener_tls,
             services: services_templates,
-            cluster_tls,
             circuits,
+            filters_id: next_filters_id(),
+        })
+    }
+
+    /// `config`, which differs from `self`'s only in its clusters and routes (imported
+    /// services came or went): the filters, listener TLS and circuits of clusters that stay
+    /// are `self`'s, so workers keep their VMs and retry budgets keep counting.
+    pub fn with_routes(&self, config: ProxyConfig) -> anyhow::Result<Blueprint> {
+        let circuits = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let unchanged = self.config.clusters.iter().find(|old| old.name == c.name) == Some(c);
+                let kept = self.circuits.get(&c.name).filter(|_| unchanged);
+                let circuit = kept.cloned().unwrap_or_else(|| Arc::new(Circuit::new(c.max_retries, c.retry_budget)));
+                (c.name.clone(), circuit)
+            })
+            .collect();
+        Ok(Blueprint {
+            cluster_tls: cluster_tls(&config)?,
+            config: Arc::new(config),
+            listener_filters: self.listener_filters.clone(),
+            listener_tls: self.listener_tls.clone(),
+            services: self.services.clone(),
+            circuits,
+            filters_id: self.filters_id,
         })
     }
 
@@ -205,12 +243,21 @@ pub struct Generation {
     upstreams: Rc<Upstreams>,
     /// Wasm services run on worker 0 only (they are process-wide singletons); held here so
     /// they live as long as the generation.
-    _services: Vec<Rc<FilterSlot>>,
+    services: Vec<Rc<FilterSlot>>,
+    /// What the VMs' callouts and timers go through, and the filter build they came from.
+    dispatcher: Rc<WorkerDispatcher>,
+    filters_id: u64,
 }
 
 impl Generation {
-    /// Builds this worker's routes, pools and VMs; fails if any filter does not start.
-    pub fn build(blueprint: &Blueprint, worker: &Rc<Worker>) -> anyhow::Result<Generation> {
+    /// Builds this worker's routes, pools and VMs; fails if any filter does not start. When
+    /// `previous` runs the same build of the filters (only imported services changed), its
+    /// VMs carry on: their state is kept and nothing runs `on_configure` again.
+    pub fn build(
+        blueprint: &Blueprint,
+        worker: &Rc<Worker>,
+        previous: Option<&Generation>,
+    ) -> anyhow::Result<Generation> {
         let config = &blueprint.config;
         let resolve = Rc::new(config.resolve.clone());
         let upstreams = Rc::new(Upstreams::new(config.clusters.iter().map(|c| {
@@ -218,7 +265,12 @@ impl Generation {
             let metrics = ClusterMetrics::new(&worker.services, &c.name);
             Cluster::new(c, blueprint.cluster_tls.get(&c.name).cloned(), resolve.clone(), circuit, metrics)
         })));
-        let dispatcher = WorkerDispatcher::new(upstreams.clone());
+        let kept =
+            previous.filter(|p| p.filters_id == blueprint.filters_id && p.listeners.len() == config.listeners.len());
+        let dispatcher = match kept {
+            Some(p) => p.dispatcher.clone(),
+            None => WorkerDispatcher::new(upstreams.clone()),
+        };
         let start = |templates: &[PluginTemplate]| -> anyhow::Result<Vec<Rc<FilterSlot>>> {
             templates
                 .iter()
@@ -230,7 +282,10 @@ impl Generation {
         };
         let mut listeners = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {
-            let filters = start(&blueprint.listener_filters[index])?;
+            let filters = match kept {
+                Some(p) => p.listeners[index].filters.clone(),
+                None => start(&blueprint.listener_filters[index])?,
+            };
             let (routes, first_match, filter_buffer_limit, tcp_cluster) = match &l.kind {
                 ListenerKind::Http(h) => {
                     let routes = h
@@ -278,18 +333,37 @@ impl Generation {
                 tcp_cluster,
             });
         }
-        let services = if worker.index == 0 { start(&blueprint.services)? } else { Vec::new() };
-        Ok(Generation { config: config.clone(), listeners, upstreams, _services: services })
+        let services = match kept {
+            Some(p) => p.services.clone(),
+            None if worker.index == 0 => start(&blueprint.services)?,
+            None => Vec::new(),
+        };
+        Ok(Generation {
+            config: config.clone(),
+            listeners,
+            upstreams,
+            services,
+            dispatcher,
+            filters_id: blueprint.filters_id,
+        })
     }
 
     /// A generation that serves nothing (a worker's state before its first one is built).
     pub fn empty(blueprint: &Blueprint) -> Generation {
+        let upstreams = Rc::new(Upstreams::new(std::iter::empty()));
         Generation {
             config: blueprint.config.clone(),
             listeners: Vec::new(),
-            upstreams: Rc::new(Upstreams::new(std::iter::empty())),
-            _services: Vec::new(),
+            dispatcher: WorkerDispatcher::new(upstreams.clone()),
+            upstreams,
+            services: Vec::new(),
+            filters_id: 0,
         }
+    }
+
+    /// Sends the VMs' callouts to this generation's clusters (once it is in force).
+    pub fn bind_dispatcher(&self) {
+        self.dispatcher.rebind(self.upstreams.clone());
     }
 
     pub fn listener(&self, index: usize) -> Option<&ListenerGeneration> {

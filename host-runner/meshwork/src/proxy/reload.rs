@@ -56,7 +56,21 @@ pub enum ConfigKind {
 }
 
 impl ConfigSource {
+    /// The configuration with the services imported so far.
     pub fn load(&self) -> anyhow::Result<ProxyConfig> {
+        Ok(self.with_imports(self.load_file()?))
+    }
+
+    /// `config` (as read) with the services imported so far added.
+    pub fn with_imports(&self, mut config: ProxyConfig) -> ProxyConfig {
+        if let Some(federation) = config.federation.clone() {
+            crate::federation::proxy::merge(&mut config, &federation, &self.imports.snapshot());
+        }
+        config
+    }
+
+    /// The configuration as the file says.
+    fn load_file(&self) -> anyhow::Result<ProxyConfig> {
         let mut config = match &self.kind {
             ConfigKind::Native(path) => ProxyConfig::load(path)?,
             ConfigKind::Envoy { path, allow_unsupported } => crate::envoy::load(path, *allow_unsupported)?,
@@ -64,9 +78,6 @@ impl ConfigSource {
             ConfigKind::Kuma { files, workload } => crate::kuma::load(files, workload)?,
         };
         config.resolve.clone_from(&self.resolve);
-        if let Some(federation) = config.federation.clone() {
-            crate::federation::proxy::merge(&mut config, &federation, &self.imports.snapshot());
-        }
         crate::modules::fetch_all(&mut config, &self.pull)?;
         Ok(config)
     }
@@ -94,6 +105,9 @@ impl std::fmt::Display for ReloadReport {
 struct State {
     blueprint: Arc<Blueprint>,
     generation: u64,
+    /// The configuration in force as its file said it, before imported services were added:
+    /// what a change to the imports is applied to (the file is not read again for it).
+    read: Arc<ProxyConfig>,
 }
 
 pub struct Reloader {
@@ -124,7 +138,8 @@ impl Reloader {
             engine,
             services,
             workers,
-            state: Mutex::new(State { blueprint, generation: 1 }),
+            // Nothing is imported before start-up, so the configuration in force is as read.
+            state: Mutex::new(State { read: blueprint.config.clone(), blueprint, generation: 1 }),
             reloads,
             failures,
         }
@@ -134,18 +149,38 @@ impl Reloader {
     /// keeps the current one.
     pub fn reload(&self) -> anyhow::Result<ReloadReport> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let result = self.reload_locked(&mut state);
-        match &result {
-            Ok(_) => self.reloads.increment(1).ok(),
-            Err(_) => self.failures.increment(1).ok(),
-        };
+        let result = self.source.load_file().and_then(|read| {
+            unchangeable(&state.read, &read)?;
+            let read = Arc::new(read);
+            let config = self.source.with_imports((*read).clone());
+            let blueprint = Blueprint::build(config, &self.engine, &self.services)?;
+            let report = self.put_in_force(&mut state, Arc::new(blueprint))?;
+            state.read = read;
+            Ok(report)
+        });
+        self.count(&result);
         result
     }
 
-    fn reload_locked(&self, state: &mut State) -> anyhow::Result<ReloadReport> {
-        let config = self.source.load()?;
-        unchangeable(&state.blueprint.config, &config)?;
-        let blueprint = Arc::new(Blueprint::build(config, &self.engine, &self.services)?);
+    /// Puts the imported services in force on the configuration already in force.
+    pub fn refresh_imports(&self) -> anyhow::Result<ReloadReport> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let config = self.source.with_imports((*state.read).clone());
+        let result = state.blueprint.with_routes(config).and_then(|b| self.put_in_force(&mut state, Arc::new(b)));
+        self.count(&result);
+        result
+    }
+
+    fn count(&self, result: &anyhow::Result<ReloadReport>) {
+        match result {
+            Ok(_) => self.reloads.increment(1).ok(),
+            Err(_) => self.failures.increment(1).ok(),
+        };
+    }
+
+    /// Every worker builds its generation from `blueprint`, then (all having succeeded) every
+    /// worker switches to it.
+    fn put_in_force(&self, state: &mut State, blueprint: Arc<Blueprint>) -> anyhow::Result<ReloadReport> {
         let replies: Vec<_> = self
             .workers
             .iter()

@@ -77,7 +77,7 @@ impl Worker {
             queue_slots: RefCell::default(),
             next_slot: Cell::new(0),
         });
-        let first = Generation::build(blueprint, &worker)?;
+        let first = Generation::build(blueprint, &worker, None)?;
         *worker.current.borrow_mut() = Rc::new(first);
         Ok((worker, queue_rx))
     }
@@ -90,13 +90,15 @@ impl Worker {
     pub fn handle(self: &Rc<Self>, command: Command) {
         match command {
             Command::Prepare { blueprint, reply } => {
-                let result = Generation::build(&blueprint, self).map(Rc::new);
+                let current = self.current.borrow().clone();
+                let result = Generation::build(&blueprint, self, Some(&current)).map(Rc::new);
                 let answer = result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
                 *self.prepared.borrow_mut() = result.ok();
                 let _ = reply.send(answer);
             }
             Command::Commit { reply } => {
                 if let Some(next) = self.prepared.borrow_mut().take() {
+                    next.bind_dispatcher();
                     *self.current.borrow_mut() = next;
                 }
                 self.queue_slots.borrow_mut().retain(|_, slot| slot.strong_count() > 0);
