@@ -42,6 +42,9 @@ pub struct ConsumerSpec {
     /// How long an unreachable owner's services keep being routed (the specification leaves
     /// it to configuration and recommends a cache); for ever when not given.
     pub keep_while_unreachable: Option<String>,
+    /// Most services imported from one owner (100 000 by default): past it new ones are
+    /// NACKed, so an owner cannot exhaust this mesh's memory.
+    pub max_services_per_owner: Option<usize>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -91,6 +94,8 @@ impl ConsumerSpec {
         Ok(())
     }
 }
+
+const DEFAULT_MAX_SERVICES: usize = 100_000;
 
 /// Back-off after a broken stream: the specification's minimum of 1 s, doubling to 30 s, each
 /// wait drawn uniformly from its upper half so that consumers do not return in step.
@@ -266,7 +271,8 @@ async fn session(
         };
         let Some(response) = message.response else { continue };
         let nonce = response.nonce.clone();
-        let (name, outcome) = apply(&owner.name, response, imports, observer);
+        let limit = spec.max_services_per_owner.unwrap_or(DEFAULT_MAX_SERVICES);
+        let (name, outcome) = apply(&owner.name, limit, response, imports, observer);
         let status = match outcome {
             Ok(()) => rpc::Status { code: Code::Ok as i32, ..Default::default() },
             Err(reason) => {
@@ -309,6 +315,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Checks one response and applies it; the resource's id, and the reason to NACK it.
 fn apply(
     owner: &str,
+    limit: usize,
     response: StreamResponse,
     imports: &Imports,
     observer: &Observer,
@@ -336,6 +343,11 @@ fn apply(
             ),
             Some(Ok(service)) => super::model::import(&service).and_then(|import| {
                 let (name, fqdn, endpoints) = (import.name.clone(), import.fqdn.clone(), import.endpoints.clone());
+                if imports.count(owner) >= limit && !imports.holds(owner, &name) {
+                    return Err(format!(
+                        "{name}: this mesh imports at most {limit} services from one owner (max_services_per_owner)"
+                    ));
+                }
                 if imports.upsert(owner, import)? {
                     let endpoints = endpoints.iter().map(|(a, p)| format!("{a}:{p}")).collect();
                     observer(&Event::Upserted { owner: owner.to_owned(), name, fqdn, endpoints });
@@ -442,6 +454,7 @@ mod tests {
                 server_name: Some("owner".into()),
             }],
             keep_while_unreachable: Some("1500ms".into()),
+            max_services_per_owner: Some(3),
         });
         let imports = Imports::new();
         let quiet: Observer = Arc::new(|_| {});
@@ -467,6 +480,20 @@ mod tests {
             _ => None,
         });
         assert!(reason.unwrap().contains("no instance meshwork can route"));
+
+        // No more than max_services_per_owner (3) from one owner.
+        for name in ["x1", "x2", "x3"] {
+            exports.upsert(service(name, "HTTP", 4));
+        }
+        let capped = || {
+            owner_events.lock().unwrap().iter().any(|e| matches!(e, Event::Nacked { name, reason, .. } if name == "x3" && reason.contains("at most 3 services")))
+        };
+        until("the fourth service NACKed", capped).await;
+        assert_eq!(imports.names("o"), ["a", "x1", "x2"]);
+        for name in ["x1", "x2", "x3"] {
+            exports.remove(name);
+        }
+        until("the extra services gone", || imports.names("o") == ["a"]).await;
 
         // The owner goes away; while it is gone, "a" is withdrawn. The consumer keeps "a" until
         // the owner is back, then learns from the catalog that it is gone.

@@ -134,6 +134,11 @@ impl Imports {
         Some(removed)
     }
 
+    /// Whether `owner`'s service `name` is here.
+    pub fn holds(&self, owner: &str, name: &str) -> bool {
+        self.state().services.contains_key(&(owner.to_owned(), name.to_owned()))
+    }
+
     /// The names of `owner`'s services.
     pub fn names(&self, owner: &str) -> Vec<String> {
         self.state().services.keys().filter(|(o, _)| o == owner).map(|(_, n)| n.clone()).collect()
