@@ -1,11 +1,12 @@
 //! The consuming mesh's side: one stream per owner, kept open. Each resource is checked
 //! ([`super::model::import`]) and put in the registry before it is ACKed; a bad one is NACKed
 //! with the reason and the registry keeps what it had. When the stream breaks the registry
-//! keeps serving what it holds (the specification recommends such a cache) and the stream is
-//! opened again with jittered exponential back-off from 1 s; on reconnection the full catalog
-//! comes again and whatever the owner no longer exports is dropped. An owner that refuses this
-//! mesh (Unauthenticated, or its certificate or ours refused) is not retried: the reason is
-//! reported and that owner's stream stops.
+//! keeps serving what it holds (the specification recommends such a cache; for ever, or for
+//! `keep_while_unreachable`) and the stream is opened again with jittered exponential back-off
+//! from 1 s; on reconnection the full catalog comes again and whatever the owner no longer
+//! exports is dropped. An owner that refuses this mesh (Unauthenticated, or its certificate or
+//! ours refused) is not retried: the reason is reported, that owner's stream stops and its
+//! services are no longer routed.
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -1,13 +1,15 @@
 //! `meshwork run` with a `federation:` section: imported services become clusters and host
-//! routes on every HTTP listener, live. Each registry change reloads the configuration
-//! ([`crate::proxy::reload`]), so requests in flight finish on the routes they started with.
+//! routes on every HTTP listener, live. Each registry change is put in force on the
+//! configuration in force ([`crate::proxy::reload::Reloader::refresh_imports`]): requests in
+//! flight finish on the routes they started with, and the filters' VMs carry on.
 //!
 //! - A request whose Host is an imported fqdn goes to the owner's endpoints over mTLS: this
 //!   mesh's certificate, the federation CA, and the service's exported `sans` as the names the
 //!   endpoint's certificate must carry; SNI only when the instance's metadata gives one (its
 //!   reserved `SNI` key), so the services of one owner share one TLS configuration. GRPC and
 //!   HTTP2 instances are spoken as HTTP/2.
-//! - A withdrawn service's fqdn answers 503 saying which owner withdrew it.
+//! - A service no longer imported (withdrawn, or its owner refused this mesh or stayed
+//!   unreachable too long) answers 503 saying so.
 
 use std::sync::Arc;
 use std::time::Duration;
