@@ -419,7 +419,7 @@ fn meshwork_run_pulls_oci_modules_checks_them_and_starts_offline_from_the_cache(
     let started = start.elapsed();
     let url = p.first_line.split("listening on ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
     assert_eq!(get(&format!("{url}/"), &[]).status, 200);
-    assert!(p.stderr().contains("from the cache"), "{}", p.stderr());
+    assert!(p.logged("from the cache"), "{}", p.stderr());
     eprintln!("started offline with three cached oci:// filters in {started:?}");
     let offline = fresh("cache-o", &filters);
     let (code, _, err) = check(&["--config", offline.to_str().unwrap()]);

@@ -228,7 +228,7 @@ fn failure_mode_allow_or_deny_when_the_service_cannot_decide() {
             }
             assert_eq!(outcome(&p, "failed"), 3, "{what}");
             assert_eq!(outcome(&p, "allowed") + outcome(&p, "limited"), 0, "{what}");
-            assert!(p.process.stderr().contains(reason), "{what}: the log says why: {}", p.process.stderr());
+            assert!(p.process.logged(reason), "{what}: the log says why: {}", p.process.stderr());
         }
     }
 }

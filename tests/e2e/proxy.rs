@@ -243,7 +243,7 @@ fn assemblyscript_filter_behaves_as_in_envoy() {
     assert_eq!(r.text(), "denied by the AssemblyScript filter\n");
     assert_eq!(r.header("x-as-config"), Some("hello from config"), "local replies pass the filter's response callback");
     assert_eq!(up.requests(), 1);
-    assert!(p.process.stderr().contains("as-headers: denying request, x-as-deny=please"));
+    assert!(p.process.logged("as-headers: denying request, x-as-deny=please"));
 }
 
 #[test]

@@ -67,7 +67,7 @@ fn check(misdeed: &str, at: &str, fail: &str, kind: &str) {
     let all = p.stat_sum("meshwork_filter_failures_total", &[("filter", "m")]);
     assert!(own >= 1 && all >= 24, "{label}: {own} failures of kind {kind}, {all} in all");
     assert!(p.stat("meshwork_filter_vm_restarts_total", &[("filter", "m")]).unwrap() >= 1, "{label}");
-    assert!(p.process.stderr().contains("filter VM failed"), "{label}: the failure is logged");
+    assert!(p.process.logged("filter VM failed"), "{label}: the failure is logged");
 }
 
 #[test]
@@ -222,7 +222,7 @@ fn garbage_return_values_fail_the_filter() {
     let r = get(&closed.url("/"), &[]);
     assert_eq!(r.status, 503, "fail closed");
     assert_eq!(closed.stat("meshwork_filter_failures_total", &[("filter", "w"), ("kind", "bad_return")]), Some(1));
-    assert!(closed.process.stderr().contains("proxy_on_request_headers returned 42"), "{}", closed.process.stderr());
+    assert!(closed.process.logged("proxy_on_request_headers returned 42"), "{}", closed.process.stderr());
     let open = wat_proxy(&up, &path, "open");
     assert_eq!(get(&open.url("/"), &[]).status, 200, "fail open");
 }

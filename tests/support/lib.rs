@@ -134,6 +134,12 @@ impl Process {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Whether `text` shows up in its stderr within 5 s: a line logged as a response is sent
+    /// can reach the reader thread after the test has the response.
+    pub fn logged(&self, text: &str) -> bool {
+        eventually(Duration::from_secs(5), || self.stderr().contains(text).then_some(())).is_some()
+    }
+
     /// What it printed on stdout after its first line.
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
