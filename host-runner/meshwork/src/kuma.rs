@@ -145,26 +145,28 @@ pub fn load(files: &[PathBuf], workload: &Workload) -> anyhow::Result<ProxyConfi
 
 /// The proxy a Kuma dataplane for `workload` would be with these MeshProxyPatch policies.
 pub fn translate(docs: &[Document], workload: &Workload) -> anyhow::Result<Translation> {
-    let mut notes = Vec::new();
-    let mut warnings = Vec::new();
+    let listener = format!("inbound:{}:{}", workload.listen.ip(), workload.listen.port());
+    let mut p = Patching {
+        workload,
+        listener: &listener,
+        chain: vec![(ROUTER.to_owned(), None)],
+        notes: Vec::new(),
+        warnings: Vec::new(),
+    };
     let mut selected = Vec::new();
     for doc in docs {
-        if let Some(s) = policy(doc, workload, &mut notes)? {
+        if let Some(s) = policy(doc, workload, &mut p.notes)? {
             selected.push(s);
         }
     }
     selected.sort_by(|a, b| (a.level, &a.name).cmp(&(b.level, &b.name)));
-
-    let listener = format!("inbound:{}:{}", workload.listen.ip(), workload.listen.port());
-    // The inbound chain as HttpFilter names; the router is the only filter without a module.
-    let mut chain: Vec<(String, Option<FilterConfig>)> = vec![(ROUTER.to_owned(), None)];
     for s in &selected {
         let what = format!("{} (MeshProxyPatch {})", s.doc.origin, s.name);
         for (i, m) in s.modifications.iter().enumerate() {
-            let path = format!("spec.default.appendModifications[{i}]");
-            modify(&mut chain, m, s.doc, workload, &listener, &format!("{what}: {path}"), &mut notes, &mut warnings)?;
+            p.modify(m, s.doc, &format!("{what}: spec.default.appendModifications[{i}]"))?;
         }
     }
+    let Patching { chain, mut notes, mut warnings, .. } = p;
     let filters: Vec<FilterConfig> = chain.into_iter().filter_map(|(_, f)| f).collect();
     if filters.is_empty() {
         warnings.push(format!(
@@ -285,131 +287,127 @@ fn target_level(t: &TargetRef, w: &Workload, what: &str) -> anyhow::Result<Resul
     })
 }
 
-/// Applies one modification to the inbound chain.
-#[allow(clippy::too_many_arguments, reason = "the translation's context, passed down once")]
-fn modify(
-    chain: &mut Vec<(String, Option<FilterConfig>)>,
-    m: &Modification,
-    doc: &Document,
-    w: &Workload,
-    listener: &str,
-    what: &str,
-    notes: &mut Vec<String>,
-    warnings: &mut Vec<String>,
-) -> anyhow::Result<()> {
-    let others = [
-        ("cluster", "clusters", &m.cluster),
-        ("listener", "listeners", &m.listener),
-        ("networkFilter", "network filters", &m.network_filter),
-        ("virtualHost", "virtual hosts", &m.virtual_host),
-    ];
-    let given: Vec<&str> = others.iter().filter(|(_, _, v)| v.is_some()).map(|(k, _, _)| *k).collect();
-    match (given.as_slice(), &m.http_filter) {
-        ([], Some(h)) => http_filter(chain, h, doc, w, listener, &format!("{what}.httpFilter"), notes, warnings),
-        ([kind], None) => {
-            let (_, resources, value) = others.iter().find(|(k, _, _)| k == kind).expect("given");
-            let origin = value.as_ref().and_then(|v| v.pointer("/match/origin")).and_then(Value::as_str);
-            let operation = value.as_ref().and_then(|v| v.get("operation")).and_then(Value::as_str);
-            // Adding a cluster changes no traffic of the inbound: it is how a patch gives
-            // Envoy's remote Wasm code (`http_uri.cluster`) a way to its host, which meshwork
-            // reaches itself.
-            if *kind == "cluster" && operation == Some("Add") {
-                notes.push(format!(
-                    "{what}.cluster: a cluster Add, not needed by meshwork (it fetches http modules itself)"
-                ));
-                return Ok(());
-            }
-            match origin {
-                Some(o) if o != "inbound" => {
-                    notes.push(format!(
-                        "{what}.{kind}: skipped: it patches {o} {resources}, which meshwork does not run"
-                    ));
-                    Ok(())
-                }
-                _ => bail!(
-                    "{what}.{kind}: not supported: meshwork does not build Envoy {resources} to patch; only httpFilter \
-                     additions run (give match.origin to aim it at other traffic)"
-                ),
-            }
-        }
-        _ => bail!("{what}: give exactly one of cluster, listener, networkFilter, httpFilter, virtualHost"),
-    }
+/// The workload's inbound chain while policies patch it, and what the patching had to say.
+struct Patching<'a> {
+    workload: &'a Workload,
+    listener: &'a str,
+    /// HttpFilter names in order; the router is the only filter without a module.
+    chain: Vec<(String, Option<FilterConfig>)>,
+    notes: Vec<String>,
+    warnings: Vec<String>,
 }
 
-#[allow(clippy::too_many_arguments, reason = "the translation's context, passed down once")]
-fn http_filter(
-    chain: &mut Vec<(String, Option<FilterConfig>)>,
-    h: &HttpFilterMod,
-    doc: &Document,
-    w: &Workload,
-    listener: &str,
-    what: &str,
-    notes: &mut Vec<String>,
-    warnings: &mut Vec<String>,
-) -> anyhow::Result<()> {
-    let m = h.matcher.clone().unwrap_or_default();
-    if let Some(o) = m.origin.as_deref().filter(|o| *o != "inbound") {
-        notes.push(format!("{what}: skipped: match.origin {o}; meshwork runs the inbound listener only"));
-        return Ok(());
-    }
-    if let Some(l) = m.listener_name.as_deref().filter(|l| *l != listener) {
-        notes.push(format!("{what}: skipped: match.listenerName {l} is not the inbound listener {listener}"));
-        return Ok(());
-    }
-    if let Some(tags) = &m.listener_tags
-        && !w.has_labels(tags)
-    {
-        notes.push(format!("{what}: skipped: match.listenerTags {tags:?} are not all among the workload's labels"));
-        return Ok(());
-    }
-    if h.json_patches.is_some() {
-        bail!("{what}.jsonPatches: not supported (they patch existing filters; meshwork only adds filters)");
-    }
-    let op = h.operation;
-    let position = match op {
-        Operation::AddFirst => Some(0),
-        Operation::AddBefore | Operation::AddAfter => {
-            let target = m.name.as_deref().with_context(|| format!("{what}: {op:?} needs match.name"))?;
-            if op == Operation::AddAfter && target == ROUTER {
-                bail!(
-                    "{what}: AddAfter {ROUTER} puts a filter after the terminal router, a chain Envoy refuses; use AddBefore"
-                );
-            }
-            match chain.iter().position(|(n, _)| n == target) {
-                Some(i) => Some(if op == Operation::AddBefore { i } else { i + 1 }),
-                None => {
-                    // Kuma adds nothing when the filter to insert next to is absent.
-                    warnings.push(format!(
-                        "{what}: not added: the inbound chain has no filter named {target} (it has {})",
-                        chain.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+impl Patching<'_> {
+    /// Applies one modification to the inbound self.chain.
+    fn modify(&mut self, m: &Modification, doc: &Document, what: &str) -> anyhow::Result<()> {
+        let others = [
+            ("cluster", "clusters", &m.cluster),
+            ("listener", "listeners", &m.listener),
+            ("networkFilter", "network filters", &m.network_filter),
+            ("virtualHost", "virtual hosts", &m.virtual_host),
+        ];
+        let given: Vec<&str> = others.iter().filter(|(_, _, v)| v.is_some()).map(|(k, _, _)| *k).collect();
+        match (given.as_slice(), &m.http_filter) {
+            ([], Some(h)) => self.http_filter(h, doc, &format!("{what}.httpFilter")),
+            ([kind], None) => {
+                let (_, resources, value) = others.iter().find(|(k, _, _)| k == kind).expect("given");
+                let origin = value.as_ref().and_then(|v| v.pointer("/match/origin")).and_then(Value::as_str);
+                let operation = value.as_ref().and_then(|v| v.get("operation")).and_then(Value::as_str);
+                // Adding a cluster changes no traffic of the inbound: it is how a patch gives
+                // Envoy's remote Wasm code (`http_uri.cluster`) a way to its host, which meshwork
+                // reaches itself.
+                if *kind == "cluster" && operation == Some("Add") {
+                    self.notes.push(format!(
+                        "{what}.cluster: a cluster Add, not needed by meshwork (it fetches http modules itself)"
                     ));
-                    None
+                    return Ok(());
+                }
+                match origin {
+                    Some(o) if o != "inbound" => {
+                        self.notes.push(format!(
+                            "{what}.{kind}: skipped: it patches {o} {resources}, which meshwork does not run"
+                        ));
+                        Ok(())
+                    }
+                    _ => bail!(
+                        "{what}.{kind}: not supported: meshwork does not build Envoy {resources} to patch; only httpFilter \
+                     additions run (give match.origin to aim it at other traffic)"
+                    ),
                 }
             }
+            _ => bail!("{what}: give exactly one of cluster, listener, networkFilter, httpFilter, virtualHost"),
         }
-        Operation::AddLast => bail!(
-            "{what}: AddLast puts a filter after {ROUTER}, the terminal filter, a chain Envoy refuses; use AddBefore \
-             with match.name {ROUTER}"
-        ),
-        Operation::Patch | Operation::Remove => bail!(
-            "{what}.operation {op:?}: not supported: meshwork adds Wasm filters; it cannot patch or remove the \
-             filters Kuma generates"
-        ),
-        Operation::Add => bail!("{what}.operation Add is not an httpFilter operation (AddFirst, AddBefore, AddAfter)"),
-    };
-    let text = h.value.as_deref().with_context(|| format!("{what}.value is missing ({op:?} needs the filter)"))?;
-    let value: Value = meshwork_yaml::from_str(text)
-        .map_err(anyhow::Error::new)
-        .with_context(|| format!("{what}.value is not valid YAML"))?;
-    let value = proto_field_names(value);
-    let http_name = value.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let (filter, envoy_warnings) = crate::envoy::wasm_http_filter(&value, &format!("{what}.value"), &doc.base)?;
-    warnings.extend(envoy_warnings.into_iter().map(|e| format!("{what}.value: {e}")));
-    if let Some(i) = position {
-        notes.push(format!("{what}: {op:?} adds filter {}", filter.plugin.name));
-        chain.insert(i, (http_name, Some(filter)));
     }
-    Ok(())
+
+    fn http_filter(&mut self, h: &HttpFilterMod, doc: &Document, what: &str) -> anyhow::Result<()> {
+        let (w, listener) = (self.workload, self.listener);
+        let m = h.matcher.clone().unwrap_or_default();
+        if let Some(o) = m.origin.as_deref().filter(|o| *o != "inbound") {
+            self.notes.push(format!("{what}: skipped: match.origin {o}; meshwork runs the inbound listener only"));
+            return Ok(());
+        }
+        if let Some(l) = m.listener_name.as_deref().filter(|l| *l != listener) {
+            self.notes.push(format!("{what}: skipped: match.listenerName {l} is not the inbound listener {listener}"));
+            return Ok(());
+        }
+        if let Some(tags) = &m.listener_tags
+            && !w.has_labels(tags)
+        {
+            self.notes
+                .push(format!("{what}: skipped: match.listenerTags {tags:?} are not all among the workload's labels"));
+            return Ok(());
+        }
+        if h.json_patches.is_some() {
+            bail!("{what}.jsonPatches: not supported (they patch existing filters; meshwork only adds filters)");
+        }
+        let op = h.operation;
+        let position = match op {
+            Operation::AddFirst => Some(0),
+            Operation::AddBefore | Operation::AddAfter => {
+                let target = m.name.as_deref().with_context(|| format!("{what}: {op:?} needs match.name"))?;
+                if op == Operation::AddAfter && target == ROUTER {
+                    bail!(
+                        "{what}: AddAfter {ROUTER} puts a filter after the terminal router, a chain Envoy refuses; use AddBefore"
+                    );
+                }
+                match self.chain.iter().position(|(n, _)| n == target) {
+                    Some(i) => Some(if op == Operation::AddBefore { i } else { i + 1 }),
+                    None => {
+                        // Kuma adds nothing when the filter to insert next to is absent.
+                        self.warnings.push(format!(
+                            "{what}: not added: the inbound chain has no filter named {target} (it has {})",
+                            self.chain.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                        ));
+                        None
+                    }
+                }
+            }
+            Operation::AddLast => bail!(
+                "{what}: AddLast puts a filter after {ROUTER}, the terminal filter, a chain Envoy refuses; use AddBefore \
+             with match.name {ROUTER}"
+            ),
+            Operation::Patch | Operation::Remove => bail!(
+                "{what}.operation {op:?}: not supported: meshwork adds Wasm filters; it cannot patch or remove the \
+             filters Kuma generates"
+            ),
+            Operation::Add => {
+                bail!("{what}.operation Add is not an httpFilter operation (AddFirst, AddBefore, AddAfter)")
+            }
+        };
+        let text = h.value.as_deref().with_context(|| format!("{what}.value is missing ({op:?} needs the filter)"))?;
+        let value: Value = meshwork_yaml::from_str(text)
+            .map_err(anyhow::Error::new)
+            .with_context(|| format!("{what}.value is not valid YAML"))?;
+        let value = proto_field_names(value);
+        let http_name = value.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let (filter, envoy_warnings) = crate::envoy::wasm_http_filter(&value, &format!("{what}.value"), &doc.base)?;
+        self.warnings.extend(envoy_warnings.into_iter().map(|e| format!("{what}.value: {e}")));
+        if let Some(i) = position {
+            self.notes.push(format!("{what}: {op:?} adds filter {}", filter.plugin.name));
+            self.chain.insert(i, (http_name, Some(filter)));
+        }
+        Ok(())
+    }
 }
 
 /// Protobuf's JSON names (`typedConfig`, `vmConfig`), which Kuma's values are usually written
