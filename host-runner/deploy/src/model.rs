@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// The meshes (and file shapes) `meshwork deploy` writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mesh {
     /// Envoy `http_filters` entries (a fragment for an existing bootstrap).
@@ -23,6 +23,13 @@ pub enum Mesh {
     Kuma,
     /// meshwork's own YAML.
     Meshwork,
+}
+
+impl Mesh {
+    /// Whether its documents are Kubernetes objects (what `--apply` can send).
+    pub fn is_kubernetes(self) -> bool {
+        matches!(self, Mesh::Istio | Mesh::EnvoyGateway | Mesh::Consul | Mesh::Kuma)
+    }
 }
 
 /// Where a filter's module comes from.

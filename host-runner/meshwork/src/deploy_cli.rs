@@ -25,7 +25,7 @@ pub struct DeployArgs {
     #[arg(required_unless_present = "validate")]
     item: Option<String>,
     #[arg(long, value_enum, default_value = "istio")]
-    mesh: MeshArg,
+    mesh: Mesh,
     #[arg(long, default_value = "default")]
     namespace: String,
     /// Workload labels the filters apply to (Istio `selector`): `app=frontend` (repeatable).
@@ -108,35 +108,6 @@ pub struct DeployArgs {
     catalog: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-enum MeshArg {
-    Envoy,
-    EnvoyBootstrap,
-    Istio,
-    EnvoyGateway,
-    Consul,
-    Kuma,
-    Meshwork,
-}
-
-impl MeshArg {
-    fn mesh(self) -> Mesh {
-        match self {
-            MeshArg::Envoy => Mesh::Envoy,
-            MeshArg::EnvoyBootstrap => Mesh::EnvoyBootstrap,
-            MeshArg::Istio => Mesh::Istio,
-            MeshArg::EnvoyGateway => Mesh::EnvoyGateway,
-            MeshArg::Consul => Mesh::Consul,
-            MeshArg::Kuma => Mesh::Kuma,
-            MeshArg::Meshwork => Mesh::Meshwork,
-        }
-    }
-
-    fn is_kubernetes(self) -> bool {
-        matches!(self, MeshArg::Istio | MeshArg::EnvoyGateway | MeshArg::Consul | MeshArg::Kuma)
-    }
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 enum FailArg {
     Open,
@@ -174,7 +145,7 @@ pub fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             }
             let options = options(&args, clusters)?;
             let specs: Vec<FilterSpec> = planned.into_iter().map(|p| p.spec).collect();
-            meshwork_deploy::render::render(args.mesh.mesh(), &specs, &options)
+            meshwork_deploy::render::render(args.mesh, &specs, &options)
                 .with_context(|| format!("{} for {:?}", entry.item.id(), args.mesh))?
         }
         Kind::Policy => bail!("{} is a policy: `meshwork catalog check-policy` runs it", entry.item.id()),
