@@ -19,18 +19,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts a process and waits for its first line, which names the address it listens on.
-start() {
-  local name=$1; shift
-  "$@" > "$work/$name.out" 2> "$work/$name.err" &
-  pids+=($!)
-  for _ in $(seq 1 100); do
-    [ -s "$work/$name.out" ] && return 0
-    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/$name.err" >&2; echo "demo: $name failed to start" >&2; exit 1; }
-    sleep 0.1
-  done
-  echo "demo: $name did not start" >&2; exit 1
-}
+# start NAME CMD…: runs CMD and waits for its first line.
+source "$(dirname "$0")/demolib.sh"
 addr() { grep -o "$2http://127.0.0.1:[0-9]*" "$work/$1.out" | head -1 | sed "s|^$2||"; }
 
 echo "== starting the sample app and meshwork (2 workers, filters: measure, local-rate-limit)"

@@ -32,18 +32,8 @@ cleanup() {
 trap cleanup EXIT
 trap "exit 1" INT TERM   # so that the EXIT trap runs (and removes the namespaces) on Ctrl-C
 
-# Starts a process and waits for its first line, which names the address it listens on.
-start() {
-  local name=$1; shift
-  "$@" > "$work/$name.out" 2> "$work/$name.err" &
-  pids+=($!)
-  for _ in $(seq 1 100); do
-    [ -s "$work/$name.out" ] && return 0
-    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/$name.err" >&2; echo "demo: $name failed to start" >&2; exit 1; }
-    sleep 0.1
-  done
-  echo "demo: $name did not start" >&2; exit 1
-}
+# start NAME CMD…: runs CMD and waits for its first line.
+source "$(dirname "$0")/demolib.sh"
 
 # get HOST PATH: a request from mesh B through B's sidecar; prints the status, then the body.
 if command -v curl > /dev/null; then
