@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
@@ -202,11 +202,6 @@ pub fn run(args: FederationArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
 fn serve(path: &Path, listen: Option<String>, output: Output, check: bool) -> anyhow::Result<ExitCode> {
     let (file, services) = read_owner(path, check)?;
     let policy = Policy {
@@ -233,7 +228,7 @@ fn serve(path: &Path, listen: Option<String>, output: Output, check: bool) -> an
         let (watched, path, settings) = (exports.clone(), path.to_owned(), file);
         tokio::spawn(async move {
             let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            let mut last = stamp(&path);
+            let mut last = crate::tls::watch::stamp(&path);
             loop {
                 let signalled = async {
                     match hangup.as_mut() {
@@ -244,11 +239,11 @@ fn serve(path: &Path, listen: Option<String>, output: Output, check: bool) -> an
                 tokio::select! {
                     _ = signalled => {}
                     () = tokio::time::sleep(Duration::from_millis(500)) => {
-                        let now = stamp(&path);
+                        let now = crate::tls::watch::stamp(&path);
                         if now == last { continue }
                     }
                 }
-                last = stamp(&path);
+                last = crate::tls::watch::stamp(&path);
                 match read_owner(&path, check) {
                     Ok((new, services)) => {
                         let changed = watched.replace_all(services);

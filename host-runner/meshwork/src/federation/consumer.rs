@@ -232,7 +232,7 @@ async fn session(
 ) -> End {
     let channel = match connect(owner, spec, slot).await {
         Ok(c) => c,
-        Err(e) => return End::Retry(format!("cannot connect to {}: {}", owner.address, chain(&*e)), false),
+        Err(e) => return End::Retry(format!("cannot connect to {}: {e:#}", owner.address), false),
     };
     let mut client = DiscoveryServiceClient::new(channel).max_decoding_message_size(4 << 20);
     let (tx, rx) = mpsc::channel(4);
@@ -297,20 +297,6 @@ async fn session(
             sync(&seen, &mut synced);
         }
     }
-}
-
-/// The error and its causes, as one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text = format!("{text}: {part}");
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Checks one response and applies it; the resource's id, and the reason to NACK it.

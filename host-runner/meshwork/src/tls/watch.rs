@@ -5,7 +5,7 @@
 //! configuration keeps serving, and the next change is tried again.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +18,7 @@ pub trait Watched: Send + Sync {
     fn reload(&self) -> Result<(), TlsError>;
 }
 
-type Stamp = Option<(SystemTime, u64)>;
+pub type Stamp = Option<(SystemTime, u64)>;
 
 struct Entry {
     target: Weak<dyn Watched>,
@@ -28,7 +28,8 @@ struct Entry {
 static ENTRIES: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 const PERIOD: Duration = Duration::from_millis(500);
 
-fn stamp(path: &PathBuf) -> Stamp {
+/// A file's modified time and size, which change when it is written.
+pub fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
