@@ -158,46 +158,50 @@ pub enum Chain {
 
 /// A listener's routes, those for exact host names indexed by host: a proxy importing
 /// thousands of federated services looks the request's host up instead of trying every route.
+/// Each host's list holds its own routes and the general ones, in configuration order, so
+/// choosing among them is the same choice as among all routes.
 struct RouteTable {
-    /// Routes for every host or for wildcards, with their place in the configuration.
-    general: Vec<(usize, Rc<Route>)>,
-    by_host: HashMap<String, Vec<(usize, Rc<Route>)>>,
+    /// Routes for every host or for wildcards.
+    general: Vec<Rc<Route>>,
+    by_host: HashMap<String, Vec<Rc<Route>>>,
     first_match: bool,
 }
 
 impl RouteTable {
     fn new(routes: Vec<Rc<Route>>, first_match: bool) -> RouteTable {
-        let mut table = RouteTable { general: Vec::new(), by_host: HashMap::new(), first_match };
+        let mut general: Vec<(usize, Rc<Route>)> = Vec::new();
+        let mut hosted: HashMap<String, Vec<(usize, Rc<Route>)>> = HashMap::new();
         for (i, route) in routes.into_iter().enumerate() {
             let hosts = &route.matcher.hosts;
             if hosts.is_empty() || hosts.iter().any(|h| h.starts_with("*.")) {
-                table.general.push((i, route));
+                general.push((i, route));
             } else {
-                for host in hosts.clone() {
-                    table.by_host.entry(host).or_default().push((i, route.clone()));
+                for host in hosts {
+                    hosted.entry(host.clone()).or_default().push((i, route.clone()));
                 }
             }
         }
-        table
+        // Each host's own routes and the general ones, merged by their place in the configuration.
+        let by_host = hosted
+            .into_iter()
+            .map(|(host, own)| {
+                let mut all: Vec<(usize, Rc<Route>)> = own.into_iter().chain(general.iter().cloned()).collect();
+                all.sort_by_key(|(i, _)| *i);
+                (host, all.into_iter().map(|(_, r)| r).collect())
+            })
+            .collect();
+        RouteTable { general: general.into_iter().map(|(_, r)| r).collect(), by_host, first_match }
     }
 
     /// The first that matches (Envoy's rule, for Envoy configurations), else by Gateway API's
     /// precedence ([`crate::route_spec::select`]); either way in configuration order.
     fn select(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Rc<Route>> {
-        fn matcher(entry: &(usize, Rc<Route>)) -> &RouteMatch {
-            &entry.1.matcher
-        }
-        let hosted = match self.by_host.is_empty() {
+        let candidates = match self.by_host.is_empty() {
             true => None,
             false => route_spec::host_of(uri, headers).and_then(|h| self.by_host.get(&h)),
         };
-        let Some(hosted) = hosted else {
-            return route_spec::select(&self.general, matcher, self.first_match, method, uri, headers)
-                .map(|(_, r)| r.clone());
-        };
-        let mut candidates: Vec<&(usize, Rc<Route>)> = hosted.iter().chain(&self.general).collect();
-        candidates.sort_by_key(|(i, _)| *i);
-        route_spec::select(&candidates, |e| matcher(e), self.first_match, method, uri, headers).map(|(_, r)| r.clone())
+        let candidates = candidates.unwrap_or(&self.general);
+        route_spec::select(candidates, |r| &r.matcher, self.first_match, method, uri, headers).cloned()
     }
 }
 
@@ -372,5 +376,46 @@ impl Generation {
 
     pub fn cluster(&self, name: &str) -> Option<Rc<Cluster>> {
         self.upstreams.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route_spec::PathMatch;
+
+    fn route(name: &str, hosts: &[&str]) -> Rc<Route> {
+        Rc::new(Route {
+            name: Rc::from(name),
+            matcher: RouteMatch {
+                path: PathMatch::Prefix("/".into()),
+                hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                ..RouteMatch::default()
+            },
+            target: Target::Direct { status: 200, body: Bytes::new() },
+            timeout: None,
+            rewrite: None,
+            request_headers: HeaderMods::default(),
+            response_headers: HeaderMods::default(),
+        })
+    }
+
+    fn chosen(table: &RouteTable, host: &str) -> String {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, host.parse().unwrap());
+        table.select(&Method::GET, &"/x".parse().unwrap(), &headers).map(|r| r.name.to_string()).unwrap_or_default()
+    }
+
+    /// Looking a host up chooses exactly what trying every route would: by precedence, or the
+    /// first in configuration order for Envoy configurations.
+    #[test]
+    fn the_host_index_chooses_as_the_whole_list_would() {
+        let routes = || vec![route("any", &[]), route("a", &["a.example"]), route("wild", &["*.example"])];
+        let precedence = RouteTable::new(routes(), false);
+        assert_eq!(chosen(&precedence, "a.example"), "a");
+        assert_eq!(chosen(&precedence, "b.example:8080"), "wild");
+        assert_eq!(chosen(&precedence, "c.other"), "any");
+        let first_match = RouteTable::new(routes(), true);
+        assert_eq!(chosen(&first_match, "a.example"), "any", "the general route comes first in the file");
     }
 }
