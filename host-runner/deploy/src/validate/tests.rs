@@ -63,6 +63,11 @@ fn edit(doc: &Document, pointer: &str, value: Option<Value>) -> Document {
 
 /// The one problem at `path`, whose reason must contain `reason`.
 #[track_caller]
+/// `doc` with `value` at `pointer` (None removes it) is refused there, saying `reason`.
+fn refused(doc: &Document, pointer: &str, value: Option<Value>, reason: &str) {
+    expect(&edit(doc, pointer, value), pointer, reason);
+}
+
 fn expect(doc: &Document, path: &str, reason: &str) {
     let problems = validate(doc);
     assert!(
@@ -76,16 +81,16 @@ fn expect(doc: &Document, path: &str, reason: &str) {
 #[test]
 fn wasm_plugin_problems() {
     let d = valid(Mesh::Istio, &[image("auth")]);
-    expect(&edit(&d, "/spec/url", None), "/spec/url", "is required");
-    expect(&edit(&d, "/spec/url", Some(json!(""))), "/spec/url", "");
-    expect(&edit(&d, "/spec/url", Some(json!("ftp://x/y.wasm"))), "/spec/url", "url must have schema one of");
-    expect(&edit(&d, "/spec/sha256", Some(json!("XYZ"))), "/spec/sha256", "\"XYZ\" does not match");
-    expect(&edit(&d, "/spec/phase", Some(json!("EARLY"))), "/spec/phase", "\"EARLY\" is not one of");
-    expect(&edit(&d, "/spec/failStrategy", Some(json!("FAIL_CLOSED"))), "/spec/failStrategy", "is not one of");
-    expect(&edit(&d, "/spec/imagePullPolicy", Some(json!("Never"))), "/spec/imagePullPolicy", "is not one of");
-    expect(&edit(&d, "/spec/type", Some(json!("TCP"))), "/spec/type", "is not one of");
-    expect(&edit(&d, "/spec/priority", Some(json!("high"))), "/spec/priority", "");
-    expect(&edit(&d, "/spec/failstrategy", Some(json!("FAIL_OPEN"))), "/spec/failstrategy", "is not a field");
+    refused(&d, "/spec/url", None, "is required");
+    refused(&d, "/spec/url", Some(json!("")), "");
+    refused(&d, "/spec/url", Some(json!("ftp://x/y.wasm")), "url must have schema one of");
+    refused(&d, "/spec/sha256", Some(json!("XYZ")), "\"XYZ\" does not match");
+    refused(&d, "/spec/phase", Some(json!("EARLY")), "\"EARLY\" is not one of");
+    refused(&d, "/spec/failStrategy", Some(json!("FAIL_CLOSED")), "is not one of");
+    refused(&d, "/spec/imagePullPolicy", Some(json!("Never")), "is not one of");
+    refused(&d, "/spec/type", Some(json!("TCP")), "is not one of");
+    refused(&d, "/spec/priority", Some(json!("high")), "");
+    refused(&d, "/spec/failstrategy", Some(json!("FAIL_OPEN")), "is not a field");
     let both = edit(
         &edit(&d, "/spec/selector", Some(json!({"matchLabels": {"app": "web"}}))),
         "/spec/targetRefs",
@@ -108,92 +113,53 @@ fn wasm_plugin_problems() {
     expect(&matched(json!([{"mode": "INBOUND"}])), "/spec/match/0/mode", "is not one of");
     expect(&matched(json!([{"ports": [{"number": 0}]}])), "/spec/match/0/ports/0/number", "");
     expect(&matched(json!([{"ports": [{}]}])), "/spec/match/0/ports/0/number", "is required");
-    expect(&edit(&d, "/metadata/name", Some(json!("Bad_Name"))), "/metadata/name", "Kubernetes object name");
-    expect(&edit(&d, "/apiVersion", Some(json!("extensions.istio.io/v1"))), "/apiVersion", "");
+    refused(&d, "/metadata/name", Some(json!("Bad_Name")), "Kubernetes object name");
+    refused(&d, "/apiVersion", Some(json!("extensions.istio.io/v1")), "");
 }
 
 #[test]
 fn envoy_extension_policy_problems() {
     let d = valid(Mesh::EnvoyGateway, &[image("a"), http("b")]);
-    expect(&edit(&d, "/spec/targetRefs", None), "/spec/targetRefs", "is required");
-    expect(&edit(&d, "/spec/targetRefs", Some(json!([]))), "/spec/targetRefs", "");
-    expect(&edit(&d, "/spec/targetRefs/0/kind", Some(json!("Service"))), "/spec/targetRefs/0/kind", "is not one of");
-    expect(
-        &edit(&d, "/spec/targetRefs/0/group", Some(json!(""))),
-        "/spec/targetRefs/0/group",
-        "gateway.networking.k8s.io",
-    );
-    expect(&edit(&d, "/spec/wasm/0/code/type", Some(json!("File"))), "/spec/wasm/0/code/type", "is not one of");
-    expect(
-        &edit(&d, "/spec/wasm/0/code/image", None),
-        "/spec/wasm/0/code/image",
-        "If type is Image, image field needs to be set",
-    );
+    refused(&d, "/spec/targetRefs", None, "is required");
+    refused(&d, "/spec/targetRefs", Some(json!([])), "");
+    refused(&d, "/spec/targetRefs/0/kind", Some(json!("Service")), "is not one of");
+    refused(&d, "/spec/targetRefs/0/group", Some(json!("")), "gateway.networking.k8s.io");
+    refused(&d, "/spec/wasm/0/code/type", Some(json!("File")), "is not one of");
+    refused(&d, "/spec/wasm/0/code/image", None, "If type is Image, image field needs to be set");
     expect(&edit(&d, "/spec/wasm/0/code/type", Some(json!("HTTP"))), "/spec/wasm/0/code/http", "If type is HTTP");
-    expect(&edit(&d, "/spec/wasm/0/code/image/url", None), "/spec/wasm/0/code/image/url", "is required");
-    expect(
-        &edit(&d, "/spec/wasm/0/code/image/sha256", Some(json!("XYZ"))),
-        "/spec/wasm/0/code/image/sha256",
-        "does not match",
-    );
-    expect(&edit(&d, "/spec/wasm/1/code/http/url", None), "/spec/wasm/1/code/http/url", "is required");
-    expect(
-        &edit(&d, "/spec/wasm/1/code/http/url", Some(json!("file:///x.wasm"))),
-        "/spec/wasm/1/code/http/url",
-        "not an http(s) URL",
-    );
-    expect(
-        &edit(&d, "/spec/wasm/1/code/http/sha256", Some(json!("sha256:abc"))),
-        "/spec/wasm/1/code/http/sha256",
-        "does not match",
-    );
-    expect(&edit(&d, "/spec/wasm/1/failOpen", Some(json!("yes"))), "/spec/wasm/1/failOpen", "");
-    expect(&edit(&d, "/spec/wasm/1/vmID", Some(json!("x"))), "/spec/wasm/1/vmID", "is not a field");
-    expect(&edit(&d, "/kind", Some(json!("SecurityPolicy"))), "/kind", "");
+    refused(&d, "/spec/wasm/0/code/image/url", None, "is required");
+    refused(&d, "/spec/wasm/0/code/image/sha256", Some(json!("XYZ")), "does not match");
+    refused(&d, "/spec/wasm/1/code/http/url", None, "is required");
+    refused(&d, "/spec/wasm/1/code/http/url", Some(json!("file:///x.wasm")), "not an http(s) URL");
+    refused(&d, "/spec/wasm/1/code/http/sha256", Some(json!("sha256:abc")), "does not match");
+    refused(&d, "/spec/wasm/1/failOpen", Some(json!("yes")), "");
+    refused(&d, "/spec/wasm/1/vmID", Some(json!("x")), "is not a field");
+    refused(&d, "/kind", Some(json!("SecurityPolicy")), "");
 }
 
 #[test]
 fn service_defaults_problems() {
     let d = valid(Mesh::Consul, &[file("a"), http("b")]);
     let code = "/spec/envoyExtensions/1/arguments/pluginConfig/vmConfig/code";
-    expect(&edit(&d, &format!("{code}/remote/sha256"), None), &format!("{code}/remote/sha256"), "is required");
-    expect(
-        &edit(&d, &format!("{code}/remote/sha256"), Some(json!("XYZ"))),
-        &format!("{code}/remote/sha256"),
-        "does not match",
-    );
-    expect(
-        &edit(&d, &format!("{code}/remote/httpURI/service"), None),
-        &format!("{code}/remote/httpURI/service"),
-        "is required",
-    );
-    expect(
-        &edit(&d, &format!("{code}/remote/httpURI/timeout"), Some(json!("ten"))),
-        &format!("{code}/remote/httpURI/timeout"),
-        "Go duration",
-    );
+    refused(&d, &format!("{code}/remote/sha256"), None, "is required");
+    refused(&d, &format!("{code}/remote/sha256"), Some(json!("XYZ")), "does not match");
+    refused(&d, &format!("{code}/remote/httpURI/service"), None, "is required");
+    refused(&d, &format!("{code}/remote/httpURI/timeout"), Some(json!("ten")), "Go duration");
     let both = edit(&d, &format!("{code}/local"), Some(json!({"filename": "/x.wasm"})));
     expect(&both, code, "exactly one of Local or Remote");
-    expect(&edit(&d, code, Some(json!({}))), code, "exactly one of Local or Remote");
-    expect(&edit(&d, "/spec/envoyExtensions/0/name", None), "/spec/envoyExtensions/0/name", "is required");
+    refused(&d, code, Some(json!({})), "exactly one of Local or Remote");
+    refused(&d, "/spec/envoyExtensions/0/name", None, "is required");
     let args = "/spec/envoyExtensions/0/arguments";
-    expect(
-        &edit(&d, &format!("{args}/listenerType"), Some(json!("both"))),
-        &format!("{args}/listenerType"),
-        "is not one of",
-    );
-    expect(&edit(&d, &format!("{args}/protocol"), None), &format!("{args}/protocol"), "is required");
-    expect(
-        &edit(&d, &format!("{args}/pluginConfig/vmConfig/runtime"), Some(json!("envoy.wasm.runtime.v8"))),
+    refused(&d, &format!("{args}/listenerType"), Some(json!("both")), "is not one of");
+    refused(&d, &format!("{args}/protocol"), None, "is required");
+    refused(
+        &d,
         &format!("{args}/pluginConfig/vmConfig/runtime"),
+        Some(json!("envoy.wasm.runtime.v8")),
         "is not one of",
     );
-    expect(&edit(&d, "/spec/protocol", Some(json!("tcp"))), "/spec/protocol", "must be http");
-    expect(
-        &edit(&d, "/spec/envoyExtensions/0/Required", Some(json!(true))),
-        "/spec/envoyExtensions/0/Required",
-        "is not a field",
-    );
+    refused(&d, "/spec/protocol", Some(json!("tcp")), "must be http");
+    refused(&d, "/spec/envoyExtensions/0/Required", Some(json!(true)), "is not a field");
 }
 
 #[test]
@@ -202,86 +168,55 @@ fn mesh_proxy_patch_problems() {
     // Modification 0 is the module host's cluster, 1 and 2 the filters.
     let m = "/spec/default/appendModifications";
     let value = format!("{m}/1/httpFilter/value");
-    expect(&edit(&d, &value, Some(json!("foo: bar\n"))), &value, "is not an Envoy HttpFilter: /name: is required");
-    expect(&edit(&d, &value, Some(json!("name: envoy.filters.http.wasm\n"))), &value, "needs typedConfig");
-    expect(&edit(&d, &value, Some(json!("name: [unclosed\n"))), &value, "is not YAML");
-    expect(&edit(&d, &value, Some(json!("- a list\n"))), &value, "is not an Envoy HttpFilter");
+    refused(&d, &value, Some(json!("foo: bar\n")), "is not an Envoy HttpFilter: /name: is required");
+    refused(&d, &value, Some(json!("name: envoy.filters.http.wasm\n")), "needs typedConfig");
+    refused(&d, &value, Some(json!("name: [unclosed\n")), "is not YAML");
+    refused(&d, &value, Some(json!("- a list\n")), "is not an Envoy HttpFilter");
     let bad_type = "name: x\ntypedConfig: {\"@type\": not a type url}\n";
-    expect(&edit(&d, &value, Some(json!(bad_type))), &value, "/typedConfig/@type: is not a type URL");
+    refused(&d, &value, Some(json!(bad_type)), "/typedConfig/@type: is not a type URL");
     let no_code = "name: envoy.filters.http.wasm\ntypedConfig:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n  config: {vm_config: {runtime: envoy.wasm.runtime.v8}}\n";
-    expect(&edit(&d, &value, Some(json!(no_code))), &value, "/typedConfig/config/vm_config/code: is required");
+    refused(&d, &value, Some(json!(no_code)), "/typedConfig/config/vm_config/code: is required");
     let other = "name: envoy.filters.http.lua\ntyped_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}\n";
     assert_eq!(validate(&edit(&d, &value, Some(json!(other)))), [], "another filter with a type URL is an HttpFilter");
-    expect(
-        &edit(&d, &format!("{m}/1/httpFilter/operation"), Some(json!("Insert"))),
-        &format!("{m}/1/httpFilter/operation"),
-        "is not one of",
-    );
-    expect(
-        &edit(&d, &format!("{m}/1/httpFilter/match/name"), None),
-        &format!("{m}/1/httpFilter/match/name"),
-        "match.name must be defined",
-    );
-    expect(
-        &edit(&d, &format!("{m}/1/httpFilter/value"), None),
-        &format!("{m}/1/httpFilter/value"),
-        "value must be defined",
-    );
+    refused(&d, &format!("{m}/1/httpFilter/operation"), Some(json!("Insert")), "is not one of");
+    refused(&d, &format!("{m}/1/httpFilter/match/name"), None, "match.name must be defined");
+    refused(&d, &format!("{m}/1/httpFilter/value"), None, "value must be defined");
     let cluster = format!("{m}/0/cluster/value");
-    expect(&edit(&d, &cluster, Some(json!("type: STATIC\n"))), &cluster, "an Envoy Cluster: it needs a name");
+    refused(&d, &cluster, Some(json!("type: STATIC\n")), "an Envoy Cluster: it needs a name");
     let two = edit(&d, &format!("{m}/2/cluster"), Some(json!({"operation": "Remove"})));
     expect(&two, &format!("{m}/2"), "exactly one modification");
-    expect(&edit(&d, m, Some(json!([]))), m, "must not be empty");
-    expect(&edit(&d, "/spec/targetRef/kind", Some(json!("Pod"))), "/spec/targetRef/kind", "is not one of");
-    expect(&edit(&d, "/spec/default", None), "/spec/default", "is required");
+    refused(&d, m, Some(json!([])), "must not be empty");
+    refused(&d, "/spec/targetRef/kind", Some(json!("Pod")), "is not one of");
+    refused(&d, "/spec/default", None, "is required");
 }
 
 #[test]
 fn envoy_filter_list_problems() {
     let d = valid(Mesh::Envoy, &[http("a"), file("b")]);
     let code = "/0/typed_config/config/vm_config/code";
-    expect(&edit(&d, &format!("{code}/remote/sha256"), None), &format!("{code}/remote/sha256"), "is required");
-    expect(
-        &edit(&d, &format!("{code}/remote/sha256"), Some(json!("XYZ"))),
-        &format!("{code}/remote/sha256"),
-        "does not match",
-    );
-    expect(
-        &edit(&d, &format!("{code}/remote/http_uri/uri"), None),
-        &format!("{code}/remote/http_uri/uri"),
-        "is required",
-    );
-    expect(
-        &edit(&d, &format!("{code}/remote/http_uri/cluster"), None),
-        &format!("{code}/remote/http_uri/cluster"),
-        "is required",
-    );
-    expect(
-        &edit(&d, &format!("{code}/remote/http_uri/timeout"), Some(json!("10"))),
-        &format!("{code}/remote/http_uri/timeout"),
-        "protobuf duration",
-    );
-    expect(&edit(&d, code, Some(json!({}))), code, "exactly one of local or remote");
+    refused(&d, &format!("{code}/remote/sha256"), None, "is required");
+    refused(&d, &format!("{code}/remote/sha256"), Some(json!("XYZ")), "does not match");
+    refused(&d, &format!("{code}/remote/http_uri/uri"), None, "is required");
+    refused(&d, &format!("{code}/remote/http_uri/cluster"), None, "is required");
+    refused(&d, &format!("{code}/remote/http_uri/timeout"), Some(json!("10")), "protobuf duration");
+    refused(&d, code, Some(json!({})), "exactly one of local or remote");
     let local = "/1/typed_config/config/vm_config/code/local";
-    expect(&edit(&d, &format!("{local}/filename"), None), &format!("{local}/filename"), "is required");
+    refused(&d, &format!("{local}/filename"), None, "is required");
     let vm = "/1/typed_config/config/vm_config";
-    expect(&edit(&d, &format!("{vm}/runtime"), None), &format!("{vm}/runtime"), "is required");
-    expect(&edit(&d, &format!("{vm}/runtime"), Some(json!("v8"))), &format!("{vm}/runtime"), "is not one of");
-    expect(&edit(&d, &format!("{vm}/vmId"), Some(json!("x"))), &format!("{vm}/vmId"), "is not a field");
+    refused(&d, &format!("{vm}/runtime"), None, "is required");
+    refused(&d, &format!("{vm}/runtime"), Some(json!("v8")), "is not one of");
+    refused(&d, &format!("{vm}/vmId"), Some(json!("x")), "is not a field");
     let config = "/1/typed_config/config";
-    expect(&edit(&d, &format!("{config}/vm_config"), None), &format!("{config}/vm_config"), "is required");
-    expect(
-        &edit(&d, &format!("{config}/failure_policy"), Some(json!("FAIL_CLOSE"))),
-        &format!("{config}/failure_policy"),
-        "is not one of",
-    );
-    expect(
-        &edit(&d, &format!("{config}/configuration/@type"), Some(json!("type.googleapis.com/google.protobuf.Struct"))),
+    refused(&d, &format!("{config}/vm_config"), None, "is required");
+    refused(&d, &format!("{config}/failure_policy"), Some(json!("FAIL_CLOSE")), "is not one of");
+    refused(
+        &d,
         &format!("{config}/configuration/@type"),
+        Some(json!("type.googleapis.com/google.protobuf.Struct")),
         "StringValue or BytesValue",
     );
-    expect(&edit(&d, "/1/typed_config/@type", Some(json!("Wasm"))), "/1/typed_config/@type", "is not a type URL");
-    expect(&edit(&d, "/0/name", None), "/0/name", "is required");
+    refused(&d, "/1/typed_config/@type", Some(json!("Wasm")), "is not a type URL");
+    refused(&d, "/0/name", None, "is required");
     // The router may end a fragment, and nothing may follow it.
     let router = json!({"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}});
     let mut with_router = d.clone();
@@ -311,49 +246,34 @@ fn bootstrap_problems() {
         &filters,
         "the last HTTP filter must be envoy.filters.http.router",
     );
-    expect(
-        &edit(&d, &format!("{filters}/0/typed_config/config/vm_config/code/remote/sha256"), Some(json!("XYZ"))),
+    refused(
+        &d,
         &format!("{filters}/0/typed_config/config/vm_config/code/remote/sha256"),
+        Some(json!("XYZ")),
         "does not match",
     );
     let route = format!("{hcm}/route_config/virtual_hosts/0/routes/0/route/cluster");
-    expect(
-        &edit(&d, &route, Some(json!("nowhere"))),
-        &route,
-        "cluster \"nowhere\", which static_resources.clusters does not define",
-    );
+    refused(&d, &route, Some(json!("nowhere")), "cluster \"nowhere\", which static_resources.clusters does not define");
     let remote = format!("{filters}/0/typed_config/config/vm_config/code/remote/http_uri/cluster");
-    expect(&edit(&d, &remote, Some(json!("gone"))), &remote, "the remote code names cluster \"gone\"");
-    expect(&edit(&d, &format!("{hcm}/stat_prefix"), None), &format!("{hcm}/stat_prefix"), "is required");
-    expect(
-        &edit(&d, "/static_resources/listeners/0/address", None),
-        "/static_resources/listeners/0/address",
-        "is required",
-    );
-    expect(
-        &edit(&d, "/static_resources/listeners/0/address/socket_address/port_value", Some(json!(70000))),
-        "/static_resources/listeners/0/address/socket_address/port_value",
-        "",
-    );
-    expect(
-        &edit(&d, "/static_resources/clusters/0/type", Some(json!("DNS"))),
-        "/static_resources/clusters/0/type",
-        "is not one of",
-    );
-    expect(&edit(&d, "/static_resources/clusters/0/name", None), "/static_resources/clusters/0/name", "is required");
+    refused(&d, &remote, Some(json!("gone")), "the remote code names cluster \"gone\"");
+    refused(&d, &format!("{hcm}/stat_prefix"), None, "is required");
+    refused(&d, "/static_resources/listeners/0/address", None, "is required");
+    refused(&d, "/static_resources/listeners/0/address/socket_address/port_value", Some(json!(70000)), "");
+    refused(&d, "/static_resources/clusters/0/type", Some(json!("DNS")), "is not one of");
+    refused(&d, "/static_resources/clusters/0/name", None, "is required");
 }
 
 #[test]
 fn meshwork_config_problems() {
     let d = valid(Mesh::Meshwork, &[file("a"), image("b")]);
-    expect(&edit(&d, "/filters/0/module", None), "/filters/0/module", "is required");
-    expect(&edit(&d, "/filters/0/fail", Some(json!("reload"))), "/filters/0/fail", "is not one of");
-    expect(&edit(&d, "/filters/1/sha256", Some(json!("XYZ"))), "/filters/1/sha256", "does not match");
-    expect(&edit(&d, "/filters/0/failure_policy", Some(json!("x"))), "/filters/0/failure_policy", "is not a field");
-    expect(&edit(&d, "/bogus", Some(json!(1))), "/bogus", "is not a field");
-    expect(&edit(&d, "/listen", Some(json!("10000"))), "/listen", "is not host:port");
-    expect(&edit(&d, "/route/cluster", Some(json!("api"))), "/route/cluster", "names cluster \"api\"");
-    expect(&edit(&d, "/clusters", None), "/clusters", "is required");
+    refused(&d, "/filters/0/module", None, "is required");
+    refused(&d, "/filters/0/fail", Some(json!("reload")), "is not one of");
+    refused(&d, "/filters/1/sha256", Some(json!("XYZ")), "does not match");
+    refused(&d, "/filters/0/failure_policy", Some(json!("x")), "is not a field");
+    refused(&d, "/bogus", Some(json!(1)), "is not a field");
+    refused(&d, "/listen", Some(json!("10000")), "is not host:port");
+    refused(&d, "/route/cluster", Some(json!("api")), "names cluster \"api\"");
+    refused(&d, "/clusters", None, "is required");
     expect(&edit(&d, "/listen", None), "", "no listener");
 }
 
